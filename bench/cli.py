@@ -1,0 +1,355 @@
+"""`python -m bench run|plan|env`: parse and validate at the edge, then hand plain data on."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import asdict, replace
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+
+from bench.schema import MODES, SweepSpec
+
+PIPELINES = ("tutorial", "resident")
+DATASETS = ("auto", "cifar10", "synthetic")
+LR_SCALINGS = ("none", "linear", "sqrt")
+DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+DEFAULTS = {"epochs": 2, "max_steps": None, "max_seconds": 12.0, "warmup_steps": 10, "window_s": 0.5,
+            "latency_batches": 200}
+QUICK = {"epochs": 1, "max_steps": 300, "max_seconds": 1.0, "warmup_steps": 5, "window_s": 0.2,
+         "latency_batches": 30}
+
+
+class CliError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise CliError(message.removeprefix("argument "))
+
+
+# --------------------------------------------------------------------------- converters
+
+
+def _items(text: str, example: str) -> list[str]:
+    items = [s.strip() for s in text.split(",")]
+    if any(not s for s in items):
+        raise argparse.ArgumentTypeError(f"empty item in '{text}' (expected e.g. {example})")
+    return items
+
+
+def positive_int(text: str, example: str = "4") -> int:
+    value = int(text) if re.fullmatch(r"\s*\+?\d+\s*", text) else 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive integer (expected e.g. {example})")
+    return value
+
+
+def positive_float(text: str, example: str = "1.5") -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number (expected e.g. {example})")
+    return value
+
+
+def int_list(example: str):
+    def convert(text: str) -> list[int]:
+        return [positive_int(s, example) for s in _items(text, example)]
+    return convert
+
+
+def batch_sizes(text: str) -> list[int]:
+    return int_list("4,32,128")(text)
+
+
+def thread_counts(text: str) -> list[int]:
+    values = int_list("1,2")(text)
+    logical = psutil.cpu_count(logical=True) or 1
+    for v in values:
+        if v > logical:
+            raise argparse.ArgumentTypeError(f"'{v}' is more than this machine's {logical} logical cores "
+                                             f"(expected 1..{logical})")
+    return values
+
+
+def widths(text: str) -> list[float]:
+    return [positive_float(s, "1,2,4") for s in _items(text, "1,2,4")]
+
+
+def choices(allowed: tuple[str, ...]):
+    def convert(text: str) -> list[str]:
+        values = _items(text, ",".join(allowed))
+        for v in values:
+            if v not in allowed:
+                raise argparse.ArgumentTypeError(f"'{v}' is not one of {', '.join(allowed)}")
+        return list(dict.fromkeys(values))
+    return convert
+
+
+def devices(text: str) -> list[str]:
+    values = _items(text, "cpu,cuda")
+    for v in values:
+        if not DEVICE_RE.match(v):
+            raise argparse.ArgumentTypeError(f"'{v}' is not a device (expected cpu, cuda or cuda:N)")
+    return list(dict.fromkeys(values))
+
+
+def seconds_or_zero(text: str) -> float:
+    if re.fullmatch(r"\s*0*(\.0*)?\s*", text) and text.strip():
+        return 0.0
+    return positive_float(text, "12 (or 0 for no limit)")
+
+
+def accuracy_pct(text: str) -> float:
+    value = positive_float(text, "50")
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a percentage in (0, 100] (expected e.g. 50)")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    if text.strip() == "0":
+        return 0
+    return positive_int(text, "2")
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add_sweep_args(p: argparse.ArgumentParser) -> None:
+    axes = p.add_argument_group("sweep axes")
+    axes.add_argument("--devices", type=devices, help="cpu, cuda, cuda:N (default: cpu, plus cuda when available)")
+    axes.add_argument("--batch-sizes", type=batch_sizes, default=[4, 32, 128, 512], help="default 4,32,128,512")
+    axes.add_argument("--threads", type=thread_counts,
+                      help="CPU threads per Case (default: 1 and all physical cores)")
+    axes.add_argument("--pipelines", type=choices(PIPELINES), default=list(PIPELINES), help="tutorial,resident")
+    axes.add_argument("--widths", type=widths, default=[1.0], help="conv channel multiplier (default 1)")
+    axes.add_argument("--modes", type=choices(MODES), default=list(MODES), help="train,infer")
+    axes.add_argument("--repeats", type=positive_int, default=1, help="runs of each Case (default 1)")
+    budget = p.add_argument_group("per-Case budget")
+    budget.add_argument("--epochs", type=positive_int, help="epochs per Case (default 2, the tutorial's)")
+    budget.add_argument("--max-steps", type=positive_int, help="stop a Case after this many steps")
+    budget.add_argument("--max-seconds", type=seconds_or_zero,
+                        help="stop a Case after this much training time (default 12; 0: run every epoch)")
+    budget.add_argument("--time-limit", type=positive_float, default=600.0,
+                        help="kill a Case after this many seconds; it is recorded as a timeout (default 600)")
+    budget.add_argument("--quick", action="store_true",
+                        help="a fast look: 1 epoch, at most 300 steps or 1 s of training per Case")
+    budget.add_argument("--warmup-steps", type=non_negative_int, help="steps excluded from throughput (default 10)")
+    budget.add_argument("--window", type=positive_float, dest="window_s", help="timed window, s (default 0.5)")
+    budget.add_argument("--latency-batches", type=positive_int,
+                        help="inference batches timed one by one for latency (default 200)")
+    train = p.add_argument_group("training")
+    train.add_argument("--lr", type=positive_float, default=0.001, help="learning rate at batch 4 (default 0.001)")
+    train.add_argument("--lr-scaling", choices=LR_SCALINGS, default="none",
+                       help="scale the lr with batch size relative to 4: none, linear, sqrt")
+    train.add_argument("--target-accuracy", type=accuracy_pct, default=50.0, dest="target_accuracy_pct",
+                       help="test accuracy, %%, whose time to reach is recorded (default 50)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--num-workers", type=non_negative_int, default=2,
+                       help="DataLoader workers of the tutorial pipeline (default 2, the tutorial's)")
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, default="auto",
+                      help="auto: real CIFAR-10 when present or downloadable, else synthetic")
+    data.add_argument("--data-dir", default="data", help="where CIFAR-10 is or goes (default ./data)")
+    data.add_argument("--no-verify", action="store_true",
+                      help="accept a custom folder in the CIFAR-10 format (skip the official MD5s)")
+    data.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", help="run folder (default reports/<run-id>)")
+    out.add_argument("--resume", action="store_true", help="re-run only the Cases not already ok in --out")
+
+
+def get_parser() -> Parser:
+    parser = Parser(prog="bench", description="Does a GPU help the PyTorch CIFAR-10 tutorial CNN? Measure it.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    run = sub.add_parser("run", help="sweep the Cases and write reports/<run-id>/")
+    _add_sweep_args(run)
+    run.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    plan = sub.add_parser("plan", help="list the Cases a run would make, with an estimated duration")
+    _add_sweep_args(plan)
+    sub.add_parser("env", help="print the environment a run would record")
+    return parser
+
+
+# --------------------------------------------------------------------------- validation needing the machine
+
+
+def cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_devices(requested: list[str] | None, n_cuda: int) -> tuple[list[str], dict[str, str]]:
+    """(devices to run, {skipped device: why}); an unusable device asked for alone is an error."""
+    if requested is None:
+        return (["cpu", "cuda"] if n_cuda else ["cpu"]), {}
+    usable, skipped = [], {}
+    for device in requested:
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if device.startswith("cuda") and index >= n_cuda:
+            skipped[device] = ("CUDA is not available on this machine" if n_cuda == 0 else
+                               f"this machine has {n_cuda} CUDA device(s): cuda:0..cuda:{n_cuda - 1}")
+        else:
+            usable.append(device)
+    if not usable:
+        first = next(iter(skipped))
+        raise CliError(f"--devices: '{first}' is not available: {skipped[first]} (expected e.g. cpu)")
+    return usable, skipped
+
+
+def build_spec(args: argparse.Namespace, n_cuda: int) -> SweepSpec:
+    preset = QUICK if args.quick else DEFAULTS
+    budget = {k: (getattr(args, k) if getattr(args, k) is not None else preset[k]) for k in DEFAULTS}
+    if budget["max_seconds"] == 0.0:
+        budget["max_seconds"] = None
+    devices_, skipped = resolve_devices(args.devices, n_cuda)
+    threads = args.threads or sorted({1, psutil.cpu_count(logical=False) or 1})
+    return SweepSpec(devices=devices_, batch_sizes=args.batch_sizes, threads=threads, pipelines=args.pipelines,
+                     widths=args.widths, modes=args.modes, time_limit_s=args.time_limit, repeats=args.repeats,
+                     seed=args.seed, lr=args.lr, lr_scaling=args.lr_scaling,
+                     target_accuracy_pct=args.target_accuracy_pct, num_workers=args.num_workers,
+                     dataset=args.dataset, data_dir=args.data_dir, verify=not args.no_verify,
+                     download=not args.no_download, skipped_devices=skipped, **budget)
+
+
+def run_dir_for(args: argparse.Namespace) -> tuple[Path, str]:
+    if args.out:
+        out = Path(args.out)
+        return out, out.name
+    run_id = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("reports") / run_id, run_id
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuses an output folder that cannot be written, or one holding results without --resume."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CliError(f"--out: '{run_dir}' is not a folder (expected a folder to write the run into)")
+    if resume and not (run_dir / "results.jsonl").exists():
+        raise CliError(f"--resume: '{run_dir}' holds no results.jsonl to resume (expected a previous run's folder)")
+    if not resume and (run_dir / "results.jsonl").exists():
+        raise CliError(f"--out: '{run_dir}' already holds results (pass --resume, or choose another folder)")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise CliError(f"--out: '{run_dir}' cannot be written ({e.strerror or e})") from None
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _prepare(args: argparse.Namespace):
+    from cnn.data import DataError, prepare_dataset
+
+    try:
+        return prepare_dataset(args.dataset, args.data_dir, verify=not args.no_verify,
+                               download=not args.no_download)
+    except DataError as e:
+        raise CliError(f"--data-dir: {e}") from None
+
+
+def _print_plan(cases, spec: SweepSpec, dataset: str) -> None:
+    from bench.plan import estimate_seconds
+
+    for case in cases:
+        print(f"  {case.key}")
+    seconds, bounded = estimate_seconds(cases)
+    bound = "about" if bounded else "at most (no --max-seconds; bounded by --time-limit)"
+    print(f"{len(cases)} Cases on {dataset} data; estimated duration {bound} {seconds / 60:.1f} min")
+    for device, why in spec.skipped_devices.items():
+        print(f"  skipped device {device}: {why}")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from bench.plan import plan_cases
+
+    spec = build_spec(args, cuda_device_count())
+    dataset = args.dataset if args.dataset != "auto" else "auto-detected"
+    _print_plan(plan_cases(spec, data_cache="", dataset=dataset), spec, dataset)
+    return 0
+
+
+def _warn(text: str) -> None:
+    print(f"bench: WARNING: {text}", file=sys.stderr, flush=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return cmd_plan(args)
+    from bench import environment
+    from bench.plan import plan_cases
+    from bench.progress import Display
+    from bench.results import append_result, load_results, summary_table, write_csv
+    from bench.runner import run_cases
+    from bench.schema import Result
+
+    spec = build_spec(args, cuda_device_count())
+    run_dir, run_id = run_dir_for(args)
+    check_run_dir(run_dir, args.resume)
+    prepared = _prepare(args)
+    if prepared.warning:
+        _warn(prepared.warning)
+    for device, why in spec.skipped_devices.items():
+        _warn(f"skipping device {device}: {why}; running the other devices")
+    all_devices = replace(spec, devices=spec.devices + list(spec.skipped_devices))
+    cases = plan_cases(all_devices, str(prepared.cache_dir), prepared.name, run_id)
+    done = {r.case.key for r in load_results(run_dir) if r.status in ("ok", "skipped")} if args.resume else set()
+    skipped = [c for c in cases if c.device in spec.skipped_devices and c.key not in done]
+    todo = [c for c in cases if c.device not in spec.skipped_devices and c.key not in done]
+    env = environment.capture()
+    env.update(run_id=run_id, dataset=prepared.name, dataset_source=prepared.source,
+               dataset_warning=prepared.warning, skipped_devices=spec.skipped_devices, spec=asdict(spec))
+    (run_dir / "environment.json").write_text(json.dumps(env, indent=2))
+    for case in skipped:
+        append_result(run_dir, Result(case=case, status="skipped", error=spec.skipped_devices[case.device]))
+    print(f"bench: {len(todo)} Cases on {prepared.name} data ({prepared.source}) -> {run_dir}"
+          + (f" ({len(done)} already done)" if done else ""), flush=True)
+    display = Display(len(todo))
+    try:
+        run_cases(todo, run_dir, display)
+    except KeyboardInterrupt:
+        display.close()
+        print(f"\nbench: interrupted; finished Cases are kept in {run_dir / 'results.jsonl'}. "
+              f"Resume with: python -m bench run --resume --out {run_dir} (and the same options)", file=sys.stderr)
+        return 130
+    display.close()
+    results = load_results(run_dir)
+    write_csv(run_dir, results)
+    print(summary_table(results))
+    if prepared.name == "synthetic":
+        print("bench: measured on SYNTHETIC data: throughput is representative, accuracy is not CIFAR-10's")
+    print(f"bench: results in {run_dir}")
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from bench import environment
+
+    print(json.dumps(environment.capture(), indent=2))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "env": cmd_env}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Returns the exit status: 0 done, 2 bad input (one line, no traceback), 130 interrupted."""
+    try:
+        args = get_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except CliError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help
+        return int(e.code or 0)

@@ -1,0 +1,217 @@
+"""The one place that reads a clock: timed windows, step times, data wait, latency.
+
+CUDA work is asynchronous, so a host clock alone measures how fast work was
+queued, not done. Every timed window is opened and closed on device time: on a
+CPU by `perf_counter`, on CUDA by events recorded in the stream, read only after
+the window is closed with a synchronise. No step in a window synchronises.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+SPREAD_WARN_PCT = 10.0
+
+
+class DeviceClock:
+    """Timestamps in device order: perf_counter on a CPU, CUDA events on a GPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def seconds(self, start, end) -> float:
+        """Time between two marks; on CUDA only valid after `sync()`."""
+        if self.cuda:
+            return start.elapsed_time(end) / 1000.0
+        return end - start
+
+
+@dataclass
+class Budget:
+    """When a Case stops early: after `max_steps` steps or `max_seconds` of training."""
+
+    max_steps: int | None = None
+    max_seconds: float | None = None
+
+
+@dataclass
+class StepMeter:
+    """Counts steps and groups them into timed windows of about `window_s` seconds.
+
+    The first `warmup_steps` steps form the warm-up (timed, reported apart, never in
+    the throughput). A window is closed when it has run `window_s` (host time), at the
+    end of each epoch and when the budget stops the Case; closing synchronises.
+    """
+
+    clock: DeviceClock
+    warmup_steps: int = 10
+    window_s: float = 0.5
+    budget: Budget = field(default_factory=Budget)
+    progress: Callable[[int, float], None] | None = None
+    progress_every_s: float = 0.5
+    steps: int = 0
+    images: int = 0
+    warmup_s: float | None = None
+    train_s: float = 0.0
+    epoch_s: list[float] = field(default_factory=list)
+    windows_s: list[float] = field(default_factory=list)
+    windows_images: list[int] = field(default_factory=list)
+    step_s: list[float] = field(default_factory=list)
+    data_wait_s: float = 0.0
+    stopped_by: str | None = None
+    _warmup_so_far: float = 0.0
+
+    def start_epoch(self) -> None:
+        if self.warmup_steps == 0 and self.warmup_s is None:
+            self.warmup_s = 0.0
+        self.clock.sync()
+        self._host_epoch_start = self._host_last_progress = time.perf_counter()
+        self._train_s_before = self.train_s
+        self._epoch_mark = self._open_window()
+
+    def batches(self, batches: Iterable) -> Iterator:
+        """Passes batches through, adding the host time spent waiting for each to `data_wait_s`."""
+        iterator = iter(batches)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            if self.warmup_s is not None:
+                self.data_wait_s += time.perf_counter() - t0
+            yield batch
+
+    def on_step(self, n_images: int) -> bool:
+        """Called after every step; returns True when the budget says stop."""
+        self.steps += 1
+        self.images += n_images
+        self._marks.append(self.clock.mark())
+        self._window_images += n_images
+        now = time.perf_counter()
+        if self.warmup_s is None and self.steps >= self.warmup_steps:
+            self.warmup_s = self._warmup_so_far + self._close_window(keep=False)
+            self._open_window()
+        elif now - self._host_window_start >= self.window_s:
+            self._close_window(keep=True)
+            self._open_window()
+        elapsed = self._train_s_before + now - self._host_epoch_start
+        if self.budget.max_steps is not None and self.steps >= self.budget.max_steps:
+            self.stopped_by = "max_steps"
+        elif self.budget.max_seconds is not None and elapsed >= self.budget.max_seconds:
+            self.stopped_by = "max_seconds"
+        if self.progress is not None and (now - self._host_last_progress >= self.progress_every_s):
+            self._host_last_progress = now
+            self.progress(self.steps, elapsed)
+        return self.stopped_by is not None
+
+    def end_epoch(self) -> None:
+        """Closes the open window and the epoch (synchronises)."""
+        if self.warmup_s is None:  # the warm-up goes on into the next epoch
+            self._warmup_so_far += self._close_window(keep=False)
+        else:
+            self._close_window(keep=True)
+        last = self._marks[-1]
+        epoch = self.clock.seconds(self._epoch_mark, last) if last is not self._epoch_mark else 0.0
+        self.epoch_s.append(epoch)
+        self.train_s = self._train_s_before + epoch
+
+    def _open_window(self):
+        mark = self.clock.mark()
+        self._marks = [mark]
+        self._window_images = 0
+        self._host_window_start = time.perf_counter()
+        return mark
+
+    def _close_window(self, keep: bool) -> float:
+        # synchronise: the marks of queued CUDA work are only readable once it is done
+        self.clock.sync()
+        if len(self._marks) < 2:
+            return 0.0
+        steps = [self.clock.seconds(a, b) for a, b in zip(self._marks, self._marks[1:])]
+        total = sum(steps)
+        if keep:
+            self.windows_s.append(total)
+            self.windows_images.append(self._window_images)
+            self.step_s.extend(steps)
+        self._marks = self._marks[-1:]
+        return total
+
+
+@dataclass
+class Throughput:
+    """Images per second over timed windows: median and spread, plus step-time percentiles."""
+
+    images_per_s: float | None
+    p25: float | None
+    p75: float | None
+    spread_pct: float | None
+    step_ms: tuple[float | None, float | None, float | None]
+    warnings: list[str]
+
+
+def summarise(windows_s: list[float], windows_images: list[int], step_s: list[float]) -> Throughput:
+    """Derives the summary from the raw windows; the raw samples stay in the Result."""
+    rates = np.array([n / s for n, s in zip(windows_images, windows_s) if s > 0])
+    warnings: list[str] = []
+    if len(rates) == 0:
+        return Throughput(None, None, None, None, (None, None, None),
+                          ["no timed window after the warm-up: give the Case more steps or time"])
+    median, p25, p75 = (float(np.percentile(rates, q)) for q in (50, 25, 75))
+    spread = 100.0 * (p75 - p25) / median
+    if spread > SPREAD_WARN_PCT:
+        warnings.append(f"throughput varied: IQR is {spread:.0f}% of the median over {len(rates)} windows")
+    if len(rates) < 3:
+        warnings.append(f"only {len(rates)} timed window(s): the spread is not meaningful")
+    steps_ms = np.array(step_s) * 1000.0 if step_s else None
+    step_ms = tuple(float(np.percentile(steps_ms, q)) for q in (50, 90, 99)) if steps_ms is not None else (None,) * 3
+    return Throughput(median, p25, p75, spread, step_ms, warnings)
+
+
+def latencies_ms(clock: DeviceClock, run: Callable[[torch.Tensor], object], inputs: Iterable[torch.Tensor],
+                 limit: int) -> list[float]:
+    """Per-batch latency: each call is synchronised before and after, so it is whole."""
+    out = []
+    for i, x in enumerate(inputs):
+        if i >= limit:
+            break
+        clock.sync()
+        t0 = time.perf_counter()
+        run(x)
+        clock.sync()
+        out.append((time.perf_counter() - t0) * 1000.0)
+    return out
+
+
+def percentiles(values: list[float], qs=(50, 90, 99)) -> tuple[float | None, ...]:
+    if not values:
+        return (None,) * len(qs)
+    return tuple(float(np.percentile(values, q)) for q in qs)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (the kernel's high-water mark, so no peak is missed)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def peak_device_mem_mb(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return None

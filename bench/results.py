@@ -1,0 +1,68 @@
+"""results.jsonl (append-only, one Result a line) and the tables made from it."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from bench.schema import Result
+
+RESULTS = "results.jsonl"
+SUMMARY_COLUMNS = ["mode", "device", "pipeline", "batch_size", "threads", "width", "status",
+                   "images_per_s", "images_per_s_spread_pct", "step_ms_p50", "test_accuracy_pct",
+                   "latency_ms_p50", "peak_rss_mb"]
+
+
+def append_result(run_dir: Path, result: Result) -> None:
+    """Appends one complete line and forces it to disk, so an interrupted sweep loses nothing finished."""
+    with open(run_dir / RESULTS, "a", encoding="utf-8") as f:
+        f.write(result.to_json() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_results(run_dir: Path) -> list[Result]:
+    """The Results of a run, the latest line winning for a key (a resumed Case replaces its failure)."""
+    path = run_dir / RESULTS
+    if not path.exists():
+        return []
+    latest: dict[str, Result] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    result = Result.from_dict(json.loads(line))
+                except (ValueError, TypeError):
+                    continue  # a line cut short by a crash while writing; its Case will be re-run
+                latest[result.case.key] = result
+    return list(latest.values())
+
+
+def results_frame(results: list[Result]) -> pd.DataFrame:
+    """One tidy row per Case."""
+    return pd.DataFrame([r.to_dict() for r in results])
+
+
+def write_csv(run_dir: Path, results: list[Result]) -> Path:
+    frame = results_frame(results)
+    for column in frame.columns:  # lists and dicts as JSON text, so the CSV reads back with pandas alone
+        if frame[column].map(lambda v: isinstance(v, (list, dict))).any():
+            frame[column] = frame[column].map(json.dumps)
+    frame.to_csv(run_dir / "results.csv", index=False)
+    return run_dir / "results.csv"
+
+
+def summary_table(results: list[Result]) -> str:
+    """The table printed at the end of a run."""
+    if not results:
+        return "(no results)"
+    frame = results_frame(results)[SUMMARY_COLUMNS].copy()
+    frame["threads"] = frame["threads"].map(lambda t: "-" if pd.isna(t) else int(t))
+    frame["width"] = frame["width"].map(lambda w: f"{w:g}")
+    for column, digits in (("images_per_s", 0), ("images_per_s_spread_pct", 1), ("step_ms_p50", 2),
+                           ("test_accuracy_pct", 1), ("latency_ms_p50", 2), ("peak_rss_mb", 0)):
+        frame[column] = frame[column].map(lambda v, d=digits: "-" if v is None or pd.isna(v) else f"{v:.{d}f}")
+    frame = frame.rename(columns={"images_per_s_spread_pct": "iqr_%", "batch_size": "batch"})
+    return frame.to_string(index=False)

@@ -1,0 +1,106 @@
+"""Runs each Case in its own process, with a time limit; crashes and time-outs become Results.
+
+Starting Python and importing torch and torchvision takes several seconds here,
+longer than many Cases. So Cases are forked from a fork server that imported them
+once (multiprocessing's "forkserver" with preloading): every Case still gets a
+fresh process of its own, with its own threads, memory peak and crash, but
+starts in a fraction of a second. The server itself never computes, so no thread
+pool or CUDA context exists to be inherited.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import psutil
+
+from bench.results import append_result
+from bench.schema import Case, Result
+
+POLL_S = 0.1
+
+
+def _context() -> mp.context.BaseContext:
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["bench.worker"])
+    return ctx
+
+
+def _kill_tree(pid: int) -> None:
+    """Kills a worker and its children (DataLoader workers), leaving nothing behind."""
+    try:
+        parent = psutil.Process(pid)
+        procs = parent.children(recursive=True) + [parent]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=5)
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        hint = " (the kernel's out-of-memory killer sends this)" if name == "SIGKILL" else ""
+        return f"worker died from {name}{hint}"
+    return f"worker exited with status {exitcode} without a result"
+
+
+def run_one(case: Case, ctx=None, on_progress: Callable[[dict], None] | None = None) -> Result:
+    """Runs one Case in a child process and returns its Result, whatever happens to the child."""
+    ctx = ctx or _context()
+    from bench import worker  # the child function must be importable by name
+
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=worker.child_main, args=(asdict(case), sender, time.time()), name=f"bench-{case.key}")
+    proc.start()
+    sender.close()
+    deadline = time.monotonic() + case.time_limit_s
+    result = None
+    try:
+        while result is None:
+            if receiver.poll(POLL_S):
+                try:
+                    kind, payload = receiver.recv()
+                except (EOFError, OSError):
+                    break  # the child is gone without a result
+                if kind == "progress" and on_progress is not None:
+                    on_progress(payload)
+                elif kind == "result":
+                    result = Result.from_dict(payload)
+            elif not proc.is_alive():
+                break
+            if result is None and time.monotonic() > deadline:
+                _kill_tree(proc.pid)
+                return Result(case=case, status="timeout",
+                              error=f"exceeded the time limit of {case.time_limit_s:g} s (--time-limit)")
+    except BaseException:
+        _kill_tree(proc.pid)  # Ctrl-C: leave no worker behind
+        raise
+    proc.join(timeout=30)
+    if proc.is_alive():
+        _kill_tree(proc.pid)
+    receiver.close()
+    if result is None:
+        return Result(case=case, status="failed", error=_exit_reason(proc.exitcode))
+    return result
+
+
+def run_cases(cases: list[Case], run_dir: Path, display) -> list[Result]:
+    """Runs the Cases in order, appending each Result to results.jsonl as it ends."""
+    ctx = _context()
+    results = []
+    for case in cases:
+        display.case_started(case)
+        result = run_one(case, ctx, on_progress=display.case_progress)
+        append_result(run_dir, result)
+        results.append(result)
+        display.case_finished(result)
+    return results

@@ -1,0 +1,139 @@
+"""The plain data that flows between stages: SweepSpec -> Case -> Result (one JSON line each)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "failed", "oom", "timeout", "skipped")
+MODES = ("train", "infer")
+
+
+@dataclass
+class SweepSpec:
+    """What to sweep and how long each Case may run; validated once, in cli.py."""
+
+    devices: list[str]
+    batch_sizes: list[int]
+    threads: list[int]
+    pipelines: list[str]
+    widths: list[float]
+    modes: list[str]
+    epochs: int = 2
+    max_steps: int | None = None
+    max_seconds: float | None = None
+    time_limit_s: float = 900.0
+    repeats: int = 1
+    seed: int = 0
+    lr: float = 0.001
+    lr_scaling: str = "none"
+    target_accuracy_pct: float = 50.0
+    num_workers: int = 2
+    warmup_steps: int = 10
+    window_s: float = 0.5
+    latency_batches: int = 200
+    dataset: str = "auto"
+    data_dir: str = "data"
+    verify: bool = True
+    download: bool = True
+    skipped_devices: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One point of the sweep, with everything a worker needs to run it alone."""
+
+    mode: str
+    device: str
+    pipeline: str
+    batch_size: int
+    threads: int | None  # None: the device is not a CPU, torch's default is kept
+    width: float
+    repeat: int
+    epochs: int
+    max_steps: int | None
+    max_seconds: float | None
+    time_limit_s: float
+    lr: float
+    seed: int
+    target_accuracy_pct: float
+    num_workers: int
+    warmup_steps: int
+    window_s: float
+    latency_batches: int
+    dataset: str
+    data_cache: str
+    run_id: str = ""
+
+    @property
+    def key(self) -> str:
+        """Stable identity of the sweep point, for --resume and for comparing runs."""
+        threads = "auto" if self.threads is None else self.threads
+        return (f"{self.mode}/{self.device}/{self.pipeline}/b{self.batch_size}/t{threads}"
+                f"/w{self.width:g}/r{self.repeat}")
+
+    @property
+    def label(self) -> str:
+        threads = "" if self.threads is None else f" threads={self.threads}"
+        return f"{self.mode} {self.device} {self.pipeline} batch={self.batch_size}{threads} width={self.width:g}"
+
+
+@dataclass
+class Result:
+    """A Case, how it ended, and what was measured. Units are in the field names."""
+
+    case: Case
+    status: str = "ok"
+    error: str | None = None
+    wall_s: float | None = None
+    startup_s: float | None = None
+    warmup_s: float | None = None
+    train_s: float | None = None
+    eval_s: float | None = None
+    steps: int | None = None
+    images: int | None = None
+    epochs_completed: float | None = None
+    stopped_by: str | None = None
+    images_per_s: float | None = None
+    images_per_s_p25: float | None = None
+    images_per_s_p75: float | None = None
+    images_per_s_spread_pct: float | None = None
+    windows_s: list[float] = field(default_factory=list)
+    windows_images: list[int] = field(default_factory=list)
+    step_ms_p50: float | None = None
+    step_ms_p90: float | None = None
+    step_ms_p99: float | None = None
+    data_wait_pct: float | None = None
+    latency_ms_p50: float | None = None
+    latency_ms_p90: float | None = None
+    latency_ms_p99: float | None = None
+    loss: float | None = None
+    test_accuracy_pct: float | None = None
+    class_accuracy_pct: dict[str, float] | None = None
+    epoch_accuracy_pct: list[float] = field(default_factory=list)
+    epoch_s: list[float] = field(default_factory=list)
+    time_to_target_s: float | None = None
+    peak_rss_mb: float | None = None
+    peak_device_mem_mb: float | None = None
+    threads_used: int | None = None
+    train_images: int | None = None
+    test_images: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """One flat record: context first (run, schema, key, Case), then the outcome."""
+        data = asdict(self)
+        case = data.pop("case")
+        return {"schema_version": SCHEMA_VERSION, "run_id": self.case.run_id, "key": self.case.key,
+                **case, **data}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), allow_nan=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Result:
+        """Reads a record written by any schema version so far (unknown fields are ignored)."""
+        case_names = {f.name for f in fields(Case)}
+        own_names = {f.name for f in fields(cls)} - {"case"}
+        case = Case(**{k: v for k, v in data.items() if k in case_names})
+        return cls(case=case, **{k: v for k, v in data.items() if k in own_names})

@@ -1,0 +1,192 @@
+"""Runs one Case and returns one Result. The runner calls it in a fresh process per Case.
+
+Usable alone, e.g. on each node of a cluster launcher:
+    python -m bench.worker case.json        (prints one Result JSON line)
+Importing this module imports torch and torchvision, so a fork server that
+preloads it hands each Case a process with them already imported.
+"""
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+
+import numpy as np
+import psutil
+import torch
+import torchvision  # noqa: F401  (preloaded by the fork server with torch)
+
+from bench import measure
+from bench.schema import Case, Result
+from cnn import data, loops
+from cnn.model import Net
+
+Progress = Callable[[dict], None]
+
+
+def _set_threads(case: Case) -> None:
+    if case.threads is not None:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(case.threads)
+        torch.set_num_threads(case.threads)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
+
+
+def run_case(case: Case, progress: Progress | None = None, started: float | None = None) -> Result:
+    """Runs the Case; every failure becomes a Result with its status and error, never an exception.
+
+    `started` is when the process was asked for (time.time()); by default the process's
+    creation time, which the kernel gives only to about a second.
+    """
+    started = psutil.Process().create_time() if started is None else started
+    result = Result(case=case)
+    try:
+        _set_threads(case)
+        torch.manual_seed(case.seed)
+        device = torch.device(case.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            torch.backends.cudnn.benchmark = True  # autotuning happens inside the warm-up
+            torch.cuda.reset_peak_memory_stats(device)
+        arrays = data.load_arrays(case.data_cache)
+        result.train_images, result.test_images = len(arrays.train_y), len(arrays.test_y)
+        (_train if case.mode == "train" else _infer)(case, arrays, device, result, started, progress)
+        result.peak_device_mem_mb = measure.peak_device_mem_mb(device)
+    except Exception as exc:  # a Case's failure is data, the sweep goes on
+        result.status = "oom" if _is_oom(exc) else "failed"
+        frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        where = f" (at {os.path.basename(frame.filename)}:{frame.lineno})" if frame else ""
+        result.error = f"{type(exc).__name__}: {exc}{where}".replace("\n", " ")[:2000]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    result.threads_used = torch.get_num_threads()
+    result.peak_rss_mb = measure.peak_rss_mb()
+    result.wall_s = time.time() - started
+    return result
+
+
+def _meter(case: Case, device: torch.device, steps_per_epoch: int, progress: Progress | None) -> measure.StepMeter:
+    planned = case.epochs * steps_per_epoch
+    if case.max_steps is not None:
+        planned = min(planned, case.max_steps)
+
+    def report(steps: int, elapsed: float) -> None:
+        eta = elapsed / steps * (planned - steps) if steps else None
+        if case.max_seconds is not None:
+            eta = min(eta if eta is not None else math.inf, case.max_seconds - elapsed)
+        progress({"step": steps, "steps": planned, "epoch": min(steps // steps_per_epoch + 1, case.epochs),
+                  "epochs": case.epochs, "elapsed_s": elapsed, "eta_s": max(eta or 0.0, 0.0)})
+
+    return measure.StepMeter(measure.DeviceClock(device), case.warmup_steps, case.window_s,
+                             measure.Budget(case.max_steps, case.max_seconds),
+                             progress=report if progress else None)
+
+
+def _batches(case: Case, images: np.ndarray, labels: np.ndarray, classes, device: torch.device, train: bool):
+    """(make_epoch_batches, item_every_step) for the Case's pipeline."""
+    if case.pipeline == "tutorial":
+        cuda = device.type == "cuda"
+        loader = loops.tutorial_loader(images, labels, classes, case.batch_size, shuffle=train,
+                                       num_workers=case.num_workers, pin_memory=cuda, seed=case.seed)
+        return (lambda: loops.tutorial_batches(loader, device, non_blocking=cuda)), True
+    x, y = loops.resident_tensors(images, labels, device)
+    generator = torch.Generator(device=device).manual_seed(case.seed)
+    return (lambda: loops.resident_batches(x, y, case.batch_size, generator, shuffle=train)), False
+
+
+def _record_throughput(result: Result, meter: measure.StepMeter) -> None:
+    summary = measure.summarise(meter.windows_s, meter.windows_images, meter.step_s)
+    result.images_per_s, result.images_per_s_p25, result.images_per_s_p75 = summary.images_per_s, summary.p25, summary.p75
+    result.images_per_s_spread_pct = summary.spread_pct
+    result.step_ms_p50, result.step_ms_p90, result.step_ms_p99 = summary.step_ms
+    result.windows_s, result.windows_images = meter.windows_s, meter.windows_images
+    result.warmup_s, result.train_s, result.epoch_s = meter.warmup_s, meter.train_s, meter.epoch_s
+    result.steps, result.images, result.stopped_by = meter.steps, meter.images, meter.stopped_by or "epochs"
+    window_total = sum(meter.windows_s)
+    result.data_wait_pct = 100.0 * meter.data_wait_s / window_total if window_total else None
+    result.warnings.extend(summary.warnings)
+
+
+def _train(case: Case, arrays: data.CifarArrays, device: torch.device, result: Result, started: float,
+           progress: Progress | None) -> None:
+    net = Net(case.width, len(arrays.classes)).to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=case.lr, momentum=0.9)
+    test_x, test_y = loops.resident_tensors(arrays.test_x, arrays.test_y, device)
+    epoch_batches, item = _batches(case, arrays.train_x, arrays.train_y, arrays.classes, device, train=True)
+    meter = _meter(case, device, math.ceil(len(arrays.train_y) / case.batch_size), progress)
+    result.startup_s = time.time() - started
+    result.eval_s = 0.0
+    for _ in range(case.epochs):
+        meter.start_epoch()
+        result.loss = loops.train_epoch(net, optimizer, meter.batches(epoch_batches()), item_every_step=item,
+                                        on_step=meter.on_step)
+        meter.end_epoch()
+        # accuracy is measured at the end of every epoch, outside the timed windows
+        t0 = time.perf_counter()
+        accuracy, per_class = loops.evaluate(net, test_x, test_y, len(arrays.classes))
+        result.eval_s += time.perf_counter() - t0
+        result.epoch_accuracy_pct.append(accuracy)
+        if result.time_to_target_s is None and accuracy >= case.target_accuracy_pct:
+            result.time_to_target_s = meter.train_s
+        if meter.stopped_by:
+            break
+    result.test_accuracy_pct = accuracy
+    result.class_accuracy_pct = dict(zip(arrays.classes, per_class))
+    result.epochs_completed = meter.images / len(arrays.train_y)
+    _record_throughput(result, meter)
+
+
+def _infer(case: Case, arrays: data.CifarArrays, device: torch.device, result: Result, started: float,
+           progress: Progress | None) -> None:
+    net = Net(case.width, len(arrays.classes)).to(device).eval()
+    epoch_batches, item = _batches(case, arrays.test_x, arrays.test_y, arrays.classes, device, train=False)
+    meter = _meter(case, device, math.ceil(len(arrays.test_y) / case.batch_size), progress)
+    result.startup_s = time.time() - started
+    for _ in range(case.epochs):
+        meter.start_epoch()
+        loops.infer_epoch(net, meter.batches(epoch_batches()), item_every_step=item, on_step=meter.on_step)
+        meter.end_epoch()
+        if meter.stopped_by:
+            break
+    result.epochs_completed = meter.images / len(arrays.test_y)
+    _record_throughput(result, meter)
+    # latency: the model alone on a batch already on the device, synchronised around each call
+    test_x, _ = loops.resident_tensors(arrays.test_x, arrays.test_y, device)
+    inputs = (test_x[i:i + case.batch_size] for i in range(0, len(test_x), case.batch_size))
+    with torch.inference_mode():
+        lat = measure.latencies_ms(meter.clock, net, inputs, case.latency_batches)
+    result.latency_ms_p50, result.latency_ms_p90, result.latency_ms_p99 = measure.percentiles(lat)
+
+
+def child_main(case_fields: dict, conn, started: float) -> None:
+    """Entry point in a fork-server child: progress and the Result go back through `conn`."""
+    # A fork-server child inherits "forkserver" as its start method; give the Case the platform's
+    # default (fork on Linux), as in a plain `python train.py`, so DataLoader workers start as usual.
+    multiprocessing.set_start_method(multiprocessing.get_all_start_methods()[0], force=True)
+    case = Case(**case_fields)
+    result = run_case(case, progress=lambda p: conn.send(("progress", p)), started=started)
+    conn.send(("result", result.to_dict()))
+    conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m bench.worker CASE.json|-", file=sys.stderr)
+        return 2
+    text = sys.stdin.read() if argv[0] == "-" else open(argv[0]).read()
+    result = run_case(Case(**json.loads(text)))
+    print(result.to_json(), flush=True)
+    return 0 if result.status == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

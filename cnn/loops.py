@@ -1,0 +1,145 @@
+"""Training and evaluation loops for the two input pipelines.
+
+`tutorial`: what the tutorial does: a torchvision-style dataset with ToTensor +
+Normalize per image, `DataLoader(shuffle=True, num_workers=2)`, a copy to the
+device per batch and `loss.item()` every step.
+
+`resident`: the data set decoded once into a normalised tensor on the device,
+shuffled each epoch by an index permutation, with no per-step host synchronisation.
+
+The loops take an optional `on_step(n_images) -> bool` hook, called after every
+step; returning True stops the loop. A caller uses it to measure or to cap steps.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from torchvision.datasets import VisionDataset
+
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.5, 0.5, 0.5)
+PIPELINES = ("tutorial", "resident")
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+OnStep = Callable[[int], bool]
+
+
+def tutorial_transform() -> transforms.Compose:
+    """The tutorial's per-image transform."""
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+
+
+class CIFAR10Images(VisionDataset):
+    """torchvision's CIFAR10 item semantics (PIL image -> transform) over arrays already decoded."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], transform=None):
+        super().__init__(root=None, transform=transform)
+        self.data, self.targets, self.classes = images, labels, classes
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img = Image.fromarray(np.asarray(self.data[index]))
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(self.targets[index])
+
+
+def tutorial_loader(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], batch_size: int,
+                    shuffle: bool = True, num_workers: int = 2, pin_memory: bool = False,
+                    seed: int = 0) -> DataLoader:
+    """The tutorial's DataLoader (shuffle for training, not for testing)."""
+    dataset = CIFAR10Images(images, labels, classes, transform=tutorial_transform())
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      pin_memory=pin_memory, generator=generator, persistent_workers=False)
+
+
+def tutorial_batches(loader: DataLoader, device: torch.device, non_blocking: bool = False) -> Iterator:
+    """Batches from the loader, copied to the device one at a time, as the tutorial does."""
+    for inputs, labels in loader:
+        yield inputs.to(device, non_blocking=non_blocking), labels.to(device, non_blocking=non_blocking)
+
+
+def resident_tensors(images: np.ndarray, labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole set as one normalised NCHW float tensor on the device (numerically the tutorial's transform)."""
+    u8 = torch.from_numpy(np.array(images)).to(device)
+    x = torch.empty((len(u8), 3, 32, 32), dtype=torch.float32, device=device)
+    x.copy_(u8.permute(0, 3, 1, 2))  # layout change and uint8 -> float in one pass
+    scale = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
+    shift = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
+    x.sub_(shift).div_(scale)
+    return x, torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+
+
+def resident_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator,
+                     shuffle: bool = True) -> Iterator:
+    """One epoch of batches, shuffled by a permutation made on the device (no host sync)."""
+    n = len(y)
+    order = torch.randperm(n, device=x.device, generator=generator) if shuffle else None
+    for start in range(0, n, batch_size):
+        if order is None:
+            yield x[start:start + batch_size], y[start:start + batch_size]
+        else:
+            idx = order[start:start + batch_size]
+            yield x[idx], y[idx]
+
+
+def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches, *,
+                item_every_step: bool, on_step: OnStep | None = None) -> float:
+    """One pass over `batches`; returns the mean training loss.
+
+    `item_every_step` is the tutorial's `running_loss += loss.item()`, a host
+    synchronisation per step; without it the loss is summed on the device.
+    """
+    criterion = nn.CrossEntropyLoss()
+    net.train()
+    running: float | torch.Tensor = 0.0
+    steps = 0
+    for inputs, labels in batches:
+        optimizer.zero_grad()
+        loss = criterion(net(inputs), labels)
+        loss.backward()
+        optimizer.step()
+        running += loss.item() if item_every_step else loss.detach()
+        steps += 1
+        if on_step is not None and on_step(len(labels)):
+            break
+    return float(running) / max(steps, 1)
+
+
+def infer_epoch(net: nn.Module, batches: Batches, *, item_every_step: bool,
+                on_step: OnStep | None = None) -> None:
+    """Forward passes only, as the tutorial's test loop (`correct += (...).sum().item()`)."""
+    net.eval()
+    correct: int | torch.Tensor = 0
+    with torch.inference_mode():
+        for inputs, labels in batches:
+            predicted = net(inputs).argmax(1)
+            hits = (predicted == labels).sum()
+            correct += hits.item() if item_every_step else hits
+            if on_step is not None and on_step(len(labels)):
+                break
+
+
+def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int = 10,
+             batch_size: int = 1000) -> tuple[float, list[float]]:
+    """Test accuracy in percent, overall and per class, as the tutorial prints them."""
+    net.eval()
+    correct = torch.zeros(num_classes, dtype=torch.long, device=y.device)
+    total = torch.bincount(y, minlength=num_classes)
+    with torch.inference_mode():
+        for start in range(0, len(y), batch_size):
+            labels = y[start:start + batch_size]
+            predicted = net(x[start:start + batch_size]).argmax(1)
+            correct += torch.bincount(labels[predicted == labels], minlength=num_classes)
+    correct, total = correct.cpu(), total.cpu()
+    overall = 100.0 * correct.sum().item() / max(total.sum().item(), 1)
+    per_class = [100.0 * c / t if t else float("nan") for c, t in zip(correct.tolist(), total.tolist())]
+    return overall, per_class

@@ -1,0 +1,40 @@
+"""Shared fixtures: a private cache folder, the mini real CIFAR-10 set, the synthetic set."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MINI = Path(os.environ.get("CIFAR10_MINI", ROOT.parent / "shared" / "data" / "cifar10-mini"))
+
+# Caches (synthetic set, decoded arrays) go to one folder per test session, inherited by subprocesses.
+os.environ.setdefault("CNN_CACHE_DIR", tempfile.mkdtemp(prefix="cnn-cache-"))
+
+
+@pytest.fixture
+def mini(tmp_path: Path) -> Path:
+    """A private, writable copy of the 984-image real CIFAR-10 set (python, binary and archive)."""
+    if not MINI.is_dir():
+        pytest.fail(f"the mini CIFAR-10 set is missing at {MINI} (set CIFAR10_MINI)")
+    dest = tmp_path / "mini"
+    shutil.copytree(MINI, dest, ignore=shutil.ignore_patterns(".cnn-cache"))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    from cnn.data import prepare_synthetic
+
+    return prepare_synthetic()
+
+
+def run_bench(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`python -m bench ...` as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=timeout, stdin=subprocess.DEVNULL)
