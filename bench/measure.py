@@ -109,7 +109,7 @@ class StepMeter:
         if self.warmup_s is None and self.steps >= self.warmup_steps:
             self.warmup_s = self._warmup_so_far + self._close_window(keep=False)
             self._open_window()
-        elif now - self._host_window_start >= self.window_s:
+        elif self.warmup_s is not None and now - self._host_window_start >= self.window_s:
             self._close_window(keep=True)
             self._open_window()
         elapsed = self._train_s_before + now - self._host_epoch_start

@@ -1,0 +1,108 @@
+"""bench/measure.py: windows, warm-up, budgets and summaries, on a clock we control."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench import measure
+
+
+class FakeClock(measure.DeviceClock):
+    """Each step takes `step_s` of device time; records when it was synchronised."""
+
+    def __init__(self, step_s: float = 0.01):
+        super().__init__(torch.device("cpu"))
+        self.now, self.step_s, self.syncs = 0.0, step_s, 0
+
+    def sync(self):
+        self.syncs += 1
+
+    def mark(self):
+        return self.now
+
+    def advance(self):
+        self.now += self.step_s
+
+
+def _run(meter: measure.StepMeter, clock: FakeClock, steps: int, epochs: int = 1) -> None:
+    for _ in range(epochs):
+        meter.start_epoch()
+        for _ in range(steps):
+            clock.advance()
+            if meter.on_step(4):
+                break
+        meter.end_epoch()
+        if meter.stopped_by:
+            break
+
+
+def test_warmup_is_excluded_and_windows_cover_the_rest():
+    clock = FakeClock(0.01)
+    meter = measure.StepMeter(clock, warmup_steps=5, window_s=0.0)  # window_s 0: one window a step
+    _run(meter, clock, steps=25)
+    assert meter.warmup_s == pytest.approx(0.05)
+    assert len(meter.windows_s) == 20 and sum(meter.windows_images) == 80
+    assert meter.train_s == pytest.approx(0.25)
+    summary = measure.summarise(meter.windows_s, meter.windows_images, meter.step_s)
+    assert summary.images_per_s == pytest.approx(400.0)
+    assert summary.step_ms[0] == pytest.approx(10.0) and summary.spread_pct == pytest.approx(0.0)
+
+
+def test_every_window_is_closed_by_a_synchronise():
+    clock = FakeClock()
+    meter = measure.StepMeter(clock, warmup_steps=2, window_s=0.0)
+    _run(meter, clock, steps=10)
+    # one sync opening the epoch, one closing the warm-up, one per kept window, one at the epoch end
+    assert clock.syncs == 1 + 1 + len(meter.windows_s) + 1
+
+
+@pytest.mark.parametrize("budget, stopped_by, steps", [
+    (measure.Budget(max_steps=7), "max_steps", 7),
+    (measure.Budget(max_seconds=0.0), "max_seconds", 1),
+    (measure.Budget(), None, 30),
+])
+def test_budget_stops_the_case(budget, stopped_by, steps):
+    clock = FakeClock()
+    meter = measure.StepMeter(clock, warmup_steps=1, window_s=10.0, budget=budget)
+    _run(meter, clock, steps=10, epochs=3)
+    assert meter.stopped_by == stopped_by and meter.steps == steps
+
+
+def test_warmup_longer_than_an_epoch_carries_on():
+    clock = FakeClock(0.01)
+    meter = measure.StepMeter(clock, warmup_steps=5, window_s=0.0)
+    _run(meter, clock, steps=3, epochs=3)
+    assert meter.warmup_s == pytest.approx(0.05)
+    assert sum(meter.windows_images) == 4 * 4
+
+
+def test_summary_reports_spread_and_warns_when_noisy():
+    noisy = measure.summarise([1.0, 1.0, 1.0, 1.0], [100, 100, 150, 200], [])
+    assert noisy.images_per_s == pytest.approx(125.0)
+    assert noisy.spread_pct == pytest.approx(100 * (162.5 - 100) / 125)
+    assert any("varied" in w for w in noisy.warnings)
+    few = measure.summarise([1.0], [100], [])
+    assert any("only 1 timed window" in w for w in few.warnings)
+    none = measure.summarise([], [], [])
+    assert none.images_per_s is None and "no timed window" in none.warnings[0]
+
+
+def test_data_wait_counts_time_inside_the_iterator_after_warmup():
+    clock = FakeClock()
+    meter = measure.StepMeter(clock, warmup_steps=0, window_s=10.0)
+    meter.start_epoch()
+
+    def slow():
+        import time
+        for i in range(3):
+            time.sleep(0.02)
+            yield i
+
+    assert list(meter.batches(slow())) == [0, 1, 2]
+    assert meter.data_wait_s >= 0.05
+
+
+def test_latency_syncs_around_every_call():
+    clock = FakeClock()
+    lat = measure.latencies_ms(clock, lambda x: x, iter(range(10)), limit=4)
+    assert len(lat) == 4 and clock.syncs == 8

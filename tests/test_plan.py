@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import math
+
+from bench.plan import effective_lr, estimate_seconds, plan_cases
+from bench.schema import Case, Result, SweepSpec
+
+
+def _spec(**kw) -> SweepSpec:
+    base = dict(devices=["cpu", "cuda"], batch_sizes=[4, 32], threads=[1, 2], pipelines=["tutorial", "resident"],
+                widths=[1.0], modes=["train", "infer"], max_seconds=5.0)
+    return SweepSpec(**{**base, **kw})
+
+
+def test_threads_are_swept_on_the_cpu_only():
+    cases = plan_cases(_spec(), data_cache="/c", dataset="synthetic")
+    cpu = [c for c in cases if c.device == "cpu"]
+    cuda = [c for c in cases if c.device == "cuda"]
+    assert len(cpu) == 2 * 2 * 2 * 2 and len(cuda) == 2 * 2 * 2
+    assert {c.threads for c in cuda} == {None} and {c.threads for c in cpu} == {1, 2}
+
+
+def test_keys_are_unique_and_stable():
+    cases = plan_cases(_spec(repeats=2), data_cache="/c", dataset="synthetic")
+    keys = [c.key for c in cases]
+    assert len(set(keys)) == len(keys)
+    assert "train/cpu/tutorial/b4/t1/w1/r0" in keys and "infer/cuda/resident/b32/tauto/w1/r1" in keys
+    assert plan_cases(_spec(repeats=2, seed=9), data_cache="/other", dataset="cifar10")[0].key == keys[0]
+
+
+def test_lr_scaling_is_relative_to_batch_4():
+    assert effective_lr(0.001, "none", 512) == 0.001
+    assert effective_lr(0.001, "linear", 32) == 0.008
+    assert math.isclose(effective_lr(0.001, "sqrt", 64), 0.004)
+    cases = plan_cases(_spec(lr_scaling="linear"), data_cache="/c", dataset="synthetic")
+    assert {c.batch_size: c.lr for c in cases} == {4: 0.001, 32: 0.008}
+
+
+def test_estimate_is_bounded_only_with_max_seconds():
+    cases = plan_cases(_spec(devices=["cpu"]), data_cache="/c", dataset="synthetic")
+    seconds, bounded = estimate_seconds(cases)
+    assert bounded and seconds >= len(cases) * 5
+    cases = plan_cases(_spec(devices=["cpu"], max_seconds=None, time_limit_s=60), data_cache="/c", dataset="s")
+    assert estimate_seconds(cases) == (len(cases) * 60, False)
+
+
+def test_result_round_trips_through_one_flat_json_line():
+    case = plan_cases(_spec(), data_cache="/c", dataset="synthetic", run_id="run-1")[0]
+    result = Result(case=case, images_per_s=123.0, windows_s=[0.5, 0.5], class_accuracy_pct={"cat": 50.0})
+    record = result.to_dict()
+    assert record["key"] == case.key and record["run_id"] == "run-1" and record["schema_version"] == 1
+    assert record["window_s"] == case.window_s and record["windows_s"] == [0.5, 0.5]
+    assert Result.from_dict(record) == result
+    assert isinstance(Result.from_dict({**record, "a_future_field": 1}).case, Case)
