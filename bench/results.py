@@ -17,8 +17,14 @@ SUMMARY_COLUMNS = ["mode", "device", "pipeline", "batch_size", "threads", "width
 
 def append_result(run_dir: Path, result: Result) -> None:
     """Appends one complete line and forces it to disk, so an interrupted sweep loses nothing finished."""
-    with open(run_dir / RESULTS, "a", encoding="utf-8") as f:
-        f.write(result.to_json() + "\n")
+    path = run_dir / RESULTS
+    with open(path, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell():
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":  # a line cut short by a crash: start a fresh one
+                f.write(b"\n")
+        f.write((result.to_json() + "\n").encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
 

@@ -37,7 +37,10 @@ def _set_threads(case: Case) -> None:
 
 
 def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
+    """CUDA raises OutOfMemoryError; the CPU allocator raises a RuntimeError that says so."""
+    text = str(exc).lower()
+    return (isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text
+            or "can't allocate memory" in text)
 
 
 def run_case(case: Case, progress: Progress | None = None, started: float | None = None) -> Result:

@@ -1,0 +1,120 @@
+"""Bad input: exit status 2, one line naming the flag or file and what is accepted, no traceback."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from bench import cli
+from conftest import run_bench
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-sizes", "0"], "--batch-sizes: '0' is not a positive integer (expected e.g. 4,32,128)"),
+    (["--batch-sizes", "-4"], "--batch-sizes: '-4' is not a positive integer"),
+    (["--batch-sizes", "4.5"], "--batch-sizes: '4.5' is not a positive integer"),
+    (["--batch-sizes", "4,,32"], "--batch-sizes: empty item in '4,,32'"),
+    (["--batch-sizes", "4,"], "--batch-sizes: empty item in '4,'"),
+    (["--devices", "tpu"], "--devices: 'tpu' is not a device (expected cpu, cuda or cuda:N)"),
+    (["--threads", "0"], "--threads: '0' is not a positive integer"),
+    (["--threads", "4096"], "--threads: '4096' is more than this machine's"),
+    (["--pipelines", "fast"], "--pipelines: 'fast' is not one of tutorial, resident"),
+    (["--modes", "eval"], "--modes: 'eval' is not one of train, infer"),
+    (["--widths", "0"], "--widths: '0' is not a positive number"),
+    (["--widths", "-1"], "--widths: '-1' is not a positive number"),
+    (["--epochs", "0"], "--epochs: '0' is not a positive integer"),
+    (["--target-accuracy", "150"], "--target-accuracy: '150' is not a percentage in (0, 100]"),
+    (["--lr-scaling", "cubic"], "--lr-scaling: invalid choice: 'cubic'"),
+    (["--dataset", "imagenet"], "--dataset: invalid choice: 'imagenet'"),
+])
+def test_bad_flags_are_refused_with_one_line(argv, message, capsys):
+    assert cli.main(["run", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bench: {message}") and err.count("\n") == 1, err
+
+
+def test_unavailable_cuda_alone_is_an_error_and_with_cpu_a_warning():
+    with pytest.raises(cli.CliError, match="--devices: 'cuda' is not available: CUDA is not available"):
+        cli.resolve_devices(["cuda"], n_cuda=0)
+    with pytest.raises(cli.CliError, match="'cuda:7' is not available: this machine has 1 CUDA device"):
+        cli.resolve_devices(["cuda:7"], n_cuda=1)
+    assert cli.resolve_devices(["cpu", "cuda"], n_cuda=0) == (["cpu"], {"cuda": "CUDA is not available on this machine"})
+    assert cli.resolve_devices(None, n_cuda=0) == (["cpu"], {})
+    assert cli.resolve_devices(None, n_cuda=2) == (["cpu", "cuda"], {})
+
+
+def test_quick_and_explicit_budgets():
+    parser = cli.get_parser()
+    quick = cli.build_spec(parser.parse_args(["run", "--quick", "--max-steps", "50"]), n_cuda=0)
+    assert (quick.epochs, quick.max_steps, quick.max_seconds) == (1, 50, cli.QUICK["max_seconds"])
+    unlimited = cli.build_spec(parser.parse_args(["run", "--max-seconds", "0"]), n_cuda=0)
+    assert unlimited.max_seconds is None and unlimited.epochs == 2
+    default = cli.build_spec(parser.parse_args(["run"]), n_cuda=0)
+    assert default.batch_sizes == [4, 32, 128, 512] and default.pipelines == ["tutorial", "resident"]
+    assert default.modes == ["train", "infer"] and default.widths == [1.0] and 1 in default.threads
+
+
+def test_bad_input_from_a_real_process_has_no_traceback(tmp_path: Path):
+    proc = run_bench("run", "--batch-sizes", "0", "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "bench: --batch-sizes: '0' is not a positive integer (expected e.g. 4,32,128)"
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_cuda_where_there_is_none_exits_2(tmp_path: Path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = run_bench("run", "--devices", "cuda", "--dataset", "synthetic", "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "bench: --devices: 'cuda' is not available" in proc.stderr
+    assert not (tmp_path / "run" / "results.jsonl").exists()
+
+
+def _quick(tmp_path: Path, *extra: str):
+    return run_bench("run", "--quick", "--batch-sizes", "4", "--threads", "1", "--modes", "train",
+                     "--pipelines", "resident", "--out", str(tmp_path / "run"), *extra)
+
+
+def test_unreadable_data_folder_exits_2(tmp_path: Path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    proc = _quick(tmp_path, "--data-dir", str(not_a_folder))
+    assert proc.returncode == 2 and proc.stderr.strip() == f"bench: --data-dir: {not_a_folder}: not a folder"
+
+
+def test_unwritable_output_folder_exits_2(tmp_path: Path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    proc = run_bench("run", "--quick", "--dataset", "synthetic", "--out", str(blocker / "run"))
+    assert proc.returncode == 2 and proc.stderr.startswith(f"bench: --out: '{blocker / 'run'}' cannot be written")
+    assert proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[:1000]), "data_batch_4: not a valid CIFAR-10 batch"),
+    (lambda p: p.write_bytes(pickle.dumps({"data": None, "labels": [1]})), "data_batch_4: 'data' must be a uint8"),
+])
+def test_corrupt_or_tampered_data_file_exits_2_naming_it(mini: Path, tmp_path: Path, tamper, message):
+    tamper(mini / "cifar-10-batches-py" / "data_batch_4")
+    proc = _quick(tmp_path, "--data-dir", str(mini), "--no-verify")
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_md5_mismatch_exits_2_and_points_at_no_verify(mini: Path, tmp_path: Path):
+    proc = _quick(tmp_path, "--data-dir", str(mini), "--dataset", "cifar10")
+    assert proc.returncode == 2
+    assert "data_batch_1: MD5" in proc.stderr and "is not the official" in proc.stderr
+    assert "--no-verify" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_existing_results_need_resume(tmp_path: Path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.jsonl").write_text("")
+    proc = run_bench("run", "--dataset", "synthetic", "--out", str(run))
+    assert proc.returncode == 2 and "already holds results (pass --resume" in proc.stderr
+    proc = run_bench("run", "--dataset", "synthetic", "--resume", "--out", str(tmp_path / "none"))
+    assert proc.returncode == 2 and "holds no results.jsonl to resume" in proc.stderr

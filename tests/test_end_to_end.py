@@ -1,0 +1,92 @@
+"""`python -m bench run` as a user runs it, reading back the files it wrote."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import run_bench
+
+TINY = ["--batch-sizes", "4,64", "--threads", "1", "--epochs", "1", "--max-steps", "30", "--warmup-steps", "3",
+        "--window", "0.05", "--latency-batches", "5"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    proc = run_bench("run", "--dataset", "synthetic", "--devices", "cpu,cuda", *TINY, "--out", str(out))
+    return out, proc
+
+
+def test_the_sweep_writes_results_environment_and_csv(tiny_run):
+    out, proc = tiny_run
+    assert proc.returncode == 0, proc.stderr
+    lines = (out / "results.jsonl").read_text().splitlines()
+    results = pd.read_json(out / "results.jsonl", lines=True)
+    assert len(lines) == len(results)
+    cpu = results[results.device == "cpu"]
+    assert len(cpu) == 2 * 2 * 2  # batch sizes x pipelines x modes
+    assert set(cpu.status) == {"ok"}, cpu.error.tolist()
+    assert (cpu.dataset == "synthetic").all() and (cpu.run_id == "run").all() and (cpu.schema_version == 1).all()
+    assert (cpu.images_per_s > 0).all() and (cpu.steps == 30).all() and (cpu.threads_used == 1).all()
+    train = cpu[cpu["mode"] == "train"]
+    assert train.test_accuracy_pct.notna().all() and train.data_wait_pct.notna().all()
+    assert cpu[cpu["mode"] == "infer"].latency_ms_p50.notna().all()
+    csv = pd.read_csv(out / "results.csv")
+    assert sorted(csv.key) == sorted(results.key)
+    env = json.loads((out / "environment.json").read_text())
+    assert env["dataset"] == "synthetic" and env["cpu_logical_cores"] >= 1 and env["torch"]
+    assert env["spec"]["batch_sizes"] == [4, 64]
+    assert re.search(r"train\s+cpu\s+resident\s+64\s+1\s+1\s+ok\s+\d+", proc.stdout)  # the summary table
+
+
+def test_an_unavailable_device_beside_cpu_is_skipped_and_recorded(tiny_run):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out, proc = tiny_run
+    assert "WARNING: skipping device cuda: CUDA is not available" in proc.stderr
+    results = pd.read_json(out / "results.jsonl", lines=True)
+    cuda = results[results.device == "cuda"]
+    assert len(cuda) == 2 * 2 * 2 and set(cuda.status) == {"skipped"}
+    assert json.loads((out / "environment.json").read_text())["skipped_devices"] == {
+        "cuda": "CUDA is not available on this machine"}
+
+
+def test_resume_reruns_only_cases_not_ok(tiny_run, tmp_path: Path):
+    out, _ = tiny_run
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = (out / "results.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    target = next(r for r in records if r["device"] == "cpu" and r["status"] == "ok")
+    records[records.index(target)] = {**target, "status": "failed", "error": "boom"}
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"cut short')
+    proc = run_bench("run", "--dataset", "synthetic", "--devices", "cpu,cuda", *TINY, "--out", str(run), "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 Cases" in proc.stdout and "already done" in proc.stdout
+    final = pd.read_csv(run / "results.csv")
+    assert len(final) == len(records)
+    assert final.set_index("key").loc[target["key"], "status"] == "ok"
+
+
+def test_real_cifar10_mini_through_the_cli(mini: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    proc = run_bench("run", "--data-dir", str(mini), "--no-verify", "--modes", "train", "--pipelines",
+                     "tutorial", *TINY, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    results = pd.read_json(out / "results.jsonl", lines=True)
+    assert set(results.status) == {"ok"} and set(results.dataset) == {"cifar10-unverified"}
+    assert set(results.train_images) == {820} and set(results.test_images) == {164}
+    assert "cifar10-unverified" in proc.stdout
+
+
+def test_dry_run_plans_without_running(tmp_path: Path):
+    proc = run_bench("run", "--dry-run", "--dataset", "synthetic", "--quick", "--out", str(tmp_path / "run"))
+    assert proc.returncode == 0
+    assert "train/cpu/tutorial/b4/t1/w1/r0" in proc.stdout and "estimated duration" in proc.stdout
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,63 @@
+"""bench/runner.py: one process per Case; crash, out-of-memory and time-out become Results."""
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import replace
+
+import psutil
+import pytest
+
+from bench import runner
+from bench.plan import plan_cases
+from bench.schema import SweepSpec
+
+
+@pytest.fixture
+def case(synthetic):
+    spec = SweepSpec(devices=["cpu"], batch_sizes=[8], threads=[1], pipelines=["resident"], widths=[1.0],
+                     modes=["train"], epochs=1, max_steps=40, warmup_steps=5, window_s=0.05)
+    return plan_cases(spec, str(synthetic.cache_dir), synthetic.name)[0]
+
+
+def _case_processes() -> list[psutil.Process]:
+    """Processes forked by our fork server: the Case workers and their children."""
+    me = psutil.Process()
+    servers = [p for p in me.children() if "forkserver" in " ".join(p.cmdline())]
+    return [c for s in servers for c in s.children(recursive=True)]
+
+
+def test_a_case_runs_in_its_own_process_with_its_threads(case):
+    result = runner.run_one(case)
+    assert result.status == "ok", result.error
+    assert result.steps == 40 and result.stopped_by == "max_steps" and result.threads_used == 1
+    assert result.images_per_s > 0 and result.windows_s and result.startup_s < 30
+    assert result.test_accuracy_pct is not None and result.peak_rss_mb > 0
+
+
+def test_an_exception_in_the_worker_is_a_failed_result(case):
+    result = runner.run_one(replace(case, data_cache="/nonexistent/cache"))
+    assert result.status == "failed" and "FileNotFoundError" in result.error
+
+
+def test_running_out_of_memory_is_an_oom_result(case):
+    result = runner.run_one(replace(case, width=1e6))  # conv weights of many terabytes
+    assert result.status == "oom", result.error
+
+
+def test_a_case_over_its_time_limit_is_killed_with_its_children(case):
+    slow = replace(case, pipeline="tutorial", max_steps=None, max_seconds=None, epochs=5, time_limit_s=4.0)
+    result = runner.run_one(slow)
+    assert result.status == "timeout" and "time limit of 4 s" in result.error
+    assert _case_processes() == []
+
+
+def test_a_worker_killed_by_a_signal_is_a_failed_result(case):
+    def kill_worker(progress):
+        for p in _case_processes():
+            os.kill(p.pid, signal.SIGKILL)
+
+    long = replace(case, max_steps=None, max_seconds=None, epochs=3)
+    result = runner.run_one(long, on_progress=kill_worker)
+    assert result.status == "failed" and "SIGKILL" in result.error
+    assert _case_processes() == []
