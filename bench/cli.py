@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
 from dataclasses import asdict, replace
 from datetime import datetime
@@ -19,7 +20,7 @@ LR_SCALINGS = ("none", "linear", "sqrt")
 DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 DEFAULTS = {"epochs": 2, "max_steps": None, "max_seconds": 12.0, "warmup_steps": 10, "window_s": 0.5,
             "latency_batches": 200}
-QUICK = {"epochs": 1, "max_steps": 300, "max_seconds": 1.0, "warmup_steps": 5, "window_s": 0.2,
+QUICK = {"epochs": 1, "max_steps": 300, "max_seconds": 0.8, "warmup_steps": 5, "window_s": 0.2,
          "latency_batches": 30}
 
 
@@ -141,7 +142,7 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     budget.add_argument("--time-limit", type=positive_float, default=600.0,
                         help="kill a Case after this many seconds; it is recorded as a timeout (default 600)")
     budget.add_argument("--quick", action="store_true",
-                        help="a fast look: 1 epoch, at most 300 steps or 1 s of training per Case")
+                        help="a fast look: 1 epoch, at most 300 steps or 0.8 s of training per Case")
     budget.add_argument("--warmup-steps", type=non_negative_int, help="steps excluded from throughput (default 10)")
     budget.add_argument("--window", type=positive_float, dest="window_s", help="timed window, s (default 0.5)")
     budget.add_argument("--latency-batches", type=positive_int,
@@ -284,6 +285,10 @@ def _warn(text: str) -> None:
     print(f"bench: WARNING: {text}", file=sys.stderr, flush=True)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return cmd_plan(args)
@@ -316,6 +321,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"bench: {len(todo)} Cases on {prepared.name} data ({prepared.source}) -> {run_dir}"
           + (f" ({len(done)} already done)" if done else ""), flush=True)
     display = Display(len(todo))
+    signal.signal(signal.SIGTERM, _interrupt)  # a `kill` stops the running Case too, not only Ctrl-C
     try:
         run_cases(todo, run_dir, display)
     except KeyboardInterrupt:

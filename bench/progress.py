@@ -39,8 +39,10 @@ class Display:
         if self.plain:
             self.write(f"[{self.done + 1}/{self.total}] {case.label}: started")
         else:
+            # the bar shows our ETA, which knows the --max-seconds budget; tqdm's own would not
             self._inner = tqdm(total=None, desc=f"  {case.label}", unit="step", position=1, leave=False,
-                               file=self.stream, dynamic_ncols=True)
+                               file=self.stream, dynamic_ncols=True,
+                               bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
 
     def case_progress(self, p: dict) -> None:
         text = f"epoch {p['epoch']}/{p['epochs']} step {p['step']}/{p['steps']} ETA {_eta(p['eta_s'])}"

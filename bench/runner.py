@@ -10,6 +10,7 @@ pool or CUDA context exists to be inherited.
 from __future__ import annotations
 
 import multiprocessing as mp
+from multiprocessing import forkserver
 import signal
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ POLL_S = 0.1
 def _context() -> mp.context.BaseContext:
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["bench.worker"])
+    forkserver.ensure_running()  # start it now, so its imports are not charged to the first Case
     return ctx
 
 

@@ -90,3 +90,35 @@ def test_dry_run_plans_without_running(tmp_path: Path):
     assert proc.returncode == 0
     assert "train/cpu/tutorial/b4/t1/w1/r0" in proc.stdout and "estimated duration" in proc.stdout
     assert not (tmp_path / "run").exists()
+
+
+def test_an_interrupted_sweep_keeps_finished_cases_and_leaves_no_process(tmp_path: Path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--dataset", "synthetic", "--devices", "cpu",
+                             "--batch-sizes", "4,8,16", "--threads", "1", "--modes", "train", "--pipelines",
+                             "tutorial", "--max-seconds", "0", "--epochs", "5", "--max-steps", "40",
+                             "--warmup-steps", "3", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    tree: set[int] = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait for one finished Case and the next one running
+        tree |= {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+        results = out / "results.jsonl"
+        if results.exists() and results.read_text().count("\n") >= 1 and len(tree) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "--resume" in err
+    assert "Traceback" not in err
+    kept = pd.read_json(out / "results.jsonl", lines=True)
+    assert len(kept) >= 1 and set(kept.status) == {"ok"}
+    time.sleep(1)
+    assert [pid for pid in tree if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"] == []

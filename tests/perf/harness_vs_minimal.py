@@ -1,0 +1,137 @@
+"""Benchmark (not a test): is the harness honest, and what does the input pipeline cost?
+
+Measures, side by side in one run, alternating so the machine's drift hits both alike:
+- the harness's training images/s for a Case (median over its timed windows), and
+- a minimal hand-written loop doing the same work (same data, model, batch size,
+  threads, steps) in a fresh process, timed as total images / total time after warm-up.
+
+Prints, per configuration, both figures and their ratio, then the resident/tutorial
+ratio at each batch size, and the harness's per-Case start-up overhead.
+
+    python tests/perf/harness_vs_minimal.py [--steps 3000] [--rounds 3] [--batch-sizes 4]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+MINIMAL = textwrap.dedent("""
+    import sys, time, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+    from PIL import Image
+    from torch.utils.data import Dataset, DataLoader
+    import torchvision.transforms as T
+    cache, pipeline, bs, threads, steps, warmup = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:7])
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 6, 5); self.pool = nn.MaxPool2d(2, 2); self.conv2 = nn.Conv2d(6, 16, 5)
+            self.fc1 = nn.Linear(400, 120); self.fc2 = nn.Linear(120, 84); self.fc3 = nn.Linear(84, 10)
+        def forward(self, x):
+            x = self.pool(F.relu(self.conv1(x))); x = self.pool(F.relu(self.conv2(x)))
+            x = torch.flatten(x, 1); return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+    images = np.load(f"{cache}/train_x.npy", mmap_mode="r"); labels = np.load(f"{cache}/train_y.npy")
+    net = Net(); criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
+    if pipeline == "tutorial":
+        transform = T.Compose([T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+        class Images(Dataset):
+            def __len__(self): return len(labels)
+            def __getitem__(self, i): return transform(Image.fromarray(np.asarray(images[i]))), int(labels[i])
+        batches = iter(DataLoader(Images(), batch_size=bs, shuffle=True, num_workers=2))
+    else:
+        x = ((torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5).contiguous()
+        y = torch.from_numpy(labels)
+        order = torch.randperm(len(y))
+        batches = ((x[order[i:i + bs]], y[order[i:i + bs]]) for i in range(0, len(y), bs))
+    done = timed_images = 0
+    for inputs, target in batches:
+        if done == warmup:
+            t0 = time.perf_counter()
+        if done >= warmup:
+            timed_images += len(target)
+        optimizer.zero_grad()
+        loss = criterion(net(inputs), target)
+        loss.backward()
+        optimizer.step()
+        if pipeline == "tutorial":
+            loss.item()
+        done += 1
+        if done == warmup + steps:
+            break
+    print(timed_images / (time.perf_counter() - t0))
+""")
+
+
+def minimal_images_per_s(cache: str, pipeline: str, bs: int, threads: int, steps: int, warmup: int) -> float:
+    out = subprocess.run([sys.executable, "-c", MINIMAL, cache, pipeline, str(bs), str(threads), str(steps),
+                          str(warmup)], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    from bench import runner
+    from bench.plan import plan_cases
+    from bench.schema import SweepSpec
+    from cnn.data import prepare_synthetic
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=3000, help="timed steps per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-sizes", default="4")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+
+    prepared = prepare_synthetic()
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    warmup = 10
+    spec = SweepSpec(devices=["cpu"], batch_sizes=batch_sizes, threads=[args.threads],
+                     pipelines=["tutorial", "resident"], widths=[1.0], modes=["train"], epochs=1,
+                     max_steps=warmup + args.steps, max_seconds=None, warmup_steps=warmup, window_s=0.5)
+    cases = plan_cases(spec, str(prepared.cache_dir), prepared.name)
+    figures = {c.key: {"harness": [], "minimal": [], "startup_s": []} for c in cases}
+    for r in range(args.rounds):
+        for case in cases:
+            result = runner.run_one(case)
+            assert result.status == "ok", result.error
+            figures[case.key]["harness"].append(result.images_per_s)
+            figures[case.key]["startup_s"].append(result.startup_s)
+            figures[case.key]["minimal"].append(minimal_images_per_s(
+                str(prepared.cache_dir), case.pipeline, case.batch_size, args.threads, args.steps, warmup))
+            print(f"round {r + 1}: {case.key}: harness {result.images_per_s:.0f}, "
+                  f"minimal {figures[case.key]['minimal'][-1]:.0f} images/s", flush=True)
+
+    print(f"\n{'case':38} {'harness':>9} {'minimal':>9} {'harness/minimal':>16}   (median images/s of "
+          f"{args.rounds} rounds, {args.steps} timed steps, {args.threads} threads)")
+    medians = {}
+    for key, f in figures.items():
+        h, m = statistics.median(f["harness"]), statistics.median(f["minimal"])
+        medians[key] = h
+        print(f"{key:38} {h:9.0f} {m:9.0f} {h / m:16.3f}")
+    print()
+    for bs in batch_sizes:
+        tut = medians[f"train/cpu/tutorial/b{bs}/t{args.threads}/w1/r0"]
+        res = medians[f"train/cpu/resident/b{bs}/t{args.threads}/w1/r0"]
+        print(f"batch {bs}: resident / tutorial = {res / tut:.2f}x ({res:.0f} vs {tut:.0f} images/s)")
+    startups = [s for f in figures.values() for s in f["startup_s"]]
+    print(f"per-Case start-up (fork to first step, data cache warm): median {statistics.median(startups):.2f} s, "
+          f"max {max(startups):.2f} s over {len(startups)} Cases")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
