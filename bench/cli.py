@@ -12,9 +12,8 @@ from pathlib import Path
 
 import psutil
 
-from bench.schema import MODES, SweepSpec
+from bench.schema import MODES, PIPELINES, SweepSpec
 
-PIPELINES = ("tutorial", "resident")
 DATASETS = ("auto", "cifar10", "synthetic")
 LR_SCALINGS = ("none", "linear", "sqrt")
 DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")

@@ -28,8 +28,16 @@ POLL_S = 0.1
 def _context() -> mp.context.BaseContext:
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["bench.worker"])
-    forkserver.ensure_running()  # start it now, so its imports are not charged to the first Case
+    # Start the server and wait for its imports now, so they are not charged to the first Case.
+    forkserver.ensure_running()
+    ready = ctx.Process(target=_nothing)
+    ready.start()
+    ready.join()
     return ctx
+
+
+def _nothing() -> None:
+    pass
 
 
 def _kill_tree(pid: int) -> None:

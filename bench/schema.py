@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "oom", "timeout", "skipped")
 MODES = ("train", "infer")
+PIPELINES = ("tutorial", "resident")  # see cnn/loops.py
 
 
 @dataclass

@@ -24,7 +24,6 @@ from torchvision.datasets import VisionDataset
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
-PIPELINES = ("tutorial", "resident")
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 OnStep = Callable[[int], bool]
 
