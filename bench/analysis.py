@@ -1,0 +1,222 @@
+"""Pure functions from the results table to the answers: speed-ups, crossover, scaling, gaps, verdict.
+
+Every function takes a DataFrame of Results (one row per Case, as `results_frame` makes) and
+returns a DataFrame or plain data; nothing here draws or writes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+SPREAD_WARN_PCT = 10.0
+CONFIG = ["machine", "mode", "device", "pipeline", "width", "batch_size"]
+
+
+def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The Cases that measured something, with a `machine` label (one per run's host) if absent."""
+    out = df[df["status"] == "ok"].copy()
+    if "machine" not in out:
+        out["machine"] = ""
+    return out
+
+
+def best_throughput(df: pd.DataFrame) -> pd.DataFrame:
+    """Per machine, mode, device, pipeline, width and batch size: the best Case over thread counts."""
+    ok = ok_rows(df).dropna(subset=["images_per_s"])
+    if ok.empty:
+        return ok
+    idx = ok.groupby(CONFIG, dropna=False)["images_per_s"].idxmax()
+    cols = CONFIG + ["threads", "images_per_s", "images_per_s_p25", "images_per_s_p75", "images_per_s_spread_pct"]
+    return ok.loc[idx, cols].sort_values(CONFIG).reset_index(drop=True)
+
+
+def speedups(df: pd.DataFrame) -> pd.DataFrame:
+    """Each accelerator over the best CPU configuration at the same batch size, pipeline and width.
+
+    `low`/`high` bound the ratio by the spreads (accelerator p25 / CPU p75, p75 / p25).
+    """
+    best = best_throughput(df)
+    if best.empty:
+        return pd.DataFrame(columns=CONFIG + ["speedup", "low", "high"])
+    keys = ["machine", "mode", "pipeline", "width", "batch_size"]
+    cpu = best[best["device"] == "cpu"].set_index(keys)
+    acc = best[best["device"] != "cpu"]
+    rows = []
+    for _, r in acc.iterrows():
+        key = tuple(r[k] for k in keys)
+        if key not in cpu.index:
+            continue
+        c = cpu.loc[key]
+        rows.append({**{k: r[k] for k in keys}, "device": r["device"], "cpu_threads": c["threads"],
+                     "device_images_per_s": r["images_per_s"], "cpu_images_per_s": c["images_per_s"],
+                     "speedup": r["images_per_s"] / c["images_per_s"],
+                     "low": r["images_per_s_p25"] / c["images_per_s_p75"],
+                     "high": r["images_per_s_p75"] / c["images_per_s_p25"]})
+    return pd.DataFrame(rows, columns=keys + ["device", "cpu_threads", "device_images_per_s", "cpu_images_per_s",
+                                              "speedup", "low", "high"])
+
+
+def crossover_batch_size(speedup: pd.DataFrame) -> pd.DataFrame:
+    """Per machine, mode, device, pipeline and width: the smallest batch size from which the accelerator
+    is faster beyond the noise (`low` > 1) at that and every larger batch size; NaN when it never is."""
+    rows = []
+    for key, group in speedup.groupby(["machine", "mode", "device", "pipeline", "width"], dropna=False):
+        group = group.sort_values("batch_size")
+        faster = (group["low"] > 1.0).to_numpy()
+        crossover = np.nan
+        for i in range(len(group)):
+            if faster[i:].all():
+                crossover = group["batch_size"].iloc[i]
+                break
+        rows.append(dict(zip(["machine", "mode", "device", "pipeline", "width"], key), crossover_batch_size=crossover))
+    return pd.DataFrame(rows, columns=["machine", "mode", "device", "pipeline", "width", "crossover_batch_size"])
+
+
+def thread_scaling(df: pd.DataFrame) -> pd.DataFrame:
+    """CPU speed-up over 1 thread and parallel efficiency (speed-up / threads)."""
+    ok = ok_rows(df)
+    ok = ok[(ok["device"] == "cpu") & ok["images_per_s"].notna()]
+    keys = ["machine", "mode", "pipeline", "width", "batch_size"]
+    one = ok[ok["threads"] == 1].set_index(keys)["images_per_s"]
+    out = ok[keys + ["threads", "images_per_s"]].copy()
+    out["speedup"] = [r.images_per_s / one.get(tuple(r[k] for k in keys), np.nan) for _, r in out.iterrows()]
+    out["efficiency"] = out["speedup"] / out["threads"]
+    return out.sort_values(keys + ["threads"]).reset_index(drop=True)
+
+
+def pipeline_gap(df: pd.DataFrame) -> pd.DataFrame:
+    """`resident` over `tutorial` throughput at the same everything else: how much the input pipeline costs."""
+    ok = ok_rows(df)
+    keys = ["machine", "mode", "device", "width", "batch_size", "threads"]
+    ok = ok.assign(threads=ok["threads"].fillna(-1))
+    wide = ok.pivot_table(index=keys, columns="pipeline", values="images_per_s", aggfunc="max")
+    if not {"tutorial", "resident"} <= set(wide.columns):
+        return pd.DataFrame(columns=keys + ["tutorial", "resident", "gap"])
+    wide = wide.dropna(subset=["tutorial", "resident"]).reset_index()
+    wide["gap"] = wide["resident"] / wide["tutorial"]
+    wide["threads"] = wide["threads"].replace(-1, np.nan)
+    return wide[keys + ["tutorial", "resident", "gap"]]
+
+
+def accuracy_by_batch(df: pd.DataFrame) -> pd.DataFrame:
+    """Training Cases: test accuracy, epochs done and time to the target accuracy by batch size."""
+    ok = ok_rows(df)
+    ok = ok[ok["mode"] == "train"]
+    cols = ["machine", "device", "pipeline", "width", "batch_size", "threads", "epochs_completed",
+            "test_accuracy_pct", "time_to_target_s", "target_accuracy_pct", "train_s"]
+    return ok[[c for c in cols if c in ok]].sort_values(["machine", "device", "pipeline", "batch_size"])
+
+
+def inference_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Inference Cases: throughput and per-batch latency by batch size."""
+    ok = ok_rows(df)
+    ok = ok[ok["mode"] == "infer"]
+    cols = ["machine", "device", "pipeline", "width", "batch_size", "threads", "images_per_s",
+            "latency_ms_p50", "latency_ms_p99"]
+    return ok[cols].sort_values(["machine", "device", "pipeline", "batch_size"]).reset_index(drop=True)
+
+
+def noisy_cases(df: pd.DataFrame) -> pd.DataFrame:
+    """Cases whose throughput spread (IQR) exceeds 10% of the median."""
+    ok = ok_rows(df)
+    return ok[ok["images_per_s_spread_pct"] > SPREAD_WARN_PCT][["key", "images_per_s_spread_pct"]]
+
+
+@dataclass
+class Verdict:
+    """The report's opening: a headline and the sentences behind it, all from the tables."""
+
+    headline: str
+    findings: list[str] = field(default_factory=list)
+    caveats: list[str] = field(default_factory=list)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2f}x" if x < 10 else f"{x:.0f}x"
+
+
+def verdict(df: pd.DataFrame, skipped_devices: dict[str, str] | None = None) -> Verdict:
+    """Plain-language answer: the tutorial's own settings, the best settings, the crossover, the limits."""
+    ok = ok_rows(df)
+    findings, caveats = [], []
+    train = ok[ok["mode"] == "train"]
+    sp = speedups(df)
+    sp_train = sp[sp["mode"] == "train"]
+    if not sp_train.empty:
+        tut = sp_train[(sp_train["batch_size"] == 4) & (sp_train["pipeline"] == "tutorial") & (sp_train["width"] == 1)]
+        best = sp_train.loc[sp_train["speedup"].idxmax()]
+        if not tut.empty:
+            t = tut.iloc[0]
+            word = "faster" if t["low"] > 1 else ("slower" if t["high"] < 1 else "no faster, within the noise,")
+            headline = (f"At the tutorial's own settings (batch 4, tutorial pipeline) the {t['device']} trains "
+                        f"{_fmt(t['speedup'])} as fast as the best CPU configuration: {word}.")
+        else:
+            headline = f"The best GPU speed-up measured is {_fmt(best['speedup'])}."
+        findings.append(f"Best speed-up: {_fmt(best['speedup'])} ({best['device']}, {best['pipeline']} pipeline, "
+                        f"batch {int(best['batch_size'])}, width {best['width']:g}; "
+                        f"{best['device_images_per_s']:.0f} vs {best['cpu_images_per_s']:.0f} images/s).")
+        for _, c in crossover_batch_size(sp_train).iterrows():
+            where = (f"from batch {int(c['crossover_batch_size'])}" if not np.isnan(c["crossover_batch_size"])
+                     else "at no batch size measured")
+            findings.append(f"Crossover ({c['device']}, {c['pipeline']} pipeline, width {c['width']:g}): "
+                            f"faster than the CPU beyond the noise {where}.")
+    elif not train.empty:
+        devices = sorted(train["device"].unique())
+        headline = (f"Only {', '.join(devices)} was measured, so this run cannot say whether a GPU helps; "
+                    f"it answers what the CPU can: threads, input pipeline and batch size.")
+        best = train.loc[train["images_per_s"].idxmax()]
+        findings.append(f"Fastest training configuration: {best['pipeline']} pipeline, batch "
+                        f"{int(best['batch_size'])}, {_threads(best['threads'])}: {best['images_per_s']:.0f} images/s.")
+        tut = train[(train["batch_size"] == 4) & (train["pipeline"] == "tutorial") & (train["width"] == 1)]
+        if not tut.empty:
+            t = tut.loc[tut["images_per_s"].idxmax()]
+            findings.append(f"At the tutorial's own settings (batch 4, tutorial pipeline): {t['images_per_s']:.0f} "
+                            f"images/s ({_threads(t['threads'])}).")
+    else:
+        headline = "No training Case finished, so there is nothing to compare."
+    findings.extend(_cpu_findings(df))
+    if set(ok.get("dataset", pd.Series(dtype=str)).unique()) & {"synthetic"}:
+        caveats.append("Measured on SYNTHETIC data: throughput is representative of CIFAR-10, accuracy is not.")
+    for device, why in (skipped_devices or {}).items():
+        caveats.append(f"Device {device} was skipped: {why}.")
+    noisy = noisy_cases(df)
+    if not noisy.empty:
+        caveats.append(f"{len(noisy)} of {len(ok)} Cases varied by more than {SPREAD_WARN_PCT:.0f}% (IQR over "
+                       f"median) between timed windows; their figures are less certain.")
+    bad = df[df["status"] != "ok"]
+    for status, group in bad.groupby("status"):
+        caveats.append(f"{len(group)} Case(s) ended as {status}: e.g. {group.iloc[0]['key']}: {group.iloc[0]['error']}")
+    return Verdict(headline, findings, caveats)
+
+
+def _threads(t) -> str:
+    return "default threads" if pd.isna(t) else f"{int(t)} thread{'s' if t != 1 else ''}"
+
+
+def _cpu_findings(df: pd.DataFrame) -> list[str]:
+    out = []
+    gap = pipeline_gap(df)
+    gap = gap[(gap["mode"] == "train")]
+    for device, g in gap.groupby("device"):
+        small = g.loc[g["batch_size"].idxmin()]
+        out.append(f"Input pipeline ({device}): the resident pipeline trains {_fmt(small['gap'])} as fast as the "
+                   f"tutorial's at batch {int(small['batch_size'])} ({_threads(small['threads'])}), "
+                   f"{_fmt(g['gap'].min())}-{_fmt(g['gap'].max())} across the batch sizes: that share of the "
+                   f"tutorial's step is the input pipeline, not the model.")
+    scaling = thread_scaling(df)
+    scaling = scaling[(scaling["mode"] == "train") & (scaling["threads"] > 1)]
+    for pipeline, g in scaling.groupby("pipeline"):
+        top = g["threads"].max()
+        g = g[g["threads"] == top]
+        out.append(f"Threads ({pipeline} pipeline): {int(top)} threads give {g['speedup'].min():.2f}x-"
+                   f"{g['speedup'].max():.2f}x of 1 thread (parallel efficiency "
+                   f"{100 * g['efficiency'].min():.0f}-{100 * g['efficiency'].max():.0f}%).")
+    acc = accuracy_by_batch(df).dropna(subset=["test_accuracy_pct"])
+    if acc["batch_size"].nunique() > 1:
+        by_batch = acc.groupby("batch_size")["test_accuracy_pct"].max()
+        out.append("Accuracy after the same budget by batch size: "
+                   + ", ".join(f"batch {int(b)} {a:.1f}%" for b, a in by_batch.items())
+                   + " (larger batches take fewer steps per epoch at the same learning rate).")
+    return out

@@ -1,0 +1,95 @@
+"""bench/analysis.py on hand-made tables whose answers are known."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import analysis
+
+
+def _row(device, pipeline, batch, rate, threads=None, mode="train", spread=0.02, status="ok", width=1.0, **kw):
+    rate = np.nan if rate is None else rate
+    return {"key": f"{mode}/{device}/{pipeline}/b{batch}/t{threads}", "status": status, "mode": mode,
+            "device": device, "pipeline": pipeline, "batch_size": batch, "threads": threads, "width": width,
+            "images_per_s": rate, "images_per_s_p25": rate * (1 - spread), "images_per_s_p75": rate * (1 + spread),
+            "images_per_s_spread_pct": 200 * spread, "dataset": "synthetic", "error": None,
+            "test_accuracy_pct": np.nan, **kw}
+
+
+@pytest.fixture
+def table() -> pd.DataFrame:
+    rows = []
+    for batch, cpu1, cpu2, gpu in [(4, 500, 400, 450), (32, 2000, 3000, 3300), (128, 3000, 5000, 40000),
+                                   (512, 3500, 6000, 200000)]:
+        rows += [_row("cpu", "tutorial", batch, cpu1, threads=1), _row("cpu", "tutorial", batch, cpu2, threads=2),
+                 _row("cuda", "tutorial", batch, gpu),
+                 _row("cpu", "resident", batch, 2 * cpu2, threads=2)]
+    rows.append(_row("cpu", "tutorial", 1024, None, threads=2, status="oom", error="out of memory"))
+    return pd.DataFrame(rows)
+
+
+def test_best_cpu_is_taken_over_threads(table):
+    best = analysis.best_throughput(table)
+    cpu4 = best[(best.device == "cpu") & (best.pipeline == "tutorial") & (best.batch_size == 4)].iloc[0]
+    assert cpu4.images_per_s == 500 and cpu4.threads == 1
+    cpu512 = best[(best.device == "cpu") & (best.pipeline == "tutorial") & (best.batch_size == 512)].iloc[0]
+    assert cpu512.images_per_s == 6000 and cpu512.threads == 2
+
+
+def test_speedup_and_noise_band(table):
+    sp = analysis.speedups(table).set_index("batch_size")
+    assert sp.loc[4, "speedup"] == pytest.approx(0.9)
+    assert sp.loc[128, "speedup"] == pytest.approx(8.0)
+    assert sp.loc[128, "low"] == pytest.approx(40000 * 0.98 / (5000 * 1.02))
+    assert sp.loc[32, "speedup"] == pytest.approx(1.1) and sp.loc[32, "low"] > 1
+
+
+def test_crossover_is_the_first_batch_faster_beyond_noise_from_then_on(table):
+    cross = analysis.crossover_batch_size(analysis.speedups(table))
+    assert cross.crossover_batch_size.tolist() == [32]
+    noisy = table.copy()
+    noisy.loc[(noisy.device == "cuda") & (noisy.batch_size == 32), "images_per_s_p25"] = 2000
+    assert analysis.crossover_batch_size(analysis.speedups(noisy)).crossover_batch_size.tolist() == [128]
+    never = table[table.device != "cuda"]
+    assert analysis.crossover_batch_size(analysis.speedups(never)).empty
+
+
+def test_thread_scaling_efficiency(table):
+    sc = analysis.thread_scaling(table)
+    two = sc[(sc.pipeline == "tutorial") & (sc.threads == 2)].set_index("batch_size")
+    assert two.loc[128, "speedup"] == pytest.approx(5000 / 3000)
+    assert two.loc[128, "efficiency"] == pytest.approx(5000 / 3000 / 2)
+    assert two.loc[4, "efficiency"] == pytest.approx(0.4)
+
+
+def test_pipeline_gap(table):
+    gap = analysis.pipeline_gap(table)
+    assert len(gap) == 4 and gap.gap.tolist() == pytest.approx([2.0] * 4)
+    assert set(gap.threads) == {2}
+
+
+def test_verdict_with_a_gpu_names_tutorial_settings_crossover_and_failures(table):
+    v = analysis.verdict(table, skipped_devices={})
+    assert "batch 4" in v.headline and "0.90x" in v.headline and "slower" in v.headline
+    assert any("from batch 32" in f for f in v.findings)
+    assert any("Best speed-up: 33x" in f for f in v.findings)
+    assert any("oom" in c and "out of memory" in c for c in v.caveats)
+    assert any("SYNTHETIC" in c for c in v.caveats)
+
+
+def test_verdict_with_only_a_cpu_says_so_and_answers_what_it_can(table):
+    cpu = table[table.device == "cpu"]
+    v = analysis.verdict(cpu, skipped_devices={"cuda": "CUDA is not available on this machine"})
+    assert "Only cpu was measured" in v.headline
+    assert any(f.startswith("Input pipeline (cpu): the resident pipeline trains 2.00x") for f in v.findings)
+    assert any(f.startswith("Threads (tutorial pipeline): 2 threads give 0.80x-") for f in v.findings)
+    assert any("skipped: CUDA is not available" in c for c in v.caveats)
+
+
+def test_noisy_cases_are_flagged(table):
+    noisy = table.copy()
+    noisy.loc[0, "images_per_s_spread_pct"] = 25.0
+    assert analysis.noisy_cases(noisy).key.tolist() == [noisy.loc[0, "key"]]
+    assert any("varied by more than 10%" in c for c in analysis.verdict(noisy).caveats)
+    assert analysis.speedups(table[table.device == "cpu"]).empty
