@@ -165,6 +165,7 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--out", help="run folder (default reports/<run-id>)")
     out.add_argument("--resume", action="store_true", help="re-run only the Cases not already ok in --out")
+    out.add_argument("--no-report", action="store_true", help="do not build the report at the end")
 
 
 def get_parser() -> Parser:
@@ -176,6 +177,9 @@ def get_parser() -> Parser:
     plan = sub.add_parser("plan", help="list the Cases a run would make, with an estimated duration")
     _add_sweep_args(plan)
     sub.add_parser("env", help="print the environment a run would record")
+    report = sub.add_parser("report", help="build report.md/report.html from one run folder or several")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by bench run")
+    report.add_argument("--out", help="report folder (default: the run folder when there is one)")
     return parser
 
 
@@ -334,6 +338,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(summary_table(results))
     if prepared.name == "synthetic":
         print("bench: measured on SYNTHETIC data: throughput is representative, accuracy is not CIFAR-10's")
+    if not args.no_report:
+        from bench.report import build_report
+
+        report = build_report([run_dir], run_dir)
+        print(f"bench: report in {report} and {report.with_suffix('.html')}")
     print(f"bench: results in {run_dir}")
     return 0
 
@@ -345,7 +354,28 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "plan": cmd_plan, "env": cmd_env}
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import ReportError, build_report
+
+    runs = [Path(r) for r in args.runs]
+    for run in runs:
+        if not (run / "results.jsonl").is_file():
+            raise CliError(f"report: '{run}' holds no results.jsonl (expected a folder written by bench run)")
+    if args.out is None and len(runs) > 1:
+        raise CliError("report: --out is needed with several run folders (expected e.g. --out reports/compare)")
+    out = Path(args.out) if args.out else runs[0]
+    try:
+        report = build_report(runs, out)
+    except ReportError as e:
+        raise CliError(f"report: {e}") from None
+    except OSError as e:
+        raise CliError(f"--out: '{out}' cannot be written ({e.strerror or e})") from None
+    print(report.read_text().split("\n## ")[0])
+    print(f"bench: report in {report} and {report.with_suffix('.html')}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "env": cmd_env, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

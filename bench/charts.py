@@ -1,0 +1,186 @@
+"""matplotlib figures from the analysis tables; one function per chart, each returns a Figure.
+
+Titles state the finding, axes carry units. Nothing here computes a metric.
+"""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
+
+SIZE = (7.0, 4.2)
+
+
+def _series_label(row_or_key, fields: list[str]) -> str:
+    parts = []
+    for name, value in zip(fields, row_or_key if isinstance(row_or_key, tuple) else (row_or_key,)):
+        if name == "machine" and not value:
+            continue
+        if name == "threads":
+            value = "default threads" if pd.isna(value) else f"{int(value)} thr"
+        elif name == "width":
+            if value == 1:
+                continue
+            value = f"width {value:g}"
+        parts.append(str(value))
+    return " ".join(parts)
+
+
+def _batch_axis(ax, batches) -> None:
+    ax.set_xscale("log", base=2)
+    ticks = sorted(set(int(b) for b in batches))
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([str(t) for t in ticks])
+    ax.set_xlabel("batch size (images)")
+
+
+def throughput_vs_batch(best: pd.DataFrame, mode: str = "train") -> Figure:
+    """Best images/s per device and pipeline against batch size, with the spread as error bars."""
+    data = best[best["mode"] == mode]
+    fig, ax = plt.subplots(figsize=SIZE, layout="constrained")
+    group_by = ["machine", "device", "pipeline", "width"]
+    for key, g in data.groupby(group_by, dropna=False):
+        g = g.sort_values("batch_size")
+        err = [g["images_per_s"] - g["images_per_s_p25"], g["images_per_s_p75"] - g["images_per_s"]]
+        ax.errorbar(g["batch_size"], g["images_per_s"], yerr=err, marker="o", capsize=3,
+                    label=_series_label(key, group_by))
+    _batch_axis(ax, data["batch_size"])
+    ax.set_yscale("log")
+    ax.set_ylabel(f"{'training' if mode == 'train' else 'inference'} throughput (images/s)")
+    if not data.empty:
+        top = data.loc[data["images_per_s"].idxmax()]
+        ax.set_title(f"{mode.capitalize()}: fastest is {top['device']} {top['pipeline']} at batch "
+                     f"{int(top['batch_size'])} ({top['images_per_s']:,.0f} images/s)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def speedup_vs_batch(speedup: pd.DataFrame) -> Figure:
+    """Accelerator over best CPU against batch size, with the noise band and the 1x line."""
+    fig, ax = plt.subplots(figsize=SIZE, layout="constrained")
+    group_by = ["machine", "device", "pipeline", "width", "mode"]
+    for key, g in speedup.groupby(group_by, dropna=False):
+        g = g.sort_values("batch_size")
+        line = ax.plot(g["batch_size"], g["speedup"], marker="o", label=_series_label(key, group_by))[0]
+        ax.fill_between(g["batch_size"], g["low"], g["high"], color=line.get_color(), alpha=0.2)
+    ax.axhline(1.0, color="black", linewidth=1, linestyle="--", label="1x: as fast as the CPU")
+    _batch_axis(ax, speedup["batch_size"])
+    ax.set_yscale("log")
+    ax.set_ylabel("speed-up over the best CPU configuration (x)")
+    if not speedup.empty:
+        best = speedup.loc[speedup["speedup"].idxmax()]
+        ax.set_title(f"The GPU's lead grows with batch size: up to {best['speedup']:.1f}x at batch "
+                     f"{int(best['batch_size'])}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def thread_scaling(scaling: pd.DataFrame) -> Figure:
+    """Speed-up over 1 thread against thread count, per pipeline and batch size."""
+    data = scaling[scaling["mode"] == "train"]
+    fig, ax = plt.subplots(figsize=SIZE, layout="constrained")
+    group_by = ["machine", "pipeline", "batch_size"]
+    for key, g in data.groupby(group_by, dropna=False):
+        g = g.sort_values("threads")
+        ax.plot(g["threads"], g["speedup"], marker="o", label=_series_label(key[:2], group_by[:2]) + f" b{key[2]}")
+    if not data.empty:
+        top = int(data["threads"].max())
+        ax.plot([1, top], [1, top], color="black", linestyle="--", linewidth=1, label="perfect scaling")
+        ax.xaxis.set_major_locator(FixedLocator(sorted(data["threads"].unique())))
+        ax.set_title(f"{top} threads give {data[data['threads'] == top]['speedup'].min():.2f}x-"
+                     f"{data[data['threads'] == top]['speedup'].max():.2f}x the training speed of 1")
+    ax.set_xlabel("CPU threads")
+    ax.set_ylabel("training speed-up over 1 thread (x)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def epoch_time(best: pd.DataFrame, train_images: int) -> Figure:
+    """Seconds for one training epoch (train set / best images/s) per device and pipeline."""
+    data = best[best["mode"] == "train"].assign(epoch_s=lambda d: train_images / d["images_per_s"])
+    fig, ax = plt.subplots(figsize=SIZE, layout="constrained")
+    group_by = ["machine", "device", "pipeline", "width"]
+    for key, g in data.groupby(group_by, dropna=False):
+        g = g.sort_values("batch_size")
+        ax.plot(g["batch_size"], g["epoch_s"], marker="o", label=_series_label(key, group_by))
+    _batch_axis(ax, data["batch_size"])
+    ax.set_yscale("log")
+    ax.set_ylabel(f"time per epoch of {train_images:,} images (s)")
+    if not data.empty:
+        fast = data.loc[data["epoch_s"].idxmin()]
+        ax.set_title(f"An epoch takes {fast['epoch_s']:.1f} s at best ({fast['device']} {fast['pipeline']}, "
+                     f"batch {int(fast['batch_size'])})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def accuracy_vs_batch(accuracy: pd.DataFrame) -> Figure:
+    """Test accuracy reached, and time to the target accuracy, against batch size."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 4.0), layout="constrained")
+    group_by = ["machine", "device", "pipeline"]
+    for key, g in accuracy.groupby(group_by, dropna=False):
+        g = g.groupby("batch_size", as_index=False).agg(test_accuracy_pct=("test_accuracy_pct", "max"),
+                                                          time_to_target_s=("time_to_target_s", "min"))
+        label = _series_label(key, group_by)
+        left.plot(g["batch_size"], g["test_accuracy_pct"], marker="o", label=label)
+        right.plot(g["batch_size"], g["time_to_target_s"], marker="o", label=label)
+    for ax in (left, right):
+        _batch_axis(ax, accuracy["batch_size"])
+        ax.grid(True, alpha=0.3)
+    left.set_ylabel("test accuracy at the end (%)")
+    right.set_ylabel("training time to target accuracy (s)")
+    left.legend(fontsize=7)
+    if not accuracy.empty and accuracy["test_accuracy_pct"].notna().any():
+        best = accuracy.loc[accuracy["test_accuracy_pct"].idxmax()]
+        fig.suptitle(f"Best accuracy {best['test_accuracy_pct']:.1f}% at batch {int(best['batch_size'])}; "
+                     f"a gap on the right means the target was not reached")
+    return fig
+
+
+def inference_latency(inference: pd.DataFrame) -> Figure:
+    """Per-batch inference latency p50 (markers) and p99 (bars' tops) against batch size."""
+    fig, ax = plt.subplots(figsize=SIZE, layout="constrained")
+    group_by = ["machine", "device", "pipeline", "threads"]
+    for key, g in inference.groupby(group_by, dropna=False):
+        g = g.sort_values("batch_size")
+        err = [[0] * len(g), g["latency_ms_p99"] - g["latency_ms_p50"]]
+        ax.errorbar(g["batch_size"], g["latency_ms_p50"], yerr=err, marker="o", capsize=3,
+                    label=_series_label(key, group_by))
+    _batch_axis(ax, inference["batch_size"])
+    ax.set_yscale("log")
+    ax.set_ylabel("latency per batch (ms; p50, bar to p99)")
+    if not inference.empty:
+        small = inference.loc[inference["batch_size"].idxmin()]
+        ax.set_title(f"Inference at batch {int(small['batch_size'])} takes {small['latency_ms_p50']:.2f} ms "
+                     f"(p50) on {small['device']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def throughput_vs_width(best: pd.DataFrame) -> Figure:
+    """Training images/s against model width, per device and batch size."""
+    data = best[best["mode"] == "train"]
+    fig, ax = plt.subplots(figsize=SIZE, layout="constrained")
+    group_by = ["machine", "device", "pipeline", "batch_size"]
+    for key, g in data.groupby(group_by, dropna=False):
+        g = g.sort_values("width")
+        ax.plot(g["width"], g["images_per_s"], marker="o", label=_series_label(key[:3], group_by[:3]) + f" b{key[3]}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("width (multiplier of the tutorial's conv channels)")
+    ax.set_ylabel("training throughput (images/s)")
+    ax.set_title("Wider models cost each device differently")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return fig

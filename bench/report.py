@@ -1,0 +1,190 @@
+"""report.md, report.html (self-contained), the PNG charts and results.csv, from one run or several."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from bench import analysis, charts
+from bench.results import load_results, results_frame, write_csv
+
+
+class ReportError(Exception):
+    """A run folder that cannot be reported on."""
+
+
+@dataclass
+class Run:
+    path: Path
+    environment: dict
+    frame: pd.DataFrame
+
+
+def load_run(path: Path) -> Run:
+    results = load_results(path)
+    if not results:
+        raise ReportError(f"{path}: no results.jsonl with any Case (expected a folder written by bench run)")
+    env_path = path / "environment.json"
+    environment = json.loads(env_path.read_text()) if env_path.exists() else {}
+    return Run(path, environment, results_frame(results))
+
+
+def machine_label(env: dict) -> str:
+    gpus = ", ".join(g["name"] for g in env.get("gpus", [])) or "no GPU"
+    return f"{env.get('hostname', '?')} ({env.get('cpu_model', '?')}, {env.get('cpu_logical_cores', '?')} cores, {gpus})"
+
+
+def combined_frame(runs: list[Run]) -> pd.DataFrame:
+    """All runs' rows; with runs from several machines each row is labelled with its machine."""
+    labels = [machine_label(r.environment) for r in runs]
+    several = len(set(labels)) > 1
+    frames = [r.frame.assign(machine=label if several else "") for r, label in zip(runs, labels)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _md_table(frame: pd.DataFrame, digits: int = 1) -> str:
+    if frame.empty:
+        return "_(none)_"
+
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return "-" if pd.isna(v) else f"{v:,.{digits}f}"
+        return str(v)
+
+    head = "| " + " | ".join(frame.columns) + " |\n| " + " | ".join("---" for _ in frame.columns) + " |\n"
+    return head + "".join("| " + " | ".join(cell(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
+
+
+def _drop_blank(frame: pd.DataFrame) -> pd.DataFrame:
+    if "machine" in frame and (frame["machine"] == "").all():
+        frame = frame.drop(columns="machine")
+    return frame
+
+
+def _figures(df: pd.DataFrame, train_images: int) -> list[tuple[str, str, plt.Figure]]:
+    best = analysis.best_throughput(df)
+    figs = []
+    if not best.empty and (best["mode"] == "train").any():
+        figs.append(("throughput_train.png", "Training throughput by batch size", charts.throughput_vs_batch(best)))
+    sp = analysis.speedups(df)
+    if not sp.empty:
+        figs.append(("speedup.png", "GPU speed-up over the best CPU", charts.speedup_vs_batch(sp)))
+    scaling = analysis.thread_scaling(df)
+    if scaling["threads"].nunique() > 1:
+        figs.append(("thread_scaling.png", "CPU thread scaling", charts.thread_scaling(scaling)))
+    if not best.empty and (best["mode"] == "train").any():
+        figs.append(("epoch_time.png", "Time per epoch", charts.epoch_time(best, train_images)))
+    accuracy = analysis.accuracy_by_batch(df)
+    if not accuracy.empty:
+        figs.append(("accuracy.png", "Accuracy and time to target", charts.accuracy_vs_batch(accuracy)))
+    inference = analysis.inference_table(df)
+    if not inference.empty:
+        figs.append(("throughput_infer.png", "Inference throughput by batch size",
+                     charts.throughput_vs_batch(best, mode="infer")))
+        figs.append(("latency.png", "Inference latency", charts.inference_latency(inference)))
+    if df["width"].nunique() > 1:
+        figs.append(("width.png", "Throughput by model width", charts.throughput_vs_width(best)))
+    return figs
+
+
+def _sections(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    best = analysis.best_throughput(df)
+    sections = [("Best throughput per configuration (over thread counts)", best),
+                ("GPU speed-up over the best CPU", analysis.speedups(df)),
+                ("Crossover batch size", analysis.crossover_batch_size(analysis.speedups(df))),
+                ("CPU thread scaling", analysis.thread_scaling(df)),
+                ("Input pipeline gap (resident / tutorial)", analysis.pipeline_gap(df)),
+                ("Accuracy and time to target", analysis.accuracy_by_batch(df)),
+                ("Inference", analysis.inference_table(df))]
+    failed = df[df["status"] != "ok"][["key", "status", "error"]]
+    sections.append(("Cases that did not finish", failed))
+    return [(title, _drop_blank(table)) for title, table in sections]
+
+
+def build_report(run_dirs: list[Path], out_dir: Path) -> Path:
+    """Writes the report files into out_dir and returns the path of report.md."""
+    runs = [load_run(Path(p)) for p in run_dirs]
+    df = combined_frame(runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    skipped = {d: why for r in runs for d, why in r.environment.get("skipped_devices", {}).items()}
+    verdict = analysis.verdict(df, skipped)
+    train_images = int(df["train_images"].dropna().max()) if df["train_images"].notna().any() else 50000
+    figures = _figures(df, train_images)
+    images = {}
+    for name, _, fig in figures:
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        images[name] = base64.b64encode((out_dir / name).read_bytes()).decode()
+    if len(runs) > 1 or runs[0].path.resolve() != out_dir.resolve():
+        frame = df.drop(columns="machine") if (df["machine"] == "").all() else df
+        frame.to_csv(out_dir / "results.csv", index=False)
+    else:
+        write_csv(out_dir, load_results(runs[0].path))
+    datasets = ", ".join(sorted(df["dataset"].dropna().unique()))
+    title = "Does a GPU help the CIFAR-10 tutorial CNN?"
+    sections = _sections(df)
+    md = _markdown(title, verdict, runs, datasets, figures, sections)
+    (out_dir / "report.md").write_text(md)
+    (out_dir / "report.html").write_text(_html(title, verdict, runs, datasets, figures, images, sections))
+    return out_dir / "report.md"
+
+
+def _machines(runs: list[Run]) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "run": r.environment.get("run_id", r.path.name), "machine": machine_label(r.environment),
+        "torch": r.environment.get("torch"), "CUDA": r.environment.get("cuda_runtime") or "-",
+        "data": r.environment.get("dataset"), "when": r.environment.get("timestamp")} for r in runs])
+
+
+def _markdown(title, verdict, runs, datasets, figures, sections) -> str:
+    lines = [f"# {title}", "", f"**{verdict.headline}**", ""]
+    lines += [f"- {f}" for f in verdict.findings]
+    if verdict.caveats:
+        lines += ["", "Caveats:", ""] + [f"- {c}" for c in verdict.caveats]
+    lines += ["", f"Data: **{datasets}**. Every figure below was measured on it.", "", "## Machines", "",
+              _md_table(_machines(runs)), "## Charts", ""]
+    for name, caption, _ in figures:
+        lines += [f"![{caption}]({name})", ""]
+    for heading, table in sections:
+        lines += [f"## {heading}", "", _md_table(table, digits=2), ""]
+    return "\n".join(lines)
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:auto;padding:1rem;line-height:1.45;color:#222}
+img{max-width:100%;height:auto;border:1px solid #ddd;margin:.5rem 0}
+table{border-collapse:collapse;font-size:.85rem;display:block;overflow-x:auto;margin-bottom:1rem}
+td,th{border:1px solid #ccc;padding:.2rem .4rem;text-align:right}th{background:#f3f3f3}
+.verdict{font-size:1.15rem;background:#eef6ee;padding:.6rem 1rem;border-left:4px solid #3a3}
+.caveats{background:#fff7e6;padding:.3rem 1rem;border-left:4px solid #e90}"""
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "<p><em>(none)</em></p>"
+    return frame.to_html(index=False, na_rep="-", float_format=lambda v: f"{v:,.2f}", border=0)
+
+
+def _html(title, verdict, runs, datasets, figures, images, sections) -> str:
+    e = html.escape
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+             "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+             f"<title>{e(title)}</title><style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
+             f"<p class='verdict' id='verdict'><strong>{e(verdict.headline)}</strong></p>",
+             "<ul>" + "".join(f"<li>{e(f)}</li>" for f in verdict.findings) + "</ul>"]
+    if verdict.caveats:
+        parts.append("<div class='caveats'><p>Caveats:</p><ul>"
+                     + "".join(f"<li>{e(c)}</li>" for c in verdict.caveats) + "</ul></div>")
+    parts += [f"<p>Data: <strong>{e(datasets)}</strong>. Every figure below was measured on it.</p>",
+              "<h2>Machines</h2>", _html_table(_machines(runs)), "<h2>Charts</h2>"]
+    for name, caption, _ in figures:
+        parts.append(f"<figure><img alt='{e(caption)}' src='data:image/png;base64,{images[name]}'>"
+                     f"<figcaption>{e(caption)}</figcaption></figure>")
+    for heading, table in sections:
+        parts += [f"<h2>{e(heading)}</h2>", _html_table(table)]
+    parts.append("</body></html>")
+    return "\n".join(parts)
