@@ -118,6 +118,22 @@ def inference_table(df: pd.DataFrame) -> pd.DataFrame:
     return ok[cols].sort_values(["machine", "device", "pipeline", "batch_size"]).reset_index(drop=True)
 
 
+def achieved_gflops(df: pd.DataFrame) -> pd.DataFrame:
+    """Per Case: model FLOPs per image x images/s, and its share of the device's measured matmul rate.
+
+    Needs the columns `flops_per_image` and `ceiling_gflops` (the report adds them from each
+    run's environment.json); without them the table is empty.
+    """
+    cols = CONFIG + ["threads", "images_per_s", "gflops", "pct_of_ceiling"]
+    ok = ok_rows(df)
+    if "flops_per_image" not in ok or ok["flops_per_image"].isna().all():
+        return pd.DataFrame(columns=cols)
+    ok = ok.dropna(subset=["images_per_s", "flops_per_image"]).copy()
+    ok["gflops"] = ok["flops_per_image"] * ok["images_per_s"] / 1e9
+    ok["pct_of_ceiling"] = 100 * ok["gflops"] / ok["ceiling_gflops"]
+    return ok[cols].sort_values(CONFIG).reset_index(drop=True)
+
+
 def noisy_cases(df: pd.DataFrame) -> pd.DataFrame:
     """Cases whose throughput spread (IQR) exceeds 10% of the median."""
     ok = ok_rows(df)
@@ -201,10 +217,11 @@ def _cpu_findings(df: pd.DataFrame) -> list[str]:
     gap = gap[(gap["mode"] == "train")]
     for device, g in gap.groupby("device"):
         small = g.loc[g["batch_size"].idxmin()]
+        share = 100 * (1 - 1 / small["gap"])
         out.append(f"Input pipeline ({device}): the resident pipeline trains {_fmt(small['gap'])} as fast as the "
-                   f"tutorial's at batch {int(small['batch_size'])} ({_threads(small['threads'])}), "
-                   f"{_fmt(g['gap'].min())}-{_fmt(g['gap'].max())} across the batch sizes: that share of the "
-                   f"tutorial's step is the input pipeline, not the model.")
+                   f"tutorial's at batch {int(small['batch_size'])} ({_threads(small['threads'])}), so about "
+                   f"{share:.0f}% of the tutorial's training time there goes to its input pipeline, not the "
+                   f"model; {_fmt(g['gap'].min())}-{_fmt(g['gap'].max())} across the batch sizes.")
     scaling = thread_scaling(df)
     scaling = scaling[(scaling["mode"] == "train") & (scaling["threads"] > 1)]
     for pipeline, g in scaling.groupby("pipeline"):
@@ -213,6 +230,13 @@ def _cpu_findings(df: pd.DataFrame) -> list[str]:
         out.append(f"Threads ({pipeline} pipeline): {int(top)} threads give {g['speedup'].min():.2f}x-"
                    f"{g['speedup'].max():.2f}x of 1 thread (parallel efficiency "
                    f"{100 * g['efficiency'].min():.0f}-{100 * g['efficiency'].max():.0f}%).")
+    gf = achieved_gflops(df)
+    gf = gf[gf["mode"] == "train"].dropna(subset=["pct_of_ceiling"])
+    for device, g in gf.groupby("device"):
+        top = g.loc[g["gflops"].idxmax()]
+        out.append(f"Compute ({device}): the fastest training Case does {top['gflops']:.1f} GFLOP/s, "
+                   f"{top['pct_of_ceiling']:.0f}% of this device's measured fp32 matrix-multiply rate "
+                   f"(batch {int(top['batch_size'])}, {top['pipeline']} pipeline).")
     acc = accuracy_by_batch(df).dropna(subset=["test_accuracy_pct"])
     if acc["batch_size"].nunique() > 1:
         by_batch = acc.groupby("batch_size")["test_accuracy_pct"].max()

@@ -316,6 +316,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     skipped = [c for c in cases if c.device in spec.skipped_devices and c.key not in done]
     todo = [c for c in cases if c.device not in spec.skipped_devices and c.key not in done]
     env = environment.capture()
+    env.update(environment.ceilings(spec.devices, spec.widths))
     env.update(run_id=run_id, dataset=prepared.name, dataset_source=prepared.source,
                dataset_warning=prepared.warning, skipped_devices=spec.skipped_devices, spec=asdict(spec))
     (run_dir / "environment.json").write_text(json.dumps(env, indent=2))

@@ -75,3 +75,18 @@ def capture() -> dict:
         "project_version": _version("cifar10-gpu-bench"),
         "git_commit": _git_commit(),
     }
+
+
+def ceilings(devices: list[str], widths: list[float]) -> dict:
+    """What the report compares against: each device's measured fp32 matmul rate, and the
+    model's FLOPs per image at each width (forward, and a training step)."""
+    import torch
+
+    from bench.measure import matmul_gflops, model_flops_per_image
+    from cnn.model import Net
+
+    flops = {}
+    for width in widths:
+        forward, step = model_flops_per_image(lambda: Net(width))
+        flops[f"{width:g}"] = {"forward": forward, "train_step": step}
+    return {"matmul_gflops": {d: matmul_gflops(torch.device(d)) for d in devices}, "model_flops_per_image": flops}

@@ -215,3 +215,33 @@ def peak_device_mem_mb(device: torch.device) -> float | None:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return None
+
+
+def model_flops_per_image(model_fn: Callable[[], torch.nn.Module]) -> tuple[float, float]:
+    """(forward, training step) FLOPs per image, counted by torch.utils.flop_counter on one image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = model_fn()
+    x = torch.zeros(1, 3, 32, 32)
+    with FlopCounterMode(display=False) as forward:
+        model(x)
+    with FlopCounterMode(display=False) as step:
+        model(x).sum().backward()
+    return float(forward.get_total_flops()), float(step.get_total_flops())
+
+
+def matmul_gflops(device: torch.device, n: int = 1024, repeats: int = 5) -> float:
+    """The device's fp32 matrix-multiply rate: median of `repeats` synchronised n x n x n products."""
+    clock = DeviceClock(device)
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    for _ in range(2):  # warm-up: library initialisation and, on CUDA, kernel selection
+        a @ b
+    times = []
+    for _ in range(repeats):
+        clock.sync()
+        t0 = time.perf_counter()
+        a @ b
+        clock.sync()
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / float(np.median(times)) / 1e9

@@ -39,11 +39,21 @@ def machine_label(env: dict) -> str:
     return f"{env.get('hostname', '?')} ({env.get('cpu_model', '?')}, {env.get('cpu_logical_cores', '?')} cores, {gpus})"
 
 
+def _with_ceilings(frame: pd.DataFrame, env: dict) -> pd.DataFrame:
+    """Adds each row's model FLOPs per image and its device's matmul rate, from the run's environment."""
+    flops = env.get("model_flops_per_image", {})
+    kind = frame["mode"].map({"train": "train_step", "infer": "forward"})
+    per_image = [flops.get(f"{w:g}", {}).get(k) for w, k in zip(frame["width"], kind)]
+    return frame.assign(flops_per_image=pd.to_numeric(pd.Series(per_image, index=frame.index, dtype=object)),
+                        ceiling_gflops=frame["device"].map(env.get("matmul_gflops", {})).astype(float))
+
+
 def combined_frame(runs: list[Run]) -> pd.DataFrame:
     """All runs' rows; with runs from several machines each row is labelled with its machine."""
     labels = [machine_label(r.environment) for r in runs]
     several = len(set(labels)) > 1
-    frames = [r.frame.assign(machine=label if several else "") for r, label in zip(runs, labels)]
+    frames = [_with_ceilings(r.frame, r.environment).assign(machine=label if several else "")
+              for r, label in zip(runs, labels)]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -100,7 +110,8 @@ def _sections(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
                 ("CPU thread scaling", analysis.thread_scaling(df)),
                 ("Input pipeline gap (resident / tutorial)", analysis.pipeline_gap(df)),
                 ("Accuracy and time to target", analysis.accuracy_by_batch(df)),
-                ("Inference", analysis.inference_table(df))]
+                ("Inference", analysis.inference_table(df)),
+                ("Achieved GFLOP/s and share of the measured matmul rate", analysis.achieved_gflops(df))]
     failed = df[df["status"] != "ok"][["key", "status", "error"]]
     sections.append(("Cases that did not finish", failed))
     return [(title, _drop_blank(table)) for title, table in sections]
@@ -120,11 +131,7 @@ def build_report(run_dirs: list[Path], out_dir: Path) -> Path:
         fig.savefig(out_dir / name, dpi=110)
         plt.close(fig)
         images[name] = base64.b64encode((out_dir / name).read_bytes()).decode()
-    if len(runs) > 1 or runs[0].path.resolve() != out_dir.resolve():
-        frame = df.drop(columns="machine") if (df["machine"] == "").all() else df
-        frame.to_csv(out_dir / "results.csv", index=False)
-    else:
-        write_csv(out_dir, load_results(runs[0].path))
+    write_csv(out_dir, [r for run in runs for r in load_results(run.path)])
     datasets = ", ".join(sorted(df["dataset"].dropna().unique()))
     title = "Does a GPU help the CIFAR-10 tutorial CNN?"
     sections = _sections(df)

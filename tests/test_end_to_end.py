@@ -41,6 +41,9 @@ def test_the_sweep_writes_results_environment_and_csv(tiny_run):
     assert env["dataset"] == "synthetic" and env["cpu_logical_cores"] >= 1 and env["torch"]
     assert env["spec"]["batch_sizes"] == [4, 64]
     assert re.search(r"train\s+cpu\s+resident\s+64\s+1\s+1\s+ok\s+\d+", proc.stdout)  # the summary table
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Does a GPU help the CIFAR-10 tutorial CNN?\n\n**") and (out / "report.html").exists()
+    assert env["matmul_gflops"]["cpu"] > 0 and env["model_flops_per_image"]["1"]["train_step"] > 0
 
 
 def test_an_unavailable_device_beside_cpu_is_skipped_and_recorded(tiny_run):
@@ -77,12 +80,12 @@ def test_resume_reruns_only_cases_not_ok(tiny_run, tmp_path: Path):
 def test_real_cifar10_mini_through_the_cli(mini: Path, tmp_path: Path):
     out = tmp_path / "run"
     proc = run_bench("run", "--data-dir", str(mini), "--no-verify", "--modes", "train", "--pipelines",
-                     "tutorial", *TINY, "--out", str(out))
+                     "tutorial", *TINY, "--out", str(out), "--no-report")
     assert proc.returncode == 0, proc.stderr
     results = pd.read_json(out / "results.jsonl", lines=True)
     assert set(results.status) == {"ok"} and set(results.dataset) == {"cifar10-unverified"}
     assert set(results.train_images) == {820} and set(results.test_images) == {164}
-    assert "cifar10-unverified" in proc.stdout
+    assert "cifar10-unverified" in proc.stdout and not (out / "report.md").exists()
 
 
 def test_dry_run_plans_without_running(tmp_path: Path):

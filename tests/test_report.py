@@ -1,0 +1,146 @@
+"""bench/report.py and bench/charts.py: files, content, failed Cases, several machines, a real browser."""
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bench import analysis, charts, report
+from bench.plan import plan_cases
+from bench.results import append_result, results_frame
+from bench.schema import Result, SweepSpec
+
+
+def _fake_run(folder: Path, host: str, gpu: bool, scale: float = 1.0) -> Path:
+    """A run folder as bench run writes it, with hand-set figures and every kind of ending."""
+    folder.mkdir(parents=True)
+    devices = ["cpu", "cuda"] if gpu else ["cpu"]
+    spec = SweepSpec(devices=devices, batch_sizes=[4, 32, 128], threads=[1, 2], pipelines=["tutorial", "resident"],
+                     widths=[1.0], modes=["train", "infer"], max_seconds=5.0)
+    for case in plan_cases(spec, data_cache="/c", dataset="synthetic", run_id=folder.name):
+        base = {"cpu": 400.0 * (case.threads or 1) ** 0.5, "cuda": 300.0}[case.device]
+        rate = scale * base * case.batch_size ** (0.5 if case.device == "cpu" else 1.0)
+        rate *= 2.0 if case.pipeline == "resident" else 1.0
+        result = Result(case=case, images_per_s=rate, images_per_s_p25=0.97 * rate, images_per_s_p75=1.03 * rate,
+                        images_per_s_spread_pct=6.0, windows_s=[1.0], windows_images=[int(rate)],
+                        train_images=50000, test_images=10000)
+        if case.mode == "train":
+            result.test_accuracy_pct = 60.0 - case.batch_size / 10
+            result.time_to_target_s = 100.0 / case.batch_size ** 0.5
+        else:
+            result.latency_ms_p50, result.latency_ms_p99 = case.batch_size / 10, case.batch_size / 5
+        append_result(folder, result)
+    case = plan_cases(replace(spec, batch_sizes=[512, 1024, 2048], modes=["train"], pipelines=["tutorial"],
+                              threads=[2], devices=["cpu"]), "/c", "synthetic")
+    for c, (status, error) in zip(case, [("oom", "OutOfMemoryError: CUDA out of memory"), ("timeout", "time limit"),
+                                         ("failed", "worker died from SIGSEGV")]):
+        append_result(folder, Result(case=c, status=status, error=error))
+    skipped = {} if gpu else {"cuda": "CUDA is not available on this machine"}
+    for c in plan_cases(replace(spec, devices=list(skipped), batch_sizes=[4]), "/c", "synthetic"):
+        append_result(folder, Result(case=c, status="skipped", error=skipped[c.device]))
+    env = {"run_id": folder.name, "hostname": host, "cpu_model": f"{host} CPU", "cpu_logical_cores": 2,
+           "gpus": [{"name": "H100"}] if gpu else [], "torch": "2.x", "dataset": "synthetic",
+           "skipped_devices": skipped, "matmul_gflops": {"cpu": 60.0, "cuda": 50000.0},
+           "model_flops_per_image": {"1": {"forward": 1.3e6, "train_step": 3.2e6}}}
+    (folder / "environment.json").write_text(json.dumps(env))
+    return folder
+
+
+def test_report_of_a_run_with_failures_opens_with_the_verdict(tmp_path: Path):
+    run = _fake_run(tmp_path / "laptop", "laptop", gpu=False)
+    md = report.build_report([run], run).read_text()
+    assert md.startswith("# Does a GPU help the CIFAR-10 tutorial CNN?\n\n**Only cpu was measured")
+    for text in ("ended as oom", "ended as timeout", "ended as failed", "Device cuda was skipped", "SYNTHETIC",
+                 "Input pipeline (cpu)", "Threads (tutorial pipeline)", "Compute (cpu)"):
+        assert text in md, text
+    for png in ("throughput_train.png", "thread_scaling.png", "accuracy.png", "latency.png", "epoch_time.png"):
+        assert (run / png).stat().st_size > 1000 and f"]({png})" in md
+    html = (run / "report.html").read_text()
+    assert "src='data:image/png;base64," in html and "src='http" not in html and "src='/" not in html
+    assert "## Cases that did not finish" in md and "worker died from SIGSEGV" in md
+
+
+def test_report_of_two_machines_labels_each_and_finds_the_crossover(tmp_path: Path):
+    laptop = _fake_run(tmp_path / "laptop", "laptop", gpu=False)
+    gpu_box = _fake_run(tmp_path / "gpubox", "gpubox", gpu=True)
+    out = tmp_path / "both"
+    md = report.build_report([laptop, gpu_box], out).read_text()
+    assert "laptop (laptop CPU, 2 cores, no GPU)" in md and "gpubox (gpubox CPU, 2 cores, H100)" in md
+    assert "At the tutorial's own settings (batch 4, tutorial pipeline) the cuda trains" in md
+    assert "Crossover (cuda, tutorial pipeline, width 1): faster than the CPU beyond the noise from batch" in md
+    assert (out / "speedup.png").exists() and len((out / "results.csv").read_text().splitlines()) > 40
+
+
+def test_charts_render_without_warnings(tmp_path: Path):
+    df = report.combined_frame([report.load_run(_fake_run(tmp_path / "gpu", "box", gpu=True))])
+    best = analysis.best_throughput(df)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figs = [charts.throughput_vs_batch(best), charts.speedup_vs_batch(analysis.speedups(df)),
+                charts.thread_scaling(analysis.thread_scaling(df)), charts.epoch_time(best, 50000),
+                charts.accuracy_vs_batch(analysis.accuracy_by_batch(df)),
+                charts.inference_latency(analysis.inference_table(df)), charts.throughput_vs_width(best)]
+        for i, fig in enumerate(figs):
+            fig.savefig(tmp_path / f"{i}.png")
+    for fig in figs:
+        assert fig.axes[0].get_title() or fig._suptitle is not None
+        assert fig.axes[0].get_ylabel()
+
+
+def test_bench_report_cli(tmp_path: Path):
+    from conftest import run_bench
+
+    run = _fake_run(tmp_path / "run", "host", gpu=False)
+    proc = run_bench("report", str(run))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("# Does a GPU help") and (run / "report.html").exists()
+    proc = run_bench("report", str(tmp_path / "missing"))
+    assert proc.returncode == 2 and proc.stderr.startswith("bench: report: ") and "no results.jsonl" in proc.stderr
+    proc = run_bench("report", str(run), str(run))
+    assert proc.returncode == 2 and "--out is needed" in proc.stderr
+
+
+def _chromium() -> tuple[str, str]:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.skip("Chromium and ChromeDriver are not installed (Debian: apt-get install chromium chromium-driver)")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install -e '.[test]')")
+    return browser, driver
+
+
+def test_html_report_in_a_real_browser(tmp_path: Path):
+    browser, driver_path = _chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    run = _fake_run(tmp_path / "run", "host", gpu=True)
+    report.build_report([run], run)
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.set_window_size(400, 900)  # a phone's width
+        driver.get((run / "report.html").as_uri())
+        widths = driver.execute_script("return [...document.images].map(i => i.complete ? i.naturalWidth : 0)")
+        assert len(widths) >= 5 and all(w > 0 for w in widths), widths
+        verdict = driver.find_element("id", "verdict")
+        assert verdict.is_displayed() and "batch 4" in verdict.text
+        scroll = driver.execute_script("return document.documentElement.scrollWidth")
+        assert scroll <= 420, f"the page is {scroll}px wide on a 400px screen"
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == []
+    finally:
+        driver.quit()
