@@ -89,4 +89,7 @@ def ceilings(devices: list[str], widths: list[float]) -> dict:
     for width in widths:
         forward, step = model_flops_per_image(lambda: Net(width))
         flops[f"{width:g}"] = {"forward": forward, "train_step": step}
-    return {"matmul_gflops": {d: matmul_gflops(torch.device(d)) for d in devices}, "model_flops_per_image": flops}
+    # large enough to reach the device's rate: 2 GFLOP on a CPU, 1.1 TFLOP on a GPU
+    sizes = {d: 8192 if d.startswith("cuda") else 1024 for d in devices}
+    rates = {d: matmul_gflops(torch.device(d), n=sizes[d]) for d in devices}
+    return {"matmul_gflops": rates, "matmul_n": sizes, "model_flops_per_image": flops}
