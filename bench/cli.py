@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import sys
@@ -163,7 +164,7 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
                       help="accept a custom folder in the CIFAR-10 format (skip the official MD5s)")
     data.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
     out = p.add_argument_group("output")
-    out.add_argument("--out", help="run folder (default reports/<run-id>)")
+    out.add_argument("--out", help="run folder (default reports/<run-id>, or $BENCH_REPORTS_DIR/<run-id>)")
     out.add_argument("--resume", action="store_true", help="re-run only the Cases not already ok in --out")
     out.add_argument("--no-report", action="store_true", help="do not build the report at the end")
 
@@ -230,7 +231,7 @@ def run_dir_for(args: argparse.Namespace) -> tuple[Path, str]:
         out = Path(args.out)
         return out, out.name
     run_id = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("reports") / run_id, run_id
+    return Path(os.environ.get("BENCH_REPORTS_DIR", "reports")) / run_id, run_id
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:

@@ -118,3 +118,12 @@ def test_existing_results_need_resume(tmp_path: Path):
     assert proc.returncode == 2 and "already holds results (pass --resume" in proc.stderr
     proc = run_bench("run", "--dataset", "synthetic", "--resume", "--out", str(tmp_path / "none"))
     assert proc.returncode == 2 and "holds no results.jsonl to resume" in proc.stderr
+
+
+def test_default_run_folder_honours_bench_reports_dir(monkeypatch, tmp_path: Path):
+    args = cli.get_parser().parse_args(["run"])
+    monkeypatch.delenv("BENCH_REPORTS_DIR", raising=False)
+    run_dir, run_id = cli.run_dir_for(args)
+    assert run_dir.parent == Path("reports") and run_dir.name == run_id
+    monkeypatch.setenv("BENCH_REPORTS_DIR", str(tmp_path))
+    assert cli.run_dir_for(args)[0].parent == tmp_path
