@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.schema import MODES, PIPELINES, SweepSpec
+from bench.schema import AMP, MEMORY_FORMATS, MODES, PIPELINES, SweepSpec
 
 DATASETS = ("auto", "cifar10", "synthetic")
 LR_SCALINGS = ("none", "linear", "sqrt")
@@ -134,6 +134,13 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     axes.add_argument("--widths", type=widths, default=[1.0], help="conv channel multiplier (default 1)")
     axes.add_argument("--modes", type=choices(MODES), default=list(MODES), help="train,infer")
     axes.add_argument("--repeats", type=positive_int, default=1, help="runs of each Case (default 1)")
+    variants = p.add_argument_group("step variants (each recorded in the Case)")
+    variants.add_argument("--amp", type=choices(AMP), default=["off"],
+                          help="off, bf16 (autocast), or both: off,bf16 (default off)")
+    variants.add_argument("--memory-formats", type=choices(MEMORY_FORMATS), default=["contiguous"],
+                          help="contiguous, channels_last, or both (default contiguous)")
+    variants.add_argument("--cuda-graphs", action="store_true",
+                          help="also run the resident training step captured in a CUDA graph (CUDA devices only)")
     budget = p.add_argument_group("per-Case budget")
     budget.add_argument("--epochs", type=positive_int, help="epochs per Case (default 2, the tutorial's)")
     budget.add_argument("--max-steps", type=positive_int, help="stop a Case after this many steps")
@@ -211,19 +218,32 @@ def resolve_devices(requested: list[str] | None, n_cuda: int) -> tuple[list[str]
     return usable, skipped
 
 
+def _check_cuda_graphs(args: argparse.Namespace, devices_: list[str]) -> None:
+    """Graphs capture the resident training step on a GPU; asked for where none applies, refuse."""
+    if not any(d.startswith("cuda") for d in devices_):
+        raise CliError("--cuda-graphs: CUDA graphs need a CUDA device, and --devices has none "
+                       "(expected e.g. --devices cpu,cuda)")
+    if "resident" not in args.pipelines or "train" not in args.modes:
+        raise CliError("--cuda-graphs: graphs capture the resident pipeline's training step "
+                       "(expected --pipelines to include resident and --modes to include train)")
+
+
 def build_spec(args: argparse.Namespace, n_cuda: int) -> SweepSpec:
     preset = QUICK if args.quick else DEFAULTS
     budget = {k: (getattr(args, k) if getattr(args, k) is not None else preset[k]) for k in DEFAULTS}
     if budget["max_seconds"] == 0.0:
         budget["max_seconds"] = None
     devices_, skipped = resolve_devices(args.devices, n_cuda)
+    if args.cuda_graphs:
+        _check_cuda_graphs(args, devices_ + list(skipped))
     threads = args.threads or sorted({1, psutil.cpu_count(logical=False) or 1})
+    variants = {"amp": args.amp, "memory_formats": args.memory_formats, "cuda_graphs": args.cuda_graphs}
     return SweepSpec(devices=devices_, batch_sizes=args.batch_sizes, threads=threads, pipelines=args.pipelines,
                      widths=args.widths, modes=args.modes, time_limit_s=args.time_limit, repeats=args.repeats,
                      seed=args.seed, lr=args.lr, lr_scaling=args.lr_scaling,
                      target_accuracy_pct=args.target_accuracy_pct, num_workers=args.num_workers,
                      dataset=args.dataset, data_dir=args.data_dir, verify=not args.no_verify,
-                     download=not args.no_download, skipped_devices=skipped, **budget)
+                     download=not args.no_download, skipped_devices=skipped, **variants, **budget)
 
 
 def run_dir_for(args: argparse.Namespace) -> tuple[Path, str]:

@@ -27,7 +27,7 @@ def plan_cases(spec: SweepSpec, data_cache: str, dataset: str, run_id: str = "")
                 for width in spec.widths:
                     for threads in threads_axis:
                         for batch_size in spec.batch_sizes:
-                            for repeat in range(spec.repeats):
+                            for repeat, amp, memory_format, graphs in _variants(spec, device, mode, pipeline):
                                 cases.append(Case(
                                     mode=mode, device=device, pipeline=pipeline, batch_size=batch_size,
                                     threads=threads, width=width, repeat=repeat, epochs=spec.epochs,
@@ -37,8 +37,21 @@ def plan_cases(spec: SweepSpec, data_cache: str, dataset: str, run_id: str = "")
                                     target_accuracy_pct=spec.target_accuracy_pct, num_workers=spec.num_workers,
                                     warmup_steps=spec.warmup_steps, window_s=spec.window_s,
                                     latency_batches=spec.latency_batches, dataset=dataset,
-                                    data_cache=data_cache, run_id=run_id))
+                                    data_cache=data_cache, run_id=run_id, amp=amp,
+                                    memory_format=memory_format, cuda_graphs=graphs))
     return cases
+
+
+def _variants(spec: SweepSpec, device: str, mode: str, pipeline: str):
+    """(repeat, amp, memory format, CUDA graphs) for one point; graphs only where they apply:
+    the resident pipeline's training step on a CUDA device, beside the eager step."""
+    graphs = [False, True] if spec.cuda_graphs and device.startswith("cuda") and pipeline == "resident" \
+        and mode == "train" else [False]
+    for repeat in range(spec.repeats):
+        for amp in spec.amp:
+            for memory_format in spec.memory_formats:
+                for g in graphs:
+                    yield repeat, amp, memory_format, g
 
 
 def estimate_seconds(cases: list[Case]) -> tuple[float, bool]:

@@ -8,6 +8,8 @@ SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "oom", "timeout", "skipped")
 MODES = ("train", "infer")
 PIPELINES = ("tutorial", "resident")  # see cnn/loops.py
+AMP = ("off", "bf16")
+MEMORY_FORMATS = ("contiguous", "channels_last")
 
 
 @dataclass
@@ -37,6 +39,9 @@ class SweepSpec:
     data_dir: str = "data"
     verify: bool = True
     download: bool = True
+    amp: list[str] = field(default_factory=lambda: ["off"])
+    memory_formats: list[str] = field(default_factory=lambda: ["contiguous"])
+    cuda_graphs: bool = False
     skipped_devices: dict[str, str] = field(default_factory=dict)
 
 
@@ -65,18 +70,30 @@ class Case:
     dataset: str
     data_cache: str
     run_id: str = ""
+    amp: str = "off"  # "bf16": forward and loss under autocast
+    memory_format: str = "contiguous"  # or "channels_last"
+    cuda_graphs: bool = False  # the resident training step captured in a CUDA graph
 
     @property
     def key(self) -> str:
         """Stable identity of the sweep point, for --resume and for comparing runs."""
         threads = "auto" if self.threads is None else self.threads
         return (f"{self.mode}/{self.device}/{self.pipeline}/b{self.batch_size}/t{threads}"
-                f"/w{self.width:g}/r{self.repeat}")
+                f"/w{self.width:g}/r{self.repeat}{self.variant_suffix}")
+
+    @property
+    def variant_suffix(self) -> str:
+        """Empty for the tutorial's own step, so plain keys stay as they were."""
+        parts = [f"amp-{self.amp}" if self.amp != "off" else "",
+                 "channels-last" if self.memory_format == "channels_last" else "",
+                 "graphs" if self.cuda_graphs else ""]
+        return "".join(f"/{p}" for p in parts if p)
 
     @property
     def label(self) -> str:
         threads = "" if self.threads is None else f" threads={self.threads}"
-        return f"{self.mode} {self.device} {self.pipeline} batch={self.batch_size}{threads} width={self.width:g}"
+        variant = self.variant_suffix.replace("/", " ")
+        return f"{self.mode} {self.device} {self.pipeline} batch={self.batch_size}{threads} width={self.width:g}{variant}"
 
 
 @dataclass

@@ -93,16 +93,26 @@ def _meter(case: Case, device: torch.device, steps_per_epoch: int, progress: Pro
                              progress=report if progress else None)
 
 
+def _memory_format(case: Case) -> torch.memory_format:
+    return torch.channels_last if case.memory_format == "channels_last" else torch.contiguous_format
+
+
+def _amp(case: Case) -> torch.dtype | None:
+    return torch.bfloat16 if case.amp == "bf16" else None
+
+
 def _batches(case: Case, images: np.ndarray, labels: np.ndarray, classes, device: torch.device, train: bool):
-    """(make_epoch_batches, item_every_step) for the Case's pipeline."""
+    """(make_epoch_batches, item_every_step, resident tensors or None) for the Case's pipeline."""
     if case.pipeline == "tutorial":
         cuda = device.type == "cuda"
         loader = loops.tutorial_loader(images, labels, classes, case.batch_size, shuffle=train,
                                        num_workers=case.num_workers, pin_memory=cuda, seed=case.seed)
-        return (lambda: loops.tutorial_batches(loader, device, non_blocking=cuda)), True
+        return (lambda: loops.tutorial_batches(loader, device, non_blocking=cuda,
+                                               memory_format=_memory_format(case))), True, None
     x, y = loops.resident_tensors(images, labels, device)
+    x = x.contiguous(memory_format=_memory_format(case))
     generator = torch.Generator(device=device).manual_seed(case.seed)
-    return (lambda: loops.resident_batches(x, y, case.batch_size, generator, shuffle=train)), False
+    return (lambda: loops.resident_batches(x, y, case.batch_size, generator, shuffle=train)), False, (x, y)
 
 
 def _record_throughput(result: Result, meter: measure.StepMeter) -> None:
@@ -120,17 +130,23 @@ def _record_throughput(result: Result, meter: measure.StepMeter) -> None:
 
 def _train(case: Case, arrays: data.CifarArrays, device: torch.device, result: Result, started: float,
            progress: Progress | None) -> None:
-    net = Net(case.width, len(arrays.classes)).to(device)
+    net = Net(case.width, len(arrays.classes)).to(device, memory_format=_memory_format(case))
     optimizer = torch.optim.SGD(net.parameters(), lr=case.lr, momentum=0.9)
     test_x, test_y = loops.resident_tensors(arrays.test_x, arrays.test_y, device)
-    epoch_batches, item = _batches(case, arrays.train_x, arrays.train_y, arrays.classes, device, train=True)
+    epoch_batches, item, resident = _batches(case, arrays.train_x, arrays.train_y, arrays.classes, device,
+                                             train=True)
+    if case.cuda_graphs:  # captured before the clock starts; its warm-up takes 3 steps on the first batch
+        x, y = resident
+        step = loops.graphed_step(net, optimizer, (x[:case.batch_size], y[:case.batch_size]), _amp(case))
+    else:
+        step = loops.eager_step(net, optimizer, _amp(case))
     meter = _meter(case, device, math.ceil(len(arrays.train_y) / case.batch_size), progress)
     result.startup_s = time.time() - started
     result.eval_s = 0.0
     for _ in range(case.epochs):
         meter.start_epoch()
         result.loss = loops.train_epoch(net, optimizer, meter.batches(epoch_batches()), item_every_step=item,
-                                        on_step=meter.on_step)
+                                        on_step=meter.on_step, step=step)
         meter.end_epoch()
         # accuracy is measured at the end of every epoch, outside the timed windows
         t0 = time.perf_counter()
@@ -149,13 +165,15 @@ def _train(case: Case, arrays: data.CifarArrays, device: torch.device, result: R
 
 def _infer(case: Case, arrays: data.CifarArrays, device: torch.device, result: Result, started: float,
            progress: Progress | None) -> None:
-    net = Net(case.width, len(arrays.classes)).to(device).eval()
-    epoch_batches, item = _batches(case, arrays.test_x, arrays.test_y, arrays.classes, device, train=False)
+    net = Net(case.width, len(arrays.classes)).to(device, memory_format=_memory_format(case)).eval()
+    epoch_batches, item, _ = _batches(case, arrays.test_x, arrays.test_y, arrays.classes, device, train=False)
+    autocast = torch.autocast(device.type, dtype=_amp(case), enabled=_amp(case) is not None)
     meter = _meter(case, device, math.ceil(len(arrays.test_y) / case.batch_size), progress)
     result.startup_s = time.time() - started
     for _ in range(case.epochs):
         meter.start_epoch()
-        loops.infer_epoch(net, meter.batches(epoch_batches()), item_every_step=item, on_step=meter.on_step)
+        with autocast:
+            loops.infer_epoch(net, meter.batches(epoch_batches()), item_every_step=item, on_step=meter.on_step)
         meter.end_epoch()
         if meter.stopped_by:
             break
@@ -163,8 +181,9 @@ def _infer(case: Case, arrays: data.CifarArrays, device: torch.device, result: R
     _record_throughput(result, meter)
     # latency: the model alone on a batch already on the device, synchronised around each call
     test_x, _ = loops.resident_tensors(arrays.test_x, arrays.test_y, device)
+    test_x = test_x.contiguous(memory_format=_memory_format(case))
     inputs = (test_x[i:i + case.batch_size] for i in range(0, len(test_x), case.batch_size))
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast:
         lat = measure.latencies_ms(meter.clock, net, inputs, case.latency_batches)
     result.latency_ms_p50, result.latency_ms_p90, result.latency_ms_p99 = measure.percentiles(lat)
 

@@ -26,6 +26,7 @@ MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 OnStep = Callable[[int], bool]
+Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def tutorial_transform() -> transforms.Compose:
@@ -60,10 +61,12 @@ def tutorial_loader(images: np.ndarray, labels: np.ndarray, classes: tuple[str, 
                       pin_memory=pin_memory, generator=generator, persistent_workers=False)
 
 
-def tutorial_batches(loader: DataLoader, device: torch.device, non_blocking: bool = False) -> Iterator:
+def tutorial_batches(loader: DataLoader, device: torch.device, non_blocking: bool = False,
+                     memory_format: torch.memory_format = torch.contiguous_format) -> Iterator:
     """Batches from the loader, copied to the device one at a time, as the tutorial does."""
     for inputs, labels in loader:
-        yield inputs.to(device, non_blocking=non_blocking), labels.to(device, non_blocking=non_blocking)
+        yield (inputs.to(device, non_blocking=non_blocking, memory_format=memory_format),
+               labels.to(device, non_blocking=non_blocking))
 
 
 def resident_tensors(images: np.ndarray, labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,22 +93,70 @@ def resident_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generato
             yield x[idx], y[idx]
 
 
+def eager_step(net: nn.Module, optimizer: torch.optim.Optimizer, amp: torch.dtype | None = None) -> Step:
+    """The tutorial's training step; with `amp`, forward and loss run under autocast to that dtype."""
+    criterion = nn.CrossEntropyLoss()
+    device_type = next(net.parameters()).device.type
+
+    def step(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        optimizer.zero_grad()
+        # no autocast cache: a cached cast would be captured into a CUDA graph and go stale
+        with torch.autocast(device_type, dtype=amp, enabled=amp is not None, cache_enabled=False):
+            loss = criterion(net(inputs), labels)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step
+
+
+def graphed_step(net: nn.Module, optimizer: torch.optim.Optimizer, example: tuple[torch.Tensor, torch.Tensor],
+                 amp: torch.dtype | None = None) -> Step:
+    """The whole training step (forward, backward, optimizer) captured once in a CUDA graph and replayed.
+
+    Follows PyTorch's whole-network capture recipe: warm up on a side stream, capture with static
+    input buffers, then copy each batch into them and replay. For a model this small the step is
+    mostly kernel-launch overhead, which replaying removes. A batch of another size (the last,
+    partial one) runs eagerly.
+    """
+    eager = eager_step(net, optimizer, amp)
+    static_x, static_y = example[0].clone(), example[1].clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # warm-up creates the momentum buffers and autotunes before capture
+            eager(static_x, static_y)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        static_loss = eager(static_x, static_y)
+
+    def step(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if inputs.shape != static_x.shape:
+            return eager(inputs, labels)
+        static_x.copy_(inputs)
+        static_y.copy_(labels)
+        graph.replay()
+        return static_loss
+
+    return step
+
+
 def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches, *,
-                item_every_step: bool, on_step: OnStep | None = None) -> float:
+                item_every_step: bool, on_step: OnStep | None = None, step: Step | None = None) -> float:
     """One pass over `batches`; returns the mean training loss.
 
     `item_every_step` is the tutorial's `running_loss += loss.item()`, a host
     synchronisation per step; without it the loss is summed on the device.
+    `step` replaces the tutorial's step (e.g. with autocast or a CUDA graph).
     """
-    criterion = nn.CrossEntropyLoss()
+    step = step or eager_step(net, optimizer)
     net.train()
     running: float | torch.Tensor = 0.0
     steps = 0
     for inputs, labels in batches:
-        optimizer.zero_grad()
-        loss = criterion(net(inputs), labels)
-        loss.backward()
-        optimizer.step()
+        loss = step(inputs, labels)
         running += loss.item() if item_every_step else loss.detach()
         steps += 1
         if on_step is not None and on_step(len(labels)):

@@ -127,3 +127,22 @@ def test_default_run_folder_honours_bench_reports_dir(monkeypatch, tmp_path: Pat
     assert run_dir.parent == Path("reports") and run_dir.name == run_id
     monkeypatch.setenv("BENCH_REPORTS_DIR", str(tmp_path))
     assert cli.run_dir_for(args)[0].parent == tmp_path
+
+
+def test_cuda_graphs_are_refused_where_they_cannot_apply(capsys):
+    assert cli.main(["run", "--devices", "cpu", "--cuda-graphs"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "bench: --cuda-graphs: CUDA graphs need a CUDA device, and --devices has none (expected e.g. --devices cpu,cuda)")
+    args = cli.get_parser().parse_args(["run", "--devices", "cuda", "--cuda-graphs", "--pipelines", "tutorial"])
+    with pytest.raises(cli.CliError, match="graphs capture the resident pipeline's training step"):
+        cli.build_spec(args, n_cuda=1)
+    args = cli.get_parser().parse_args(["run", "--devices", "cpu,cuda", "--cuda-graphs", "--amp", "off,bf16"])
+    spec = cli.build_spec(args, n_cuda=1)
+    assert spec.cuda_graphs and spec.amp == ["off", "bf16"]
+
+
+def test_unknown_variants_are_refused(capsys):
+    assert cli.main(["run", "--amp", "fp8"]) == 2
+    assert "--amp: 'fp8' is not one of off, bf16" in capsys.readouterr().err
+    assert cli.main(["run", "--memory-formats", "nhwc"]) == 2
+    assert "--memory-formats: 'nhwc' is not one of contiguous, channels_last" in capsys.readouterr().err

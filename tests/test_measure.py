@@ -106,3 +106,33 @@ def test_latency_syncs_around_every_call():
     clock = FakeClock()
     lat = measure.latencies_ms(clock, lambda x: x, iter(range(10)), limit=4)
     assert len(lat) == 4 and clock.syncs == 8
+
+
+def test_cuda_windows_use_events_and_close_with_a_device_synchronise(monkeypatch):
+    """On CUDA no host clock is trusted: marks are events, read only after synchronize(device)."""
+    calls = []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.t = None
+
+        def record(self):
+            calls.append("record")
+            self.t = len(calls)
+
+        def elapsed_time(self, end):
+            assert calls and calls[-1] == "sync", "an event was read before the device was synchronised"
+            return 1.0 * (end.t - self.t)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append("sync"))
+    clock = measure.DeviceClock(torch.device("cuda:0"))
+    meter = measure.StepMeter(clock, warmup_steps=1, window_s=0.0)
+    meter.start_epoch()
+    for _ in range(4):
+        meter.on_step(4)
+    meter.end_epoch()
+    assert calls[0] == "sync" and calls[-1] == "sync"
+    assert calls.count("record") == 1 + 4 + 4  # epoch start, one per step, one per reopened window
+    assert len(meter.windows_s) == 3 and all(s > 0 for s in meter.windows_s)

@@ -52,3 +52,16 @@ def test_result_round_trips_through_one_flat_json_line():
     assert record["window_s"] == case.window_s and record["windows_s"] == [0.5, 0.5]
     assert Result.from_dict(record) == result
     assert isinstance(Result.from_dict({**record, "a_future_field": 1}).case, Case)
+
+
+def test_variants_multiply_cases_and_graphs_apply_to_cuda_resident_training_only():
+    spec = _spec(amp=["off", "bf16"], memory_formats=["contiguous", "channels_last"], cuda_graphs=True)
+    cases = plan_cases(spec, data_cache="/c", dataset="synthetic")
+    plain = plan_cases(_spec(), data_cache="/c", dataset="synthetic")
+    graphed = [c for c in cases if c.cuda_graphs]
+    assert {(c.device, c.pipeline, c.mode) for c in graphed} == {("cuda", "resident", "train")}
+    assert len(graphed) == 2 * 2 * 2  # batch sizes x amp x memory formats
+    assert len(cases) == 4 * len(plain) + len(graphed)
+    assert len({c.key for c in cases}) == len(cases)
+    assert "train/cuda/resident/b4/tauto/w1/r0/amp-bf16/channels-last/graphs" in {c.key for c in cases}
+    assert {c.key for c in plain} <= {c.key for c in cases}  # the plain keys did not change

@@ -61,3 +61,11 @@ def test_a_worker_killed_by_a_signal_is_a_failed_result(case):
     result = runner.run_one(long, on_progress=kill_worker)
     assert result.status == "failed" and "SIGKILL" in result.error
     assert _case_processes() == []
+
+
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_bf16_autocast_and_channels_last_run_on_the_cpu(case, mode):
+    variant = replace(case, mode=mode, amp="bf16", memory_format="channels_last", max_steps=12)
+    result = runner.run_one(variant)
+    assert result.status == "ok", result.error
+    assert result.case.key.endswith("/amp-bf16/channels-last") and result.steps == 12
