@@ -178,7 +178,7 @@ def _html_table(frame: pd.DataFrame) -> str:
 
 def _html(title, verdict, runs, datasets, figures, images, sections) -> str:
     e = html.escape
-    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
              "<meta name='viewport' content='width=device-width, initial-scale=1'>",
              f"<title>{e(title)}</title><style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
              f"<p class='verdict' id='verdict'><strong>{e(verdict.headline)}</strong></p>",

@@ -11,7 +11,7 @@ import pytest
 
 from bench import analysis, charts, report
 from bench.plan import plan_cases
-from bench.results import append_result, results_frame
+from bench.results import append_result
 from bench.schema import Result, SweepSpec
 
 
