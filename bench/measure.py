@@ -237,11 +237,5 @@ def matmul_gflops(device: torch.device, n: int = 1024, repeats: int = 5) -> floa
     b = torch.randn(n, n, device=device)
     for _ in range(2):  # warm-up: library initialisation and, on CUDA, kernel selection
         a @ b
-    times = []
-    for _ in range(repeats):
-        clock.sync()
-        t0 = time.perf_counter()
-        a @ b
-        clock.sync()
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / float(np.median(times)) / 1e9
+    times_ms = latencies_ms(clock, lambda _: a @ b, range(repeats), repeats)
+    return 2 * n**3 / (float(np.median(times_ms)) / 1000.0) / 1e9
