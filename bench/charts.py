@@ -40,6 +40,15 @@ def _batch_axis(ax, batches) -> None:
     ax.set_xlabel("batch size (images)")
 
 
+def _log_batch_axes(ax, batches, ylabel: str, legend_size: int = 8) -> None:
+    """Log2 batch axis, log y axis with its label and units, grid and legend: the batch-size charts' frame."""
+    _batch_axis(ax, batches)
+    ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
 def throughput_vs_batch(best: pd.DataFrame, mode: str = "train") -> Figure:
     """Best images/s per device and pipeline against batch size, with the spread as error bars."""
     data = best[best["mode"] == mode]
@@ -50,15 +59,11 @@ def throughput_vs_batch(best: pd.DataFrame, mode: str = "train") -> Figure:
         err = [g["images_per_s"] - g["images_per_s_p25"], g["images_per_s_p75"] - g["images_per_s"]]
         ax.errorbar(g["batch_size"], g["images_per_s"], yerr=err, marker="o", capsize=3,
                     label=_series_label(key, group_by))
-    _batch_axis(ax, data["batch_size"])
-    ax.set_yscale("log")
-    ax.set_ylabel(f"{'training' if mode == 'train' else 'inference'} throughput (images/s)")
+    _log_batch_axes(ax, data["batch_size"], f"{'training' if mode == 'train' else 'inference'} throughput (images/s)")
     if not data.empty:
         top = data.loc[data["images_per_s"].idxmax()]
         ax.set_title(f"{mode.capitalize()}: fastest is {top['device']} {top['pipeline']} at batch "
                      f"{int(top['batch_size'])} ({top['images_per_s']:,.0f} images/s)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
     return fig
 
 
@@ -71,15 +76,11 @@ def speedup_vs_batch(speedup: pd.DataFrame) -> Figure:
         line = ax.plot(g["batch_size"], g["speedup"], marker="o", label=_series_label(key, group_by))[0]
         ax.fill_between(g["batch_size"], g["low"], g["high"], color=line.get_color(), alpha=0.2)
     ax.axhline(1.0, color="black", linewidth=1, linestyle="--", label="1x: as fast as the CPU")
-    _batch_axis(ax, speedup["batch_size"])
-    ax.set_yscale("log")
-    ax.set_ylabel("speed-up over the best CPU configuration (x)")
+    _log_batch_axes(ax, speedup["batch_size"], "speed-up over the best CPU configuration (x)")
     if not speedup.empty:
         best = speedup.loc[speedup["speedup"].idxmax()]
         ax.set_title(f"The GPU's lead grows with batch size: up to {best['speedup']:.1f}x at batch "
                      f"{int(best['batch_size'])}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
     return fig
 
 
@@ -112,15 +113,11 @@ def epoch_time(best: pd.DataFrame, train_images: int) -> Figure:
     for key, g in data.groupby(group_by, dropna=False):
         g = g.sort_values("batch_size")
         ax.plot(g["batch_size"], g["epoch_s"], marker="o", label=_series_label(key, group_by))
-    _batch_axis(ax, data["batch_size"])
-    ax.set_yscale("log")
-    ax.set_ylabel(f"time per epoch of {train_images:,} images (s)")
+    _log_batch_axes(ax, data["batch_size"], f"time per epoch of {train_images:,} images (s)")
     if not data.empty:
         fast = data.loc[data["epoch_s"].idxmin()]
         ax.set_title(f"An epoch takes {fast['epoch_s']:.1f} s at best ({fast['device']} {fast['pipeline']}, "
                      f"batch {int(fast['batch_size'])})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
     return fig
 
 
@@ -156,15 +153,11 @@ def inference_latency(inference: pd.DataFrame) -> Figure:
         err = [[0] * len(g), g["latency_ms_p99"] - g["latency_ms_p50"]]
         ax.errorbar(g["batch_size"], g["latency_ms_p50"], yerr=err, marker="o", capsize=3,
                     label=_series_label(key, group_by))
-    _batch_axis(ax, inference["batch_size"])
-    ax.set_yscale("log")
-    ax.set_ylabel("latency per batch (ms; p50, bar to p99)")
+    _log_batch_axes(ax, inference["batch_size"], "latency per batch (ms; p50, bar to p99)", legend_size=7)
     if not inference.empty:
         small = inference.loc[inference["batch_size"].idxmin()]
         ax.set_title(f"Inference at batch {int(small['batch_size'])} takes {small['latency_ms_p50']:.2f} ms "
                      f"(p50) on {small['device']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
     return fig
 
 
