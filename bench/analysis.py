@@ -11,19 +11,34 @@ import numpy as np
 import pandas as pd
 
 SPREAD_WARN_PCT = 10.0
-CONFIG = ["machine", "mode", "device", "pipeline", "width", "batch_size"]
+CONFIG = ["machine", "mode", "device", "pipeline", "variant", "width", "batch_size"]
+PLAIN = "eager"  # the tutorial's own step: no graphs, fp32, contiguous
+
+
+def step_variant(df: pd.DataFrame) -> pd.Series:
+    """How each Case ran its step, e.g. "eager", "eager+bf16", "graphs+channels-last"."""
+    def column(name, default):
+        return df[name].fillna(default) if name in df else pd.Series(default, index=df.index)
+
+    base = column("cuda_graphs", False).map(lambda g: "graphs" if g else PLAIN)
+    amp = column("amp", "off").map(lambda a: "" if a == "off" else f"+{a}")
+    layout = column("memory_format", "contiguous").map(lambda m: "+channels-last" if m == "channels_last" else "")
+    return base + amp + layout
 
 
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The Cases that measured something, with a `machine` label (one per run's host) if absent."""
+    """The Cases that measured something, with a `machine` label (one per run's host) if absent
+    and the step `variant` they ran."""
     out = df[df["status"] == "ok"].copy()
     if "machine" not in out:
         out["machine"] = ""
+    out["variant"] = step_variant(out)
     return out
 
 
 def best_throughput(df: pd.DataFrame) -> pd.DataFrame:
-    """Per machine, mode, device, pipeline, width and batch size: the best Case over thread counts."""
+    """Per machine, mode, device, pipeline, step variant, width and batch size: the best Case over
+    thread counts."""
     ok = ok_rows(df).dropna(subset=["images_per_s"])
     if ok.empty:
         return ok
@@ -33,15 +48,19 @@ def best_throughput(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def speedups(df: pd.DataFrame) -> pd.DataFrame:
-    """Each accelerator over the best CPU configuration at the same batch size, pipeline and width.
+    """Each accelerator step variant over the best CPU configuration (over threads and variants) at
+    the same batch size, pipeline and width.
 
     `low`/`high` bound the ratio by the spreads (accelerator p25 / CPU p75, p75 / p25).
     """
+    keys = ["machine", "mode", "pipeline", "width", "batch_size"]
+    columns = keys + ["device", "variant", "cpu_threads", "cpu_variant", "device_images_per_s", "cpu_images_per_s",
+                      "speedup", "low", "high"]
     best = best_throughput(df)
     if best.empty:
-        return pd.DataFrame(columns=CONFIG + ["speedup", "low", "high"])
-    keys = ["machine", "mode", "pipeline", "width", "batch_size"]
-    cpu = best[best["device"] == "cpu"].set_index(keys)
+        return pd.DataFrame(columns=columns)
+    cpu = best[best["device"] == "cpu"]
+    cpu = cpu.loc[cpu.groupby(keys, dropna=False)["images_per_s"].idxmax()].set_index(keys)
     acc = best[best["device"] != "cpu"]
     rows = []
     for _, r in acc.iterrows():
@@ -49,20 +68,21 @@ def speedups(df: pd.DataFrame) -> pd.DataFrame:
         if key not in cpu.index:
             continue
         c = cpu.loc[key]
-        rows.append({**{k: r[k] for k in keys}, "device": r["device"], "cpu_threads": c["threads"],
+        rows.append({**{k: r[k] for k in keys}, "device": r["device"], "variant": r["variant"],
+                     "cpu_threads": c["threads"], "cpu_variant": c["variant"],
                      "device_images_per_s": r["images_per_s"], "cpu_images_per_s": c["images_per_s"],
                      "speedup": r["images_per_s"] / c["images_per_s"],
                      "low": r["images_per_s_p25"] / c["images_per_s_p75"],
                      "high": r["images_per_s_p75"] / c["images_per_s_p25"]})
-    return pd.DataFrame(rows, columns=keys + ["device", "cpu_threads", "device_images_per_s", "cpu_images_per_s",
-                                              "speedup", "low", "high"])
+    return pd.DataFrame(rows, columns=columns)
 
 
 def crossover_batch_size(speedup: pd.DataFrame) -> pd.DataFrame:
-    """Per machine, mode, device, pipeline and width: the smallest batch size from which the accelerator
-    is faster beyond the noise (`low` > 1) at that and every larger batch size; NaN when it never is."""
+    """Per machine, mode, device, pipeline, variant and width: the smallest batch size from which the
+    accelerator is faster beyond the noise (`low` > 1) at that and every larger batch size; NaN when it never is."""
+    keys = ["machine", "mode", "device", "pipeline", "variant", "width"]
     rows = []
-    for key, group in speedup.groupby(["machine", "mode", "device", "pipeline", "width"], dropna=False):
+    for key, group in speedup.groupby(keys, dropna=False):
         group = group.sort_values("batch_size")
         faster = (group["low"] > 1.0).to_numpy()
         crossover = np.nan
@@ -70,15 +90,15 @@ def crossover_batch_size(speedup: pd.DataFrame) -> pd.DataFrame:
             if faster[i:].all():
                 crossover = group["batch_size"].iloc[i]
                 break
-        rows.append(dict(zip(["machine", "mode", "device", "pipeline", "width"], key), crossover_batch_size=crossover))
-    return pd.DataFrame(rows, columns=["machine", "mode", "device", "pipeline", "width", "crossover_batch_size"])
+        rows.append(dict(zip(keys, key), crossover_batch_size=crossover))
+    return pd.DataFrame(rows, columns=keys + ["crossover_batch_size"])
 
 
 def thread_scaling(df: pd.DataFrame) -> pd.DataFrame:
     """CPU speed-up over 1 thread and parallel efficiency (speed-up / threads)."""
     ok = ok_rows(df)
     ok = ok[(ok["device"] == "cpu") & ok["images_per_s"].notna()]
-    keys = ["machine", "mode", "pipeline", "width", "batch_size"]
+    keys = ["machine", "mode", "pipeline", "variant", "width", "batch_size"]
     one = ok[ok["threads"] == 1].set_index(keys)["images_per_s"]
     out = ok[keys + ["threads", "images_per_s"]].copy()
     out["speedup"] = [r.images_per_s / one.get(tuple(r[k] for k in keys), np.nan) for _, r in out.iterrows()]
@@ -89,7 +109,7 @@ def thread_scaling(df: pd.DataFrame) -> pd.DataFrame:
 def pipeline_gap(df: pd.DataFrame) -> pd.DataFrame:
     """`resident` over `tutorial` throughput at the same everything else: how much the input pipeline costs."""
     ok = ok_rows(df)
-    keys = ["machine", "mode", "device", "width", "batch_size", "threads"]
+    keys = ["machine", "mode", "device", "variant", "width", "batch_size", "threads"]
     ok = ok.assign(threads=ok["threads"].fillna(-1))
     wide = ok.pivot_table(index=keys, columns="pipeline", values="images_per_s", aggfunc="max")
     if not {"tutorial", "resident"} <= set(wide.columns):
@@ -104,7 +124,7 @@ def accuracy_by_batch(df: pd.DataFrame) -> pd.DataFrame:
     """Training Cases: test accuracy, epochs done and time to the target accuracy by batch size."""
     ok = ok_rows(df)
     ok = ok[ok["mode"] == "train"]
-    cols = ["machine", "device", "pipeline", "width", "batch_size", "threads", "epochs_completed",
+    cols = ["machine", "device", "pipeline", "variant", "width", "batch_size", "threads", "epochs_completed",
             "test_accuracy_pct", "time_to_target_s", "target_accuracy_pct", "train_s"]
     return ok[[c for c in cols if c in ok]].sort_values(["machine", "device", "pipeline", "batch_size"])
 
@@ -113,7 +133,7 @@ def inference_table(df: pd.DataFrame) -> pd.DataFrame:
     """Inference Cases: throughput and per-batch latency by batch size."""
     ok = ok_rows(df)
     ok = ok[ok["mode"] == "infer"]
-    cols = ["machine", "device", "pipeline", "width", "batch_size", "threads", "images_per_s",
+    cols = ["machine", "device", "pipeline", "variant", "width", "batch_size", "threads", "images_per_s",
             "latency_ms_p50", "latency_ms_p99"]
     return ok[cols].sort_values(["machine", "device", "pipeline", "batch_size"]).reset_index(drop=True)
 
@@ -131,6 +151,40 @@ def achieved_gflops(df: pd.DataFrame) -> pd.DataFrame:
     ok = ok.dropna(subset=["images_per_s", "flops_per_image"]).copy()
     ok["gflops"] = ok["flops_per_image"] * ok["images_per_s"] / 1e9
     ok["pct_of_ceiling"] = 100 * ok["gflops"] / ok["ceiling_gflops"]
+    return ok[cols].sort_values(CONFIG).reset_index(drop=True)
+
+
+def variant_gain(df: pd.DataFrame) -> pd.DataFrame:
+    """Each step variant (graphs, bf16, channels-last) over the plain eager step of the same
+    configuration, best over threads, with the noise band from the spreads."""
+    keys = ["machine", "mode", "device", "pipeline", "width", "batch_size"]
+    columns = keys + ["variant", "images_per_s", "eager_images_per_s", "gain", "low", "high"]
+    best = best_throughput(df)
+    if best.empty:
+        return pd.DataFrame(columns=columns)
+    plain = best[best["variant"] == PLAIN].set_index(keys)
+    rows = []
+    for _, r in best[best["variant"] != PLAIN].iterrows():
+        key = tuple(r[k] for k in keys)
+        if key not in plain.index:
+            continue
+        e = plain.loc[key]
+        rows.append({**{k: r[k] for k in keys}, "variant": r["variant"], "images_per_s": r["images_per_s"],
+                     "eager_images_per_s": e["images_per_s"], "gain": r["images_per_s"] / e["images_per_s"],
+                     "low": r["images_per_s_p25"] / e["images_per_s_p75"],
+                     "high": r["images_per_s_p75"] / e["images_per_s_p25"]})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def gpu_usage(df: pd.DataFrame) -> pd.DataFrame:
+    """CUDA Cases sampled through NVML: mean utilisation and power, energy per epoch, images per joule."""
+    cols = CONFIG + ["threads", "images_per_s", "gpu_util_pct", "gpu_power_w", "gpu_energy_j_per_epoch",
+                     "images_per_j"]
+    ok = ok_rows(df)
+    if "gpu_power_w" not in ok:
+        return pd.DataFrame(columns=cols)
+    ok = ok.dropna(subset=["gpu_power_w"]).copy()
+    ok["images_per_j"] = ok["images_per_s"] / ok["gpu_power_w"]
     return ok[cols].sort_values(CONFIG).reset_index(drop=True)
 
 
@@ -161,7 +215,8 @@ def verdict(df: pd.DataFrame, skipped_devices: dict[str, str] | None = None) -> 
     sp = speedups(df)
     sp_train = sp[sp["mode"] == "train"]
     if not sp_train.empty:
-        tut = sp_train[(sp_train["batch_size"] == 4) & (sp_train["pipeline"] == "tutorial") & (sp_train["width"] == 1)]
+        tut = sp_train[(sp_train["batch_size"] == 4) & (sp_train["pipeline"] == "tutorial") & (sp_train["width"] == 1)
+                       & (sp_train["variant"] == PLAIN)]
         best = sp_train.loc[sp_train["speedup"].idxmax()]
         if not tut.empty:
             t = tut.iloc[0]
@@ -171,12 +226,14 @@ def verdict(df: pd.DataFrame, skipped_devices: dict[str, str] | None = None) -> 
         else:
             headline = f"The best GPU speed-up measured is {_fmt(best['speedup'])}."
         findings.append(f"Best speed-up: {_fmt(best['speedup'])} ({best['device']}, {best['pipeline']} pipeline, "
-                        f"batch {int(best['batch_size'])}, width {best['width']:g}; "
+                        f"{_step(best['variant'])[2:] or 'eager step'}, batch {int(best['batch_size'])}, "
+                        f"width {best['width']:g}; "
                         f"{best['device_images_per_s']:.0f} vs {best['cpu_images_per_s']:.0f} images/s).")
         for _, c in crossover_batch_size(sp_train).iterrows():
             where = (f"from batch {int(c['crossover_batch_size'])}" if not np.isnan(c["crossover_batch_size"])
                      else "at no batch size measured")
-            findings.append(f"Crossover ({c['device']}, {c['pipeline']} pipeline, width {c['width']:g}): "
+            findings.append(f"Crossover ({c['device']}, {c['pipeline']} pipeline{_step(c['variant'])}, "
+                            f"width {c['width']:g}): "
                             f"faster than the CPU beyond the noise {where}.")
     elif not train.empty:
         devices = sorted(train["device"].unique())
@@ -185,7 +242,8 @@ def verdict(df: pd.DataFrame, skipped_devices: dict[str, str] | None = None) -> 
         best = train.loc[train["images_per_s"].idxmax()]
         findings.append(f"Fastest training configuration: {best['pipeline']} pipeline, batch "
                         f"{int(best['batch_size'])}, {_threads(best['threads'])}: {best['images_per_s']:.0f} images/s.")
-        tut = train[(train["batch_size"] == 4) & (train["pipeline"] == "tutorial") & (train["width"] == 1)]
+        tut = train[(train["batch_size"] == 4) & (train["pipeline"] == "tutorial") & (train["width"] == 1)
+                    & (train["variant"] == PLAIN)]
         if not tut.empty:
             t = tut.loc[tut["images_per_s"].idxmax()]
             findings.append(f"At the tutorial's own settings (batch 4, tutorial pipeline): {t['images_per_s']:.0f} "
@@ -193,6 +251,7 @@ def verdict(df: pd.DataFrame, skipped_devices: dict[str, str] | None = None) -> 
     else:
         headline = "No training Case finished, so there is nothing to compare."
     findings.extend(_cpu_findings(df))
+    findings.extend(_variant_findings(df))
     if set(ok.get("dataset", pd.Series(dtype=str)).unique()) & {"synthetic"}:
         caveats.append("Measured on SYNTHETIC data: throughput is representative of CIFAR-10, accuracy is not.")
     for device, why in (skipped_devices or {}).items():
@@ -207,6 +266,11 @@ def verdict(df: pd.DataFrame, skipped_devices: dict[str, str] | None = None) -> 
     return Verdict(headline, findings, caveats)
 
 
+def _step(variant: str) -> str:
+    """", graphs+bf16 step" for a variant; nothing for the plain eager step, which needs no mention."""
+    return "" if variant == PLAIN else f", {variant} step"
+
+
 def _threads(t) -> str:
     return "default threads" if pd.isna(t) else f"{int(t)} thread{'s' if t != 1 else ''}"
 
@@ -214,7 +278,7 @@ def _threads(t) -> str:
 def _cpu_findings(df: pd.DataFrame) -> list[str]:
     out = []
     gap = pipeline_gap(df)
-    gap = gap[(gap["mode"] == "train")]
+    gap = gap[(gap["mode"] == "train") & (gap["variant"] == PLAIN)]
     for device, g in gap.groupby("device"):
         small = g.loc[g["batch_size"].idxmin()]
         share = 100 * (1 - 1 / small["gap"])
@@ -223,7 +287,7 @@ def _cpu_findings(df: pd.DataFrame) -> list[str]:
                    f"{share:.0f}% of the tutorial's training time there goes to its input pipeline, not the "
                    f"model; {_fmt(g['gap'].min())}-{_fmt(g['gap'].max())} across the batch sizes.")
     scaling = thread_scaling(df)
-    scaling = scaling[(scaling["mode"] == "train") & (scaling["threads"] > 1)]
+    scaling = scaling[(scaling["mode"] == "train") & (scaling["threads"] > 1) & (scaling["variant"] == PLAIN)]
     for pipeline, g in scaling.groupby("pipeline"):
         top = g["threads"].max()
         g = g[g["threads"] == top]
@@ -243,4 +307,23 @@ def _cpu_findings(df: pd.DataFrame) -> list[str]:
         out.append("Accuracy after the same budget by batch size: "
                    + ", ".join(f"batch {int(b)} {a:.1f}%" for b, a in by_batch.items())
                    + " (larger batches take fewer steps per epoch at the same learning rate).")
+    return out
+
+
+def _variant_findings(df: pd.DataFrame) -> list[str]:
+    out = []
+    gain = variant_gain(df)
+    for (device, pipeline, variant), g in gain[gain["mode"] == "train"].groupby(["device", "pipeline", "variant"]):
+        small = g.loc[g["batch_size"].idxmin()]
+        word = "faster" if small["low"] > 1 else ("slower" if small["high"] < 1 else "the same within the noise")
+        out.append(f"Step variant {variant} ({device}, {pipeline} pipeline): {_fmt(small['gain'])} the eager step's "
+                   f"training speed at batch {int(small['batch_size'])} ({word}); {_fmt(g['gain'].min())}-"
+                   f"{_fmt(g['gain'].max())} across the batch sizes.")
+    usage = gpu_usage(df)
+    usage = usage[usage["mode"] == "train"].dropna(subset=["gpu_energy_j_per_epoch"])
+    for device, g in usage.groupby("device"):
+        top = g.loc[g["images_per_s"].idxmax()]
+        out.append(f"Energy ({device}): the fastest training Case draws {top['gpu_power_w']:.0f} W at "
+                   f"{top['gpu_util_pct']:.0f}% utilisation, {top['gpu_energy_j_per_epoch']:.0f} J per epoch "
+                   f"(GPU board only, from NVML).")
     return out

@@ -19,7 +19,7 @@ SIZE = (7.0, 4.2)
 def _series_label(row_or_key, fields: list[str]) -> str:
     parts = []
     for name, value in zip(fields, row_or_key if isinstance(row_or_key, tuple) else (row_or_key,)):
-        if name == "machine" and not value:
+        if (name == "machine" and not value) or (name == "variant" and value == "eager"):
             continue
         if name == "threads":
             value = "default threads" if pd.isna(value) else f"{int(value)} thr"
@@ -53,7 +53,7 @@ def throughput_vs_batch(best: pd.DataFrame, mode: str = "train") -> Figure:
     """Best images/s per device and pipeline against batch size, with the spread as error bars."""
     data = best[best["mode"] == mode]
     fig, ax = plt.subplots(figsize=SIZE, layout="constrained")
-    group_by = ["machine", "device", "pipeline", "width"]
+    group_by = ["machine", "device", "pipeline", "variant", "width"]
     for key, g in data.groupby(group_by, dropna=False):
         g = g.sort_values("batch_size")
         err = [g["images_per_s"] - g["images_per_s_p25"], g["images_per_s_p75"] - g["images_per_s"]]
@@ -70,7 +70,7 @@ def throughput_vs_batch(best: pd.DataFrame, mode: str = "train") -> Figure:
 def speedup_vs_batch(speedup: pd.DataFrame) -> Figure:
     """Accelerator over best CPU against batch size, with the noise band and the 1x line."""
     fig, ax = plt.subplots(figsize=SIZE, layout="constrained")
-    group_by = ["machine", "device", "pipeline", "width", "mode"]
+    group_by = ["machine", "device", "pipeline", "variant", "width", "mode"]
     for key, g in speedup.groupby(group_by, dropna=False):
         g = g.sort_values("batch_size")
         line = ax.plot(g["batch_size"], g["speedup"], marker="o", label=_series_label(key, group_by))[0]
@@ -88,10 +88,10 @@ def thread_scaling(scaling: pd.DataFrame) -> Figure:
     """Speed-up over 1 thread against thread count, per pipeline and batch size."""
     data = scaling[scaling["mode"] == "train"]
     fig, ax = plt.subplots(figsize=SIZE, layout="constrained")
-    group_by = ["machine", "pipeline", "batch_size"]
+    group_by = ["machine", "pipeline", "variant", "batch_size"]
     for key, g in data.groupby(group_by, dropna=False):
         g = g.sort_values("threads")
-        ax.plot(g["threads"], g["speedup"], marker="o", label=_series_label(key[:2], group_by[:2]) + f" b{key[2]}")
+        ax.plot(g["threads"], g["speedup"], marker="o", label=_series_label(key[:3], group_by[:3]) + f" b{key[3]}")
     if not data.empty:
         top = int(data["threads"].max())
         ax.plot([1, top], [1, top], color="black", linestyle="--", linewidth=1, label="perfect scaling")
@@ -109,7 +109,7 @@ def epoch_time(best: pd.DataFrame, train_images: int) -> Figure:
     """Seconds for one training epoch (train set / best images/s) per device and pipeline."""
     data = best[best["mode"] == "train"].assign(epoch_s=lambda d: train_images / d["images_per_s"])
     fig, ax = plt.subplots(figsize=SIZE, layout="constrained")
-    group_by = ["machine", "device", "pipeline", "width"]
+    group_by = ["machine", "device", "pipeline", "variant", "width"]
     for key, g in data.groupby(group_by, dropna=False):
         g = g.sort_values("batch_size")
         ax.plot(g["batch_size"], g["epoch_s"], marker="o", label=_series_label(key, group_by))
@@ -124,7 +124,7 @@ def epoch_time(best: pd.DataFrame, train_images: int) -> Figure:
 def accuracy_vs_batch(accuracy: pd.DataFrame) -> Figure:
     """Test accuracy reached, and time to the target accuracy, against batch size."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 4.0), layout="constrained")
-    group_by = ["machine", "device", "pipeline"]
+    group_by = ["machine", "device", "pipeline", "variant"]
     for key, g in accuracy.groupby(group_by, dropna=False):
         g = g.groupby("batch_size", as_index=False).agg(test_accuracy_pct=("test_accuracy_pct", "max"),
                                                           time_to_target_s=("time_to_target_s", "min"))
@@ -147,7 +147,7 @@ def accuracy_vs_batch(accuracy: pd.DataFrame) -> Figure:
 def inference_latency(inference: pd.DataFrame) -> Figure:
     """Per-batch inference latency p50 (markers) and p99 (bars' tops) against batch size."""
     fig, ax = plt.subplots(figsize=SIZE, layout="constrained")
-    group_by = ["machine", "device", "pipeline", "threads"]
+    group_by = ["machine", "device", "pipeline", "variant", "threads"]
     for key, g in inference.groupby(group_by, dropna=False):
         g = g.sort_values("batch_size")
         err = [[0] * len(g), g["latency_ms_p99"] - g["latency_ms_p50"]]
@@ -165,10 +165,10 @@ def throughput_vs_width(best: pd.DataFrame) -> Figure:
     """Training images/s against model width, per device and batch size."""
     data = best[best["mode"] == "train"]
     fig, ax = plt.subplots(figsize=SIZE, layout="constrained")
-    group_by = ["machine", "device", "pipeline", "batch_size"]
+    group_by = ["machine", "device", "pipeline", "variant", "batch_size"]
     for key, g in data.groupby(group_by, dropna=False):
         g = g.sort_values("width")
-        ax.plot(g["width"], g["images_per_s"], marker="o", label=_series_label(key[:3], group_by[:3]) + f" b{key[3]}")
+        ax.plot(g["width"], g["images_per_s"], marker="o", label=_series_label(key[:4], group_by[:4]) + f" b{key[4]}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("width (multiplier of the tutorial's conv channels)")

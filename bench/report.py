@@ -111,7 +111,9 @@ def _sections(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
                 ("Input pipeline gap (resident / tutorial)", analysis.pipeline_gap(df)),
                 ("Accuracy and time to target", analysis.accuracy_by_batch(df)),
                 ("Inference", analysis.inference_table(df)),
-                ("Achieved GFLOP/s and share of the measured matmul rate", analysis.achieved_gflops(df))]
+                ("Step variants against the eager step", analysis.variant_gain(df)),
+                ("Achieved GFLOP/s and share of the measured matmul rate", analysis.achieved_gflops(df)),
+                ("GPU utilisation, power and energy (NVML)", analysis.gpu_usage(df))]
     failed = df[df["status"] != "ok"][["key", "status", "error"]]
     sections.append(("Cases that did not finish", failed))
     return [(title, _drop_blank(table)) for title, table in sections]

@@ -93,3 +93,53 @@ def test_noisy_cases_are_flagged(table):
     assert analysis.noisy_cases(noisy).key.tolist() == [noisy.loc[0, "key"]]
     assert any("varied by more than 10%" in c for c in analysis.verdict(noisy).caveats)
     assert analysis.speedups(table[table.device == "cpu"]).empty
+
+
+@pytest.fixture
+def variants(table) -> pd.DataFrame:
+    """The table plus CUDA resident Cases: eager, graphs (3x at batch 4) and bf16, and a bf16 CPU Case."""
+    rows = []
+    for batch, eager in [(4, 1000), (512, 100000)]:
+        rows += [_row("cuda", "resident", batch, eager),
+                 _row("cuda", "resident", batch, 3 * eager if batch == 4 else 1.01 * eager, cuda_graphs=True),
+                 _row("cuda", "resident", batch, 1.5 * eager, amp="bf16")]
+    rows.append(_row("cpu", "tutorial", 4, 900, threads=1, amp="bf16"))
+    return pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+
+
+def test_step_variants_are_kept_apart_and_compared_with_the_eager_step(variants):
+    best = analysis.best_throughput(variants)
+    cuda4 = best[(best.device == "cuda") & (best.pipeline == "resident") & (best.batch_size == 4)]
+    assert sorted(cuda4.variant) == ["eager", "eager+bf16", "graphs"]
+    gain = analysis.variant_gain(variants).set_index(["device", "variant", "batch_size"])
+    assert gain.loc[("cuda", "graphs", 4), "gain"] == pytest.approx(3.0)
+    assert gain.loc[("cuda", "graphs", 4), "low"] == pytest.approx(3000 * 0.98 / (1000 * 1.02))
+    assert gain.loc[("cuda", "eager+bf16", 512), "gain"] == pytest.approx(1.5)
+    assert gain.loc[("cpu", "eager+bf16", 4), "gain"] == pytest.approx(900 / 500)
+    v = analysis.verdict(variants)
+    assert any(f.startswith("Step variant graphs (cuda, resident pipeline): 3.00x the eager step's training speed "
+                            "at batch 4 (faster)") for f in v.findings)
+    assert any("1.01x-3.00x" in f for f in v.findings)
+
+
+def test_the_gpu_is_compared_with_the_best_cpu_over_variants_but_the_headline_uses_the_tutorial_step(variants):
+    sp = analysis.speedups(variants)
+    tut4 = sp[(sp.pipeline == "tutorial") & (sp.batch_size == 4)].iloc[0]
+    assert tut4.cpu_variant == "eager+bf16" and tut4.cpu_images_per_s == 900
+    assert tut4.speedup == pytest.approx(450 / 900)
+    graphs = sp[(sp.variant == "graphs") & (sp.batch_size == 4)].iloc[0]
+    assert graphs.cpu_variant == "eager" and graphs.speedup == pytest.approx(3000 / 800)
+    assert "0.50x" in analysis.verdict(variants).headline
+
+
+def test_gpu_usage_gives_power_energy_and_images_per_joule(table):
+    rows = [_row("cuda", "resident", 128, 50000, gpu_util_pct=90.0, gpu_power_w=250.0,
+                 gpu_energy_j_per_epoch=260.0),
+            _row("cuda", "resident", 4, 2000, gpu_util_pct=30.0, gpu_power_w=100.0, gpu_energy_j_per_epoch=2600.0)]
+    df = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+    usage = analysis.gpu_usage(df).set_index("batch_size")
+    assert list(usage.index) == [4, 128]  # only the sampled Cases
+    assert usage.loc[128, "images_per_j"] == pytest.approx(200.0)
+    assert any(f == "Energy (cuda): the fastest training Case draws 250 W at 90% utilisation, 260 J per epoch "
+                    "(GPU board only, from NVML)." for f in analysis.verdict(df).findings)
+    assert analysis.gpu_usage(table).empty
