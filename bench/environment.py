@@ -11,6 +11,8 @@ from pathlib import Path
 
 import psutil
 
+from bench import gpu_monitor
+
 
 def _cpu_model() -> str:
     try:
@@ -70,6 +72,8 @@ def capture() -> dict:
         "cuda_runtime": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "gpus": gpus(),
+        "gpu_driver": gpu_monitor.driver_version() if torch.cuda.is_available() else None,
+        "cudnn_benchmark": "on in every CUDA Case, autotuning inside the warm-up",
         "torch_threads": torch.get_num_threads(),
         "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
         "project_version": _version("cifar10-gpu-bench"),

@@ -134,6 +134,11 @@ class Result:
     peak_rss_mb: float | None = None
     peak_device_mem_mb: float | None = None
     threads_used: int | None = None
+    cudnn_benchmark: bool | None = None  # None on a CPU
+    gpu_monitor: str | None = None  # "nvml", or why utilisation and power were not sampled; None on a CPU
+    gpu_util_pct: float | None = None
+    gpu_power_w: float | None = None
+    gpu_energy_j_per_epoch: float | None = None
     train_images: int | None = None
     test_images: int | None = None
     warnings: list[str] = field(default_factory=list)

@@ -7,6 +7,7 @@ preloads it hands each Case a process with them already imported.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
@@ -21,7 +22,7 @@ import psutil
 import torch
 import torchvision  # noqa: F401  (preloaded by the fork server with torch)
 
-from bench import measure
+from bench import gpu_monitor, measure
 from bench.schema import Case, Result
 from cnn import data, loops
 from cnn.model import Net
@@ -59,6 +60,7 @@ def run_case(case: Case, progress: Progress | None = None, started: float | None
             torch.cuda.set_device(device)
             torch.backends.cudnn.benchmark = True  # autotuning happens inside the warm-up
             torch.cuda.reset_peak_memory_stats(device)
+            result.cudnn_benchmark = torch.backends.cudnn.benchmark
         arrays = data.load_arrays(case.data_cache)
         result.train_images, result.test_images = len(arrays.train_y), len(arrays.test_y)
         (_train if case.mode == "train" else _infer)(case, arrays, device, result, started, progress)
@@ -74,6 +76,26 @@ def run_case(case: Case, progress: Progress | None = None, started: float | None
     result.peak_rss_mb = measure.peak_rss_mb()
     result.wall_s = time.time() - started
     return result
+
+
+def _monitor(device: torch.device, result: Result):
+    """A context that samples GPU utilisation and power around each epoch's loop, or does nothing."""
+    if device.type != "cuda":
+        return None, contextlib.nullcontext
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    sampler, result.gpu_monitor = gpu_monitor.open_sampler(device.index, str(uuid) if uuid else None)
+    return sampler, (sampler.active if sampler else contextlib.nullcontext)
+
+
+def _record_gpu_usage(result: Result, sampler: gpu_monitor.NvmlSampler | None, epoch_images: int,
+                      images: int) -> None:
+    if sampler is None:
+        return
+    usage = sampler.usage()
+    result.gpu_util_pct, result.gpu_power_w = usage.util_pct, usage.power_w
+    if usage.energy_j is not None and images:
+        # every step, warm-up included, ran inside the monitored intervals
+        result.gpu_energy_j_per_epoch = usage.energy_j / images * epoch_images
 
 
 def _meter(case: Case, device: torch.device, steps_per_epoch: int, progress: Progress | None) -> measure.StepMeter:
@@ -141,13 +163,15 @@ def _train(case: Case, arrays: data.CifarArrays, device: torch.device, result: R
     else:
         step = loops.eager_step(net, optimizer, _amp(case))
     meter = _meter(case, device, math.ceil(len(arrays.train_y) / case.batch_size), progress)
+    sampler, monitored = _monitor(device, result)
     result.startup_s = time.time() - started
     result.eval_s = 0.0
     for _ in range(case.epochs):
         meter.start_epoch()
-        result.loss = loops.train_epoch(net, optimizer, meter.batches(epoch_batches()), item_every_step=item,
-                                        on_step=meter.on_step, step=step)
-        meter.end_epoch()
+        with monitored():
+            result.loss = loops.train_epoch(net, optimizer, meter.batches(epoch_batches()), item_every_step=item,
+                                            on_step=meter.on_step, step=step)
+            meter.end_epoch()
         # accuracy is measured at the end of every epoch, outside the timed windows
         t0 = time.perf_counter()
         accuracy, per_class = loops.evaluate(net, test_x, test_y, len(arrays.classes))
@@ -161,6 +185,7 @@ def _train(case: Case, arrays: data.CifarArrays, device: torch.device, result: R
     result.class_accuracy_pct = dict(zip(arrays.classes, per_class))
     result.epochs_completed = meter.images / len(arrays.train_y)
     _record_throughput(result, meter)
+    _record_gpu_usage(result, sampler, len(arrays.train_y), meter.images)
 
 
 def _infer(case: Case, arrays: data.CifarArrays, device: torch.device, result: Result, started: float,
@@ -169,16 +194,18 @@ def _infer(case: Case, arrays: data.CifarArrays, device: torch.device, result: R
     epoch_batches, item, _ = _batches(case, arrays.test_x, arrays.test_y, arrays.classes, device, train=False)
     autocast = torch.autocast(device.type, dtype=_amp(case), enabled=_amp(case) is not None)
     meter = _meter(case, device, math.ceil(len(arrays.test_y) / case.batch_size), progress)
+    sampler, monitored = _monitor(device, result)
     result.startup_s = time.time() - started
     for _ in range(case.epochs):
         meter.start_epoch()
-        with autocast:
+        with monitored(), autocast:
             loops.infer_epoch(net, meter.batches(epoch_batches()), item_every_step=item, on_step=meter.on_step)
-        meter.end_epoch()
+            meter.end_epoch()
         if meter.stopped_by:
             break
     result.epochs_completed = meter.images / len(arrays.test_y)
     _record_throughput(result, meter)
+    _record_gpu_usage(result, sampler, len(arrays.test_y), meter.images)
     # latency: the model alone on a batch already on the device, synchronised around each call
     test_x, _ = loops.resident_tensors(arrays.test_x, arrays.test_y, device)
     test_x = test_x.contiguous(memory_format=_memory_format(case))

@@ -33,6 +33,24 @@ def test_a_case_runs_in_its_own_process_with_its_threads(case):
     assert result.steps == 40 and result.stopped_by == "max_steps" and result.threads_used == 1
     assert result.images_per_s > 0 and result.windows_s and result.startup_s < 30
     assert result.test_accuracy_pct is not None and result.peak_rss_mb > 0
+    # a CPU Case claims no GPU facts
+    assert result.cudnn_benchmark is None and result.gpu_monitor is None and result.gpu_power_w is None
+
+
+def test_gpu_energy_per_epoch_scales_the_monitored_energy_to_an_epochs_images(case):
+    from bench import worker
+    from bench.gpu_monitor import GpuUsage
+    from bench.schema import Result
+
+    class Sampler:
+        def usage(self):
+            return GpuUsage(util_pct=75.0, power_w=200.0, energy_j=50.0, seconds=0.25, samples=3)
+
+    result = Result(case=case)
+    worker._record_gpu_usage(result, Sampler(), epoch_images=50000, images=10000)
+    assert (result.gpu_util_pct, result.gpu_power_w, result.gpu_energy_j_per_epoch) == (75.0, 200.0, 250.0)
+    worker._record_gpu_usage(none := Result(case=case), None, epoch_images=50000, images=10000)
+    assert none.gpu_energy_j_per_epoch is None
 
 
 def test_an_exception_in_the_worker_is_a_failed_result(case):
