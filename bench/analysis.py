@@ -240,7 +240,7 @@ def verdict(df: pd.DataFrame, skipped_devices: dict[str, str] | None = None) -> 
         headline = (f"Only {', '.join(devices)} was measured, so this run cannot say whether a GPU helps; "
                     f"it answers what the CPU can: threads, input pipeline and batch size.")
         best = train.loc[train["images_per_s"].idxmax()]
-        findings.append(f"Fastest training configuration: {best['pipeline']} pipeline, batch "
+        findings.append(f"Fastest training configuration: {best['pipeline']} pipeline{_step(best['variant'])}, batch "
                         f"{int(best['batch_size'])}, {_threads(best['threads'])}: {best['images_per_s']:.0f} images/s.")
         tut = train[(train["batch_size"] == 4) & (train["pipeline"] == "tutorial") & (train["width"] == 1)
                     & (train["variant"] == PLAIN)]
@@ -288,6 +288,7 @@ def _cpu_findings(df: pd.DataFrame) -> list[str]:
                    f"model; {_fmt(g['gap'].min())}-{_fmt(g['gap'].max())} across the batch sizes.")
     scaling = thread_scaling(df)
     scaling = scaling[(scaling["mode"] == "train") & (scaling["threads"] > 1) & (scaling["variant"] == PLAIN)]
+    scaling = scaling.dropna(subset=["speedup"])  # no 1-thread Case to compare with
     for pipeline, g in scaling.groupby("pipeline"):
         top = g["threads"].max()
         g = g[g["threads"] == top]

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.analysis import step_variant
 from bench.schema import Result
 
 RESULTS = "results.jsonl"
-SUMMARY_COLUMNS = ["mode", "device", "pipeline", "batch_size", "threads", "width", "status",
+SUMMARY_COLUMNS = ["mode", "device", "pipeline", "variant", "batch_size", "threads", "width", "status",
                    "images_per_s", "images_per_s_spread_pct", "step_ms_p50", "test_accuracy_pct",
                    "latency_ms_p50", "peak_rss_mb"]
 
@@ -64,7 +65,8 @@ def summary_table(results: list[Result]) -> str:
     """The table printed at the end of a run."""
     if not results:
         return "(no results)"
-    frame = results_frame(results)[SUMMARY_COLUMNS].copy()
+    frame = results_frame(results)
+    frame = frame.assign(variant=step_variant(frame))[SUMMARY_COLUMNS].copy()
     frame["threads"] = frame["threads"].map(lambda t: "-" if pd.isna(t) else int(t))
     frame["width"] = frame["width"].map(lambda w: f"{w:g}")
     for column, digits in (("images_per_s", 0), ("images_per_s_spread_pct", 1), ("step_ms_p50", 2),

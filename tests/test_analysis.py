@@ -143,3 +143,17 @@ def test_gpu_usage_gives_power_energy_and_images_per_joule(table):
     assert any(f == "Energy (cuda): the fastest training Case draws 250 W at 90% utilisation, 260 J per epoch "
                     "(GPU board only, from NVML)." for f in analysis.verdict(df).findings)
     assert analysis.gpu_usage(table).empty
+
+
+def test_without_a_one_thread_case_there_is_no_thread_finding_rather_than_nan(variants):
+    two_threads = variants[(variants.device == "cpu") & (variants.threads != 1)]
+    findings = analysis.verdict(two_threads).findings
+    assert not any("nan" in f for f in findings)
+    assert not any(f.startswith("Threads") for f in findings)
+
+
+def test_the_fastest_cpu_configuration_names_its_step_variant(table):
+    fast = pd.DataFrame([_row("cpu", "resident", 64, 1000, threads=2),
+                         _row("cpu", "resident", 64, 1100, threads=2, memory_format="channels_last")])
+    assert ("Fastest training configuration: resident pipeline, eager+channels-last step, batch 64, 2 threads: "
+            "1100 images/s.") in analysis.verdict(fast).findings
