@@ -289,7 +289,8 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import ReportError, build_report
+    from bench.report import build_report
+    from bench.results import RunError
 
     runs = [Path(r) for r in args.runs]
     for run in runs:
@@ -300,7 +301,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else runs[0]
     try:
         report = build_report(runs, out)
-    except ReportError as e:
+    except RunError as e:
         raise CliError(f"report: {e}") from None
     except OSError as e:
         raise CliError(f"--out: '{out}' cannot be written ({e.strerror or e})") from None

@@ -3,35 +3,13 @@ from __future__ import annotations
 
 import base64
 import html
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from bench import analysis, charts
-from bench.results import load_results, results_frame, write_csv
-
-
-class ReportError(Exception):
-    """A run folder that cannot be reported on."""
-
-
-@dataclass
-class Run:
-    path: Path
-    environment: dict
-    frame: pd.DataFrame
-
-
-def load_run(path: Path) -> Run:
-    results = load_results(path)
-    if not results:
-        raise ReportError(f"{path}: no results.jsonl with any Case (expected a folder written by bench run)")
-    env_path = path / "environment.json"
-    environment = json.loads(env_path.read_text()) if env_path.exists() else {}
-    return Run(path, environment, results_frame(results))
+from bench.results import Run, load_results, load_run, write_csv
 
 
 def machine_label(env: dict) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -45,6 +46,29 @@ def load_results(run_dir: Path) -> list[Result]:
                     continue  # a line cut short by a crash while writing; its Case will be re-run
                 latest[result.case.key] = result
     return list(latest.values())
+
+
+class RunError(Exception):
+    """A run folder that cannot be read: missing, or without any Case."""
+
+
+@dataclass
+class Run:
+    path: Path
+    environment: dict
+    frame: pd.DataFrame
+
+
+def load_run(path: Path) -> Run:
+    """A run folder's Results as a frame, with its environment.json ({} when absent)."""
+    if not path.is_dir():
+        raise RunError(f"'{path}' is not a folder (expected a folder written by bench run)")
+    results = load_results(path)
+    if not results:
+        raise RunError(f"'{path}' holds no results.jsonl with any Case (expected a folder written by bench run)")
+    env_path = path / "environment.json"
+    environment = json.loads(env_path.read_text()) if env_path.exists() else {}
+    return Run(path, environment, results_frame(results))
 
 
 def results_frame(results: list[Result]) -> pd.DataFrame:

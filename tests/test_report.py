@@ -11,7 +11,7 @@ import pytest
 
 from bench import analysis, charts, report
 from bench.plan import plan_cases
-from bench.results import append_result
+from bench.results import append_result, load_run
 from bench.schema import Result, SweepSpec
 
 
@@ -76,7 +76,7 @@ def test_report_of_two_machines_labels_each_and_finds_the_crossover(tmp_path: Pa
 
 
 def test_charts_render_without_warnings(tmp_path: Path):
-    df = report.combined_frame([report.load_run(_fake_run(tmp_path / "gpu", "box", gpu=True))])
+    df = report.combined_frame([load_run(_fake_run(tmp_path / "gpu", "box", gpu=True))])
     best = analysis.best_throughput(df)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
