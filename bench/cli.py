@@ -12,8 +12,9 @@ from pathlib import Path
 
 import psutil
 
-from bench.converters import (accuracy_pct, batch_sizes, choices, devices, non_negative_int, positive_float,
-                              positive_int, seconds_or_zero, thread_counts, widths)
+from bench.compare import METRICS
+from bench.converters import (accuracy_pct, batch_sizes, choices, devices, non_negative_int, percentage,
+                              positive_float, positive_int, seconds_or_zero, thread_counts, widths)
 from bench.schema import AMP, MEMORY_FORMATS, MODES, PIPELINES, SweepSpec
 
 DATASETS = ("auto", "cifar10", "synthetic")
@@ -100,6 +101,18 @@ def get_parser() -> Parser:
     report = sub.add_parser("report", help="build report.md/report.html from one run folder or several")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by bench run")
     report.add_argument("--out", help="report folder (default: the run folder when there is one)")
+    compare = sub.add_parser("compare", help="Case by Case against a baseline run; exit 1 on a regression")
+    compare.add_argument("baseline", metavar="BASELINE_RUN", help="folder written by bench run")
+    compare.add_argument("new", metavar="NEW_RUN", help="folder written by bench run")
+    compare.add_argument("--threshold", type=percentage, default=10.0,
+                         help="how much worse counts, when also beyond the noise (default 10%%)")
+    compare.add_argument("--metric", default="images_per_s", choices=list(METRICS), metavar="METRIC",
+                         help=f"one of {', '.join(METRICS)} (default images_per_s)")
+    export = sub.add_parser("export", help="write a run in another tool's format")
+    export.add_argument("run", metavar="RUN", help="folder written by bench run")
+    export.add_argument("--format", default="pytest-benchmark", choices=["pytest-benchmark"],
+                        help="pytest-benchmark: JSON that `pytest-benchmark compare` reads (the default)")
+    export.add_argument("--out", help="file to write (default RUN/pytest-benchmark.json)")
     return parser
 
 
@@ -310,11 +323,53 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "plan": cmd_plan, "env": cmd_env, "report": cmd_report}
+def _load(path: str, what: str):
+    from bench.results import RunError, load_run
+
+    try:
+        return load_run(Path(path))
+    except RunError as e:
+        raise CliError(f"{what}: {e}") from None
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Exit 1 when a Case got worse beyond the threshold and the noise, 0 otherwise."""
+    from bench.compare import CompareError, compare_runs, render
+
+    baseline, new = _load(args.baseline, "compare: BASELINE_RUN"), _load(args.new, "compare: NEW_RUN")
+    try:
+        comparison = compare_runs(baseline.frame, new.frame, args.metric, args.threshold)
+    except CompareError as e:
+        raise CliError(f"compare: {e}") from None
+    print(render(comparison))
+    return 1 if len(comparison.regressions) else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bench.export import pytest_benchmark_json
+
+    run = _load(args.run, "export: RUN")
+    doc, left_out = pytest_benchmark_json(run)
+    if not doc["benchmarks"]:
+        raise CliError(f"export: '{args.run}' has no finished Case with timed windows to export")
+    out = Path(args.out) if args.out else run.path / "pytest-benchmark.json"
+    try:
+        out.write_text(json.dumps(doc, indent=2))
+    except OSError as e:
+        raise CliError(f"--out: '{out}' cannot be written ({e.strerror or e})") from None
+    print(f"bench: {len(doc['benchmarks'])} Cases exported to {out}"
+          + (f" ({left_out} not finished, left out)" if left_out else "")
+          + f"; browse with: pytest-benchmark compare {out}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "env": cmd_env, "report": cmd_report, "compare": cmd_compare,
+            "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Returns the exit status: 0 done, 2 bad input (one line, no traceback), 130 interrupted."""
+    """Returns the exit status: 0 done, 1 a regression found (compare), 2 bad input (one line, no
+    traceback), 130 interrupted."""
     try:
         args = get_parser().parse_args(argv)
         return COMMANDS[args.command](args)

@@ -93,3 +93,12 @@ def non_negative_int(text: str) -> int:
     if text.strip() == "0":
         return 0
     return positive_int(text, "2")
+
+
+def percentage(text: str) -> float:
+    """'10%' or '10' -> 10.0; from 0 to below 100."""
+    match = re.fullmatch(r"\s*(\d+(\.\d*)?|\.\d+)\s*%?\s*", text)
+    value = float(match.group(1)) if match else -1.0
+    if not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a percentage from 0 to below 100 (expected e.g. 10%)")
+    return value

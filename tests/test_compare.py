@@ -1,0 +1,145 @@
+"""bench/compare.py on hand-made runs with known answers, `bench compare` and `bench export` as a user runs
+them, and a real slowdown (the same sweep confined to one CPU) caught by `bench compare`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.compare import compare_runs
+from bench.plan import plan_cases
+from bench.results import append_result
+from bench.schema import Result, SweepSpec
+from conftest import ROOT, run_bench
+
+
+def _row(key, rate, spread=0.02, status="ok", **kw):
+    return {"key": key, "status": status, "images_per_s": rate, "images_per_s_p25": rate * (1 - spread),
+            "images_per_s_p75": rate * (1 + spread), **kw}
+
+
+def test_a_regression_is_worse_beyond_both_the_threshold_and_the_noise():
+    base = pd.DataFrame([_row("a", 1000), _row("b", 1000), _row("c", 1000, spread=0.2), _row("d", 1000),
+                         _row("e", 1000), _row("f", 1000, status="oom"), _row("only-base", 1)])
+    new = pd.DataFrame([_row("a", 800), _row("b", 950), _row("c", 850, spread=0.2), _row("d", 1300),
+                        _row("e", np.nan, status="failed"), _row("f", 1000), _row("only-new", 1)])
+    c = compare_runs(base, new, threshold_pct=10).table.set_index("key")
+    assert c.loc["a", "verdict"] == "REGRESSION" and c.loc["a", "ratio"] == pytest.approx(0.8)
+    assert c.loc["a", "high"] == pytest.approx(800 * 1.02 / (1000 * 0.98))
+    assert c.loc["b", "verdict"] == "same"  # 5% worse: under the threshold
+    assert c.loc["c", "verdict"] == "within noise"  # 15% worse, but the IQRs overlap
+    assert c.loc["d", "verdict"] == "improved"
+    assert c.loc["e", "verdict"] == "REGRESSION: was ok, now failed"
+    assert c.loc["f", "verdict"] == "not compared: baseline oom"
+    full = compare_runs(base, new, threshold_pct=10)
+    assert full.only_baseline == ["only-base"] and full.only_new == ["only-new"]
+    assert sorted(full.regressions["key"]) == ["a", "e"]
+    assert compare_runs(base, new, threshold_pct=25).table.set_index("key").loc["a", "verdict"] == "same"
+
+
+def test_a_lower_is_better_metric_without_a_spread_uses_the_threshold_alone():
+    base = pd.DataFrame([_row("a", 1, step_ms_p50=10.0), _row("b", 1, step_ms_p50=10.0)])
+    new = pd.DataFrame([_row("a", 1, step_ms_p50=12.0), _row("b", 1, step_ms_p50=9.0)])
+    c = compare_runs(base, new, metric="step_ms_p50", threshold_pct=10).table.set_index("key")
+    assert c.loc["a", "verdict"] == "REGRESSION" and np.isnan(c.loc["a", "low"])
+    assert c.loc["b", "verdict"] == "same"
+
+
+def _run(folder: Path, rates: dict[int, float], latency: bool = False) -> Path:
+    """A run folder with Results whose images/s are set by hand, as bench run writes them."""
+    spec = SweepSpec(devices=["cpu"], batch_sizes=sorted(rates), threads=[2], pipelines=["resident"],
+                     widths=[1.0], modes=["train"])
+    folder.mkdir(parents=True)
+    for case in plan_cases(spec, data_cache="/c", dataset="synthetic", run_id=folder.name):
+        rate = rates[case.batch_size]
+        append_result(folder, Result(case=case, images_per_s=rate, images_per_s_p25=0.98 * rate,
+                                     images_per_s_p75=1.02 * rate, images_per_s_spread_pct=4.0,
+                                     windows_s=[0.5, 0.5, 0.5],
+                                     windows_images=[int(rate / 2 / case.batch_size) * case.batch_size] * 3,
+                                     latency_ms_p50=1.0 if latency else None))
+    return folder
+
+
+def test_bench_compare_exits_1_on_a_regression_and_0_without(tmp_path: Path):
+    base = _run(tmp_path / "base", {4: 1000.0, 128: 6000.0})
+    slower = _run(tmp_path / "slower", {4: 1000.0, 128: 3000.0})
+    proc = run_bench("compare", str(base), str(slower), "--threshold", "10%")
+    assert proc.returncode == 1, proc.stderr
+    assert "train/cpu/resident/b128/t2/w1/r0" in proc.stdout and "REGRESSION" in proc.stdout
+    assert proc.stdout.rstrip().endswith("1 regression(s) in 2 Cases found in both runs (2 with images_per_s in both)")
+    assert run_bench("compare", str(base), str(base)).returncode == 0
+    assert run_bench("compare", str(base), str(slower), "--threshold", "60").returncode == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["compare", "{base}", "{tmp}/missing"], "bench: compare: NEW_RUN: '{tmp}/missing' is not a folder"),
+    (["compare", "{tmp}/empty", "{base}"], "bench: compare: BASELINE_RUN: '{tmp}/empty' holds no results.jsonl"),
+    (["compare", "{base}", "{base}", "--metric", "images_per_sec"], "bench: --metric: invalid choice: "
+                                                                   "'images_per_sec' (choose from 'images_per_s'"),
+    (["compare", "{base}", "{base}", "--metric", "latency_ms_p50"], "bench: compare: --metric latency_ms_p50: "
+                                                                   "no Case has it in both runs"),
+    (["compare", "{base}", "{other}"], "bench: compare: the runs share no Case"),
+    (["compare", "{base}", "{base}", "--threshold", "ten"], "bench: --threshold: 'ten' is not a percentage"),
+    (["export", "{tmp}/missing"], "bench: export: RUN: '{tmp}/missing' is not a folder"),
+    (["export", "{tmp}/empty"], "bench: export: RUN: '{tmp}/empty' holds no results.jsonl"),
+    (["export", "{base}", "--format", "csv"], "bench: --format: invalid choice: 'csv'"),
+    (["export", "{base}", "--out", "{tmp}/no/such/dir/x.json"], "bench: --out: '{tmp}/no/such/dir/x.json' cannot"),
+])
+def test_bad_input_to_compare_and_export_is_one_line_and_exit_2(tmp_path: Path, args, message):
+    base = _run(tmp_path / "base", {4: 1000.0})
+    other = _run(tmp_path / "other", {8: 1000.0})
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "results.jsonl").write_text("")
+    fill = {"base": str(base), "other": str(other), "tmp": str(tmp_path)}
+    proc = run_bench(*[a.format(**fill) for a in args])
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(message.format(**fill)), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def _pytest_benchmark_cli() -> list[str]:
+    script = Path(sys.executable).parent / "pytest-benchmark"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pytest_benchmark"]
+
+
+def test_the_export_is_read_by_pytest_benchmark_compare(tmp_path: Path):
+    base = _run(tmp_path / "base", {4: 1000.0, 128: 6000.0})
+    proc = run_bench("export", str(base), "--format", "pytest-benchmark")
+    assert proc.returncode == 0, proc.stderr
+    out = base / "pytest-benchmark.json"
+    doc = json.loads(out.read_text())
+    b128 = next(b for b in doc["benchmarks"] if b["extra_info"]["batch_size"] == 128)
+    # a round is a timed window; its time is the mean step: 0.5 s x 128 / 2944 images
+    assert b128["stats"]["rounds"] == 3 and b128["stats"]["median"] == pytest.approx(0.5 * 128 / 2944)
+    assert b128["group"] == "train batch 128" and b128["extra_info"]["images_per_s"] == 6000.0
+    table = subprocess.run([*_pytest_benchmark_cli(), "compare", str(out), "--group-by=group",
+                            "--columns=median,rounds", "--histogram", str(tmp_path / "hist")],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert table.returncode == 0, table.stderr
+    assert "Failed to load" not in table.stdout + table.stderr
+    for name in ("train/cpu/resident/b4/t2/w1/r0", "train/cpu/resident/b128/t2/w1/r0", "benchmark 'train batch 128'"):
+        assert name in table.stdout
+    assert (tmp_path / "hist-train_batch_128.svg").stat().st_size > 0
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="the slowdown confines the run to 1 of 2+ CPUs")
+def test_a_real_slowdown_is_caught_the_same_sweep_confined_to_one_cpu(tmp_path: Path):
+    """As in a container given 1 CPU instead of 2: the same Cases (2 threads) run on one core."""
+    sweep = ["run", "--quick", "--dataset", "synthetic", "--devices", "cpu", "--threads", "2", "--batch-sizes",
+             "128", "--pipelines", "resident", "--modes", "train", "--no-report"]
+    base = run_bench(*sweep, "--out", str(tmp_path / "base"))
+    assert base.returncode == 0, base.stderr
+    confined = subprocess.run([sys.executable, "-m", "bench", *sweep, "--out", str(tmp_path / "confined")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=240,
+                              preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
+    assert confined.returncode == 0, confined.stderr
+    proc = run_bench("compare", str(tmp_path / "base"), str(tmp_path / "confined"))
+    assert proc.returncode == 1, proc.stdout
+    assert "train/cpu/resident/b128/t2/w1/r0" in proc.stdout and "REGRESSION" in proc.stdout
