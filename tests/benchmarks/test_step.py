@@ -33,7 +33,10 @@ def _devices(config) -> list[str]:
 
 def pytest_generate_tests(metafunc):
     if "device" in metafunc.fixturenames:
-        metafunc.parametrize("device", _devices(metafunc.config))
+        no_cuda = pytest.mark.skip(reason="CUDA is not available on this machine")
+        metafunc.parametrize("device", [pytest.param(d, marks=no_cuda if d.startswith("cuda") and
+                                                     not torch.cuda.is_available() else ())
+                                        for d in _devices(metafunc.config)])
 
 
 @pytest.fixture(scope="module")
