@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
-from dataclasses import asdict, replace
-from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -30,6 +27,10 @@ class CliError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        # no abbreviations: `batch_size=4` in the Python API must not pass for --batch-sizes
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
     def error(self, message: str):
         raise CliError(message.removeprefix("argument "))
 
@@ -171,42 +172,7 @@ def build_spec(args: argparse.Namespace, n_cuda: int) -> SweepSpec:
                      download=not args.no_download, skipped_devices=skipped, **variants, **budget)
 
 
-def run_dir_for(args: argparse.Namespace) -> tuple[Path, str]:
-    if args.out:
-        out = Path(args.out)
-        return out, out.name
-    run_id = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(os.environ.get("BENCH_REPORTS_DIR", "reports")) / run_id, run_id
-
-
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuses an output folder that cannot be written, or one holding results without --resume."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise CliError(f"--out: '{run_dir}' is not a folder (expected a folder to write the run into)")
-    if resume and not (run_dir / "results.jsonl").exists():
-        raise CliError(f"--resume: '{run_dir}' holds no results.jsonl to resume (expected a previous run's folder)")
-    if not resume and (run_dir / "results.jsonl").exists():
-        raise CliError(f"--out: '{run_dir}' already holds results (pass --resume, or choose another folder)")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise CliError(f"--out: '{run_dir}' cannot be written ({e.strerror or e})") from None
-
-
 # --------------------------------------------------------------------------- commands
-
-
-def _prepare(args: argparse.Namespace):
-    from cnn.data import DataError, prepare_dataset
-
-    try:
-        return prepare_dataset(args.dataset, args.data_dir, verify=not args.no_verify,
-                               download=not args.no_download)
-    except DataError as e:
-        raise CliError(f"--data-dir: {e}") from None
 
 
 def _print_plan(cases, spec: SweepSpec, dataset: str) -> None:
@@ -241,55 +207,27 @@ def _interrupt(signum, frame):
 def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return cmd_plan(args)
-    from bench import environment
-    from bench.plan import plan_cases
-    from bench.progress import Display
-    from bench.results import append_result, load_results, summary_table, write_csv
-    from bench.runner import run_cases
-    from bench.schema import Result
+    from bench import api
+    from bench.results import load_results, summary_table
 
     spec = build_spec(args, cuda_device_count())
-    run_dir, run_id = run_dir_for(args)
-    check_run_dir(run_dir, args.resume)
-    prepared = _prepare(args)
-    if prepared.warning:
-        _warn(prepared.warning)
-    for device, why in spec.skipped_devices.items():
-        _warn(f"skipping device {device}: {why}; running the other devices")
-    all_devices = replace(spec, devices=spec.devices + list(spec.skipped_devices))
-    cases = plan_cases(all_devices, str(prepared.cache_dir), prepared.name, run_id)
-    done = {r.case.key for r in load_results(run_dir) if r.status in ("ok", "skipped")} if args.resume else set()
-    skipped = [c for c in cases if c.device in spec.skipped_devices and c.key not in done]
-    todo = [c for c in cases if c.device not in spec.skipped_devices and c.key not in done]
-    env = environment.capture()
-    env.update(environment.ceilings(spec.devices, spec.widths))
-    env.update(run_id=run_id, dataset=prepared.name, dataset_source=prepared.source,
-               dataset_warning=prepared.warning, skipped_devices=spec.skipped_devices, spec=asdict(spec))
-    (run_dir / "environment.json").write_text(json.dumps(env, indent=2))
-    for case in skipped:
-        append_result(run_dir, Result(case=case, status="skipped", error=spec.skipped_devices[case.device]))
-    print(f"bench: {len(todo)} Cases on {prepared.name} data ({prepared.source}) -> {run_dir}"
-          + (f" ({len(done)} already done)" if done else ""), flush=True)
-    display = Display(len(todo))
+    run_dir, _ = api.new_run_dir(args.out)
     signal.signal(signal.SIGTERM, _interrupt)  # a `kill` stops the running Case too, not only Ctrl-C
     try:
-        run_cases(todo, run_dir, display)
+        api.run_sweep(spec, run_dir, resume=args.resume, warn=_warn)
+    except ValueError as e:
+        raise CliError(str(e)) from None
     except KeyboardInterrupt:
-        display.close()
         print(f"\nbench: interrupted; finished Cases are kept in {run_dir / 'results.jsonl'}. "
               f"Resume with: python -m bench run --resume --out {run_dir} (and the same options)", file=sys.stderr)
         return 130
-    display.close()
     results = load_results(run_dir)
-    write_csv(run_dir, results)
     print(summary_table(results))
-    if prepared.name == "synthetic":
+    if results and results[0].case.dataset == "synthetic":
         print("bench: measured on SYNTHETIC data: throughput is representative, accuracy is not CIFAR-10's")
     if not args.no_report:
-        from bench.report import build_report
-
-        report = build_report([run_dir], run_dir)
-        print(f"bench: report in {report} and {report.with_suffix('.html')}")
+        report = api.make_report(run_dir)
+        print(f"bench: report in {report.markdown} and {report.html}")
     print(f"bench: results in {run_dir}")
     return 0
 
@@ -318,8 +256,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise CliError(f"report: {e}") from None
     except OSError as e:
         raise CliError(f"--out: '{out}' cannot be written ({e.strerror or e})") from None
-    print(report.read_text().split("\n## ")[0])
-    print(f"bench: report in {report} and {report.with_suffix('.html')}")
+    print(report.markdown.read_text().split("\n## ")[0])
+    print(f"bench: report in {report.markdown} and {report.html}")
     return 0
 
 

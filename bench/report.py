@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import html
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -97,8 +98,23 @@ def _sections(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return [(title, _drop_blank(table)) for title, table in sections]
 
 
-def build_report(run_dirs: list[Path], out_dir: Path) -> Path:
-    """Writes the report files into out_dir and returns the path of report.md."""
+@dataclass
+class Report:
+    """What build_report wrote, and the verdict it opens with."""
+
+    markdown: Path
+    html: Path
+    verdict: analysis.Verdict
+    charts: dict[str, Path]  # file name -> path, in the report's order
+    captions: dict[str, str]
+
+    def _repr_markdown_(self) -> str:  # Jupyter shows the verdict
+        lines = [f"**{self.verdict.headline}**", ""] + [f"- {f}" for f in self.verdict.findings]
+        return "\n".join(lines + [""] + [f"- *{c}*" for c in self.verdict.caveats])
+
+
+def build_report(run_dirs: list[Path], out_dir: Path) -> Report:
+    """Writes the report files into out_dir."""
     runs = [load_run(Path(p)) for p in run_dirs]
     df = combined_frame(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +134,8 @@ def build_report(run_dirs: list[Path], out_dir: Path) -> Path:
     md = _markdown(title, verdict, runs, datasets, figures, sections)
     (out_dir / "report.md").write_text(md)
     (out_dir / "report.html").write_text(_html(title, verdict, runs, datasets, figures, images, sections))
-    return out_dir / "report.md"
+    return Report(out_dir / "report.md", out_dir / "report.html", verdict,
+                  {name: out_dir / name for name, _, _ in figures}, {name: caption for name, caption, _ in figures})
 
 
 def _machines(runs: list[Run]) -> pd.DataFrame:

@@ -121,12 +121,13 @@ def test_existing_results_need_resume(tmp_path: Path):
 
 
 def test_default_run_folder_honours_bench_reports_dir(monkeypatch, tmp_path: Path):
-    args = cli.get_parser().parse_args(["run"])
+    from bench.api import new_run_dir
+
     monkeypatch.delenv("BENCH_REPORTS_DIR", raising=False)
-    run_dir, run_id = cli.run_dir_for(args)
+    run_dir, run_id = new_run_dir(None)
     assert run_dir.parent == Path("reports") and run_dir.name == run_id
     monkeypatch.setenv("BENCH_REPORTS_DIR", str(tmp_path))
-    assert cli.run_dir_for(args)[0].parent == tmp_path
+    assert new_run_dir(None)[0].parent == tmp_path
 
 
 def test_cuda_graphs_are_refused_where_they_cannot_apply(capsys):

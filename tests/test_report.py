@@ -52,7 +52,7 @@ def _fake_run(folder: Path, host: str, gpu: bool, scale: float = 1.0) -> Path:
 
 def test_report_of_a_run_with_failures_opens_with_the_verdict(tmp_path: Path):
     run = _fake_run(tmp_path / "laptop", "laptop", gpu=False)
-    md = report.build_report([run], run).read_text()
+    md = report.build_report([run], run).markdown.read_text()
     assert md.startswith("# Does a GPU help the CIFAR-10 tutorial CNN?\n\n**Only cpu was measured")
     for text in ("ended as oom", "ended as timeout", "ended as failed", "Device cuda was skipped", "SYNTHETIC",
                  "Input pipeline (cpu)", "Threads (tutorial pipeline)", "Compute (cpu)"):
@@ -68,7 +68,7 @@ def test_report_of_two_machines_labels_each_and_finds_the_crossover(tmp_path: Pa
     laptop = _fake_run(tmp_path / "laptop", "laptop", gpu=False)
     gpu_box = _fake_run(tmp_path / "gpubox", "gpubox", gpu=True)
     out = tmp_path / "both"
-    md = report.build_report([laptop, gpu_box], out).read_text()
+    md = report.build_report([laptop, gpu_box], out).markdown.read_text()
     assert "laptop (laptop CPU, 2 cores, no GPU)" in md and "gpubox (gpubox CPU, 2 cores, H100)" in md
     assert "At the tutorial's own settings (batch 4, tutorial pipeline) the cuda trains" in md
     assert "Crossover (cuda, tutorial pipeline, width 1): faster than the CPU beyond the noise from batch" in md

@@ -1,0 +1,136 @@
+"""The Python API: the same sweep and report as `python -m bench run` and `bench report`, for a notebook.
+
+    import bench
+    spec = bench.sweep_spec(batch_sizes=[4, 32, 128], quick=True, dataset="synthetic")
+    results = bench.run_sweep(spec)             # a DataFrame, one row per Case
+    rep = bench.make_report(results.attrs["run_dir"])
+    rep.verdict.headline, rep.charts            # charts: {file name: path}
+
+Options are validated by the CLI's own parser, so an option means the same in both and a bad
+value gives the same one-line message (as a ValueError).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, replace
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from bench.schema import Result, SweepSpec
+
+
+def _argv(options: dict) -> list[str]:
+    argv = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, ",".join(str(v) for v in value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def sweep_spec(**options) -> SweepSpec:
+    """A SweepSpec from `bench run`'s options as keywords (batch_sizes=[4, 32], quick=True, ...)."""
+    from bench import cli
+
+    try:
+        args = cli.get_parser().parse_args(["run", *_argv(options)])
+        return cli.build_spec(args, cli.cuda_device_count())
+    except cli.CliError as e:
+        raise ValueError(str(e)) from None
+
+
+def new_run_dir(out: str | Path | None = None) -> tuple[Path, str]:
+    """(run folder, run id): `out`, or reports/<date-time> (under $BENCH_REPORTS_DIR when set)."""
+    if out is not None:
+        return Path(out), Path(out).name
+    run_id = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(os.environ.get("BENCH_REPORTS_DIR", "reports")) / run_id, run_id
+
+
+def run_sweep(spec: SweepSpec, out: str | Path | None = None, resume: bool = False, display=None,
+              warn=None) -> pd.DataFrame:
+    """Runs every Case of the spec not already done, writing the run folder as `bench run` does.
+
+    Returns the run's results (one row per Case); `.attrs["run_dir"]` is the folder. Raises
+    ValueError for an unusable folder or data set.
+    """
+    from bench import environment
+    from bench.plan import plan_cases
+    from bench.progress import Display
+    from bench.results import append_result, load_results, results_frame, write_csv
+    from bench.runner import run_cases
+    from cnn.data import DataError, prepare_dataset
+
+    warn = warn or (lambda text: print(f"bench: WARNING: {text}", file=sys.stderr, flush=True))
+    run_dir, run_id = new_run_dir(out)
+    check_run_dir(run_dir, resume)
+    try:
+        prepared = prepare_dataset(spec.dataset, spec.data_dir, verify=spec.verify, download=spec.download)
+    except DataError as e:
+        raise ValueError(f"--data-dir: {e}") from None
+    if prepared.warning:
+        warn(prepared.warning)
+    for device, why in spec.skipped_devices.items():
+        warn(f"skipping device {device}: {why}; running the other devices")
+    all_devices = replace(spec, devices=spec.devices + list(spec.skipped_devices))
+    cases = plan_cases(all_devices, str(prepared.cache_dir), prepared.name, run_id)
+    done = {r.case.key for r in load_results(run_dir) if r.status in ("ok", "skipped")} if resume else set()
+    todo = [c for c in cases if c.device not in spec.skipped_devices and c.key not in done]
+    env = environment.capture()
+    env.update(environment.ceilings(spec.devices, spec.widths))
+    env.update(run_id=run_id, dataset=prepared.name, dataset_source=prepared.source,
+               dataset_warning=prepared.warning, skipped_devices=spec.skipped_devices, spec=asdict(spec))
+    (run_dir / "environment.json").write_text(json.dumps(env, indent=2))
+    for case in cases:
+        if case.device in spec.skipped_devices and case.key not in done:
+            append_result(run_dir, Result(case=case, status="skipped", error=spec.skipped_devices[case.device]))
+    print(f"bench: {len(todo)} Cases on {prepared.name} data ({prepared.source}) -> {run_dir}"
+          + (f" ({len(done)} already done)" if done else ""), flush=True)
+    display = display or Display(len(todo))
+    try:
+        run_cases(todo, run_dir, display)
+    finally:
+        display.close()
+    results = load_results(run_dir)
+    write_csv(run_dir, results)
+    frame = results_frame(results)
+    frame.attrs["run_dir"] = str(run_dir)
+    return frame
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuses an output folder that cannot be written, or one holding results without resume."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out: '{run_dir}' is not a folder (expected a folder to write the run into)")
+    if resume and not (run_dir / "results.jsonl").exists():
+        raise ValueError(f"--resume: '{run_dir}' holds no results.jsonl to resume (expected a previous run's folder)")
+    if not resume and (run_dir / "results.jsonl").exists():
+        raise ValueError(f"--out: '{run_dir}' already holds results (pass --resume, or choose another folder)")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"--out: '{run_dir}' cannot be written ({e.strerror or e})") from None
+
+
+def make_report(runs: str | Path | list[str | Path], out: str | Path | None = None):
+    """Builds report.md, report.html and the charts (into `out`, by default the one run's folder) and
+    returns the Report: its verdict, the file paths and {chart file name: path}."""
+    from bench.report import build_report
+
+    runs = [Path(runs)] if isinstance(runs, (str, Path)) else [Path(r) for r in runs]
+    if out is None and len(runs) > 1:
+        raise ValueError("report: out is needed with several run folders (e.g. out='reports/compare')")
+    return build_report(runs, Path(out) if out is not None else runs[0])
