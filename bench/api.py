@@ -49,17 +49,19 @@ def sweep_spec(**options) -> SweepSpec:
         raise ValueError(str(e)) from None
 
 
-def new_run_dir(out: str | Path | None = None) -> tuple[Path, str]:
-    """(run folder, run id): `out`, or reports/<date-time> (under $BENCH_REPORTS_DIR when set)."""
+def new_run_dir(out: str | Path | None = None, reports_dir: str | Path | None = None) -> tuple[Path, str]:
+    """(run folder, run id): `out`, or <reports_dir>/<date-time>, where reports_dir defaults to
+    $BENCH_REPORTS_DIR, else ./reports."""
     if out is not None:
         return Path(out), Path(out).name
     run_id = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(os.environ.get("BENCH_REPORTS_DIR", "reports")) / run_id, run_id
+    return Path(reports_dir or os.environ.get("BENCH_REPORTS_DIR", "reports")) / run_id, run_id
 
 
-def run_sweep(spec: SweepSpec, out: str | Path | None = None, resume: bool = False, display=None,
-              warn=None) -> pd.DataFrame:
-    """Runs every Case of the spec not already done, writing the run folder as `bench run` does.
+def run_sweep(spec: SweepSpec, out: str | Path | None = None, resume: bool = False,
+              reports_dir: str | Path | None = None, display=None, warn=None) -> pd.DataFrame:
+    """Runs every Case of the spec not already done, writing the run folder (`out`, or a new one under
+    `reports_dir`) as `bench run` does.
 
     Returns the run's results (one row per Case); `.attrs["run_dir"]` is the folder. Raises
     ValueError for an unusable folder or data set.
@@ -72,7 +74,7 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, resume: bool = Fal
     from cnn.data import DataError, prepare_dataset
 
     warn = warn or (lambda text: print(f"bench: WARNING: {text}", file=sys.stderr, flush=True))
-    run_dir, run_id = new_run_dir(out)
+    run_dir, run_id = new_run_dir(out, reports_dir)
     check_run_dir(run_dir, resume)
     try:
         prepared = prepare_dataset(spec.dataset, spec.data_dir, verify=spec.verify, download=spec.download)

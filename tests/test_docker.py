@@ -35,3 +35,14 @@ def test_images_run_the_harness_into_mounted_reports(name: str):
     text = (ROOT / name).read_text()
     assert 'ENTRYPOINT ["python", "-m", "bench"]' in text and 'CMD ["run"' in text
     assert "BENCH_REPORTS_DIR=/reports" in text and "/reports" in text
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda"])
+def test_a_jupyter_target_serves_the_notebook_and_the_default_target_is_still_the_harness(name: str):
+    stages = (ROOT / name).read_text().split("\nFROM ")
+    jupyter = next(s for s in stages if s.startswith("base AS jupyter"))
+    assert '"./[' in jupyter and "notebook]" in jupyter  # the project's notebook extra: JupyterLab, ipykernel
+    assert "EXPOSE 8888" in jupyter and '"jupyter", "lab", "--ip=0.0.0.0", "--port=8888"' in jupyter
+    assert "COPY notebooks ./notebooks" in stages[0] + stages[1]
+    assert stages[-1].startswith("base AS bench")  # `docker build` without --target builds the last stage
+    assert 'ENTRYPOINT ["python", "-m", "bench"]' in stages[-1]
