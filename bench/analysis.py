@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 SPREAD_WARN_PCT = 10.0
-CONFIG = ["machine", "mode", "device", "pipeline", "variant", "width", "batch_size"]
+CONFIG = ["machine", "mode", "device", "pipeline", "variant", "world_size", "width", "batch_size"]
 PLAIN = "eager"  # the tutorial's own step: no graphs, fp32, contiguous
 
 
@@ -33,6 +33,7 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     if "machine" not in out:
         out["machine"] = ""
     out["variant"] = step_variant(out)
+    out["world_size"] = (out["world_size"].fillna(1) if "world_size" in out else pd.Series(1, index=out.index)).astype(int)
     return out
 
 
@@ -53,7 +54,7 @@ def speedups(df: pd.DataFrame) -> pd.DataFrame:
 
     `low`/`high` bound the ratio by the spreads (accelerator p25 / CPU p75, p75 / p25).
     """
-    keys = ["machine", "mode", "pipeline", "width", "batch_size"]
+    keys = ["machine", "mode", "pipeline", "world_size", "width", "batch_size"]
     columns = keys + ["device", "variant", "cpu_threads", "cpu_variant", "device_images_per_s", "cpu_images_per_s",
                       "speedup", "low", "high"]
     best = best_throughput(df)
@@ -80,7 +81,7 @@ def speedups(df: pd.DataFrame) -> pd.DataFrame:
 def crossover_batch_size(speedup: pd.DataFrame) -> pd.DataFrame:
     """Per machine, mode, device, pipeline, variant and width: the smallest batch size from which the
     accelerator is faster beyond the noise (`low` > 1) at that and every larger batch size; NaN when it never is."""
-    keys = ["machine", "mode", "device", "pipeline", "variant", "width"]
+    keys = ["machine", "mode", "device", "pipeline", "variant", "world_size", "width"]
     rows = []
     for key, group in speedup.groupby(keys, dropna=False):
         group = group.sort_values("batch_size")
@@ -98,7 +99,7 @@ def thread_scaling(df: pd.DataFrame) -> pd.DataFrame:
     """CPU speed-up over 1 thread and parallel efficiency (speed-up / threads)."""
     ok = ok_rows(df)
     ok = ok[(ok["device"] == "cpu") & ok["images_per_s"].notna()]
-    keys = ["machine", "mode", "pipeline", "variant", "width", "batch_size"]
+    keys = ["machine", "mode", "pipeline", "variant", "world_size", "width", "batch_size"]
     one = ok[ok["threads"] == 1].set_index(keys)["images_per_s"]
     out = ok[keys + ["threads", "images_per_s"]].copy()
     out["speedup"] = [r.images_per_s / one.get(tuple(r[k] for k in keys), np.nan) for _, r in out.iterrows()]
@@ -109,7 +110,7 @@ def thread_scaling(df: pd.DataFrame) -> pd.DataFrame:
 def pipeline_gap(df: pd.DataFrame) -> pd.DataFrame:
     """`resident` over `tutorial` throughput at the same everything else: how much the input pipeline costs."""
     ok = ok_rows(df)
-    keys = ["machine", "mode", "device", "variant", "width", "batch_size", "threads"]
+    keys = ["machine", "mode", "device", "variant", "world_size", "width", "batch_size", "threads"]
     ok = ok.assign(threads=ok["threads"].fillna(-1))
     wide = ok.pivot_table(index=keys, columns="pipeline", values="images_per_s", aggfunc="max")
     if not {"tutorial", "resident"} <= set(wide.columns):
@@ -157,7 +158,7 @@ def achieved_gflops(df: pd.DataFrame) -> pd.DataFrame:
 def variant_gain(df: pd.DataFrame) -> pd.DataFrame:
     """Each step variant (graphs, bf16, channels-last) over the plain eager step of the same
     configuration, best over threads, with the noise band from the spreads."""
-    keys = ["machine", "mode", "device", "pipeline", "width", "batch_size"]
+    keys = ["machine", "mode", "device", "pipeline", "world_size", "width", "batch_size"]
     columns = keys + ["variant", "images_per_s", "eager_images_per_s", "gain", "low", "high"]
     best = best_throughput(df)
     if best.empty:
@@ -188,6 +189,41 @@ def gpu_usage(df: pd.DataFrame) -> pd.DataFrame:
     return ok[cols].sort_values(CONFIG).reset_index(drop=True)
 
 
+def data_parallel_scaling(df: pd.DataFrame) -> pd.DataFrame:
+    """Training Cases by world size, against one process (world size 1) of the same device, pipeline,
+    variant and width: weak scaling at the same per-rank batch and threads per rank, strong scaling at
+    the same global batch, and `vs_best_one_process`: over the best single process at that global
+    batch, whatever its thread count (on a CPU: the same cores used by one process instead of several).
+    """
+    keys = ["machine", "device", "pipeline", "variant", "width"]
+    cols = keys + ["world_size", "threads", "batch_size", "global_batch_size", "images_per_s", "weak_efficiency",
+                   "strong_efficiency", "vs_best_one_process", "allreduce_pct"]
+    ok = ok_rows(df)
+    ok = ok[(ok["mode"] == "train") & ok["images_per_s"].notna()]
+    if (ok["world_size"] <= 1).all():
+        return pd.DataFrame(columns=cols)
+    ok = ok.assign(global_batch_size=ok["batch_size"] * ok["world_size"],
+                   threads_key=ok["threads"].fillna(-1),
+                   allreduce_pct=ok["allreduce_pct"] if "allreduce_pct" in ok else np.nan)
+    one = ok[ok["world_size"] == 1]
+    same_threads = one.set_index(keys + ["threads_key", "batch_size"])["images_per_s"]
+    best_one = one.groupby(keys + ["batch_size"], dropna=False)["images_per_s"].max()
+    rows = []
+    for _, r in ok.iterrows():
+        k = tuple(r[c] for c in keys)
+        weak = same_threads.get(k + (r["threads_key"], r["batch_size"]), np.nan)
+        strong = same_threads.get(k + (r["threads_key"], r["global_batch_size"]), np.nan)
+        best = best_one.get(k + (r["global_batch_size"],), np.nan)
+        n = r["world_size"]
+        rows.append({**{c: r[c] for c in cols if c in r and c not in ("weak_efficiency", "strong_efficiency",
+                                                                       "vs_best_one_process")},
+                     "weak_efficiency": r["images_per_s"] / (n * weak),
+                     "strong_efficiency": r["images_per_s"] / (n * strong),
+                     "vs_best_one_process": r["images_per_s"] / best})
+    return pd.DataFrame(rows, columns=cols).sort_values(keys + ["batch_size", "threads", "world_size"]) \
+        .reset_index(drop=True)
+
+
 def noisy_cases(df: pd.DataFrame) -> pd.DataFrame:
     """Cases whose throughput spread (IQR) exceeds 10% of the median."""
     ok = ok_rows(df)
@@ -216,7 +252,7 @@ def verdict(df: pd.DataFrame, skipped_devices: dict[str, str] | None = None) -> 
     sp_train = sp[sp["mode"] == "train"]
     if not sp_train.empty:
         tut = sp_train[(sp_train["batch_size"] == 4) & (sp_train["pipeline"] == "tutorial") & (sp_train["width"] == 1)
-                       & (sp_train["variant"] == PLAIN)]
+                       & (sp_train["variant"] == PLAIN) & (sp_train["world_size"] == 1)]
         best = sp_train.loc[sp_train["speedup"].idxmax()]
         if not tut.empty:
             t = tut.iloc[0]
@@ -243,7 +279,7 @@ def verdict(df: pd.DataFrame, skipped_devices: dict[str, str] | None = None) -> 
         findings.append(f"Fastest training configuration: {best['pipeline']} pipeline{_step(best['variant'])}, batch "
                         f"{int(best['batch_size'])}, {_threads(best['threads'])}: {best['images_per_s']:.0f} images/s.")
         tut = train[(train["batch_size"] == 4) & (train["pipeline"] == "tutorial") & (train["width"] == 1)
-                    & (train["variant"] == PLAIN)]
+                    & (train["variant"] == PLAIN) & (train["world_size"] == 1)]
         if not tut.empty:
             t = tut.loc[tut["images_per_s"].idxmax()]
             findings.append(f"At the tutorial's own settings (batch 4, tutorial pipeline): {t['images_per_s']:.0f} "
@@ -252,6 +288,7 @@ def verdict(df: pd.DataFrame, skipped_devices: dict[str, str] | None = None) -> 
         headline = "No training Case finished, so there is nothing to compare."
     findings.extend(_cpu_findings(df))
     findings.extend(_variant_findings(df))
+    findings.extend(_scaling_findings(df))
     if set(ok.get("dataset", pd.Series(dtype=str)).unique()) & {"synthetic"}:
         caveats.append("Measured on SYNTHETIC data: throughput is representative of CIFAR-10, accuracy is not.")
     for device, why in (skipped_devices or {}).items():
@@ -278,7 +315,7 @@ def _threads(t) -> str:
 def _cpu_findings(df: pd.DataFrame) -> list[str]:
     out = []
     gap = pipeline_gap(df)
-    gap = gap[(gap["mode"] == "train") & (gap["variant"] == PLAIN)]
+    gap = gap[(gap["mode"] == "train") & (gap["variant"] == PLAIN) & (gap["world_size"] == 1)]
     for device, g in gap.groupby("device"):
         small = g.loc[g["batch_size"].idxmin()]
         share = 100 * (1 - 1 / small["gap"])
@@ -287,7 +324,8 @@ def _cpu_findings(df: pd.DataFrame) -> list[str]:
                    f"{share:.0f}% of the tutorial's training time there goes to its input pipeline, not the "
                    f"model; {_fmt(g['gap'].min())}-{_fmt(g['gap'].max())} across the batch sizes.")
     scaling = thread_scaling(df)
-    scaling = scaling[(scaling["mode"] == "train") & (scaling["threads"] > 1) & (scaling["variant"] == PLAIN)]
+    scaling = scaling[(scaling["mode"] == "train") & (scaling["threads"] > 1) & (scaling["variant"] == PLAIN)
+                      & (scaling["world_size"] == 1)]
     scaling = scaling.dropna(subset=["speedup"])  # no 1-thread Case to compare with
     for pipeline, g in scaling.groupby("pipeline"):
         top = g["threads"].max()
@@ -327,4 +365,25 @@ def _variant_findings(df: pd.DataFrame) -> list[str]:
         out.append(f"Energy ({device}): the fastest training Case draws {top['gpu_power_w']:.0f} W at "
                    f"{top['gpu_util_pct']:.0f}% utilisation, {top['gpu_energy_j_per_epoch']:.0f} J per epoch "
                    f"(GPU board only, from NVML).")
+    return out
+
+
+def _scaling_findings(df: pd.DataFrame) -> list[str]:
+    """Whether more processes (or GPUs) help this model: the best multi-process Case against the best
+    single process at the same global batch, and the all-reduce share as the reason."""
+    sc = data_parallel_scaling(df)
+    sc = sc[(sc["world_size"] > 1) & sc["vs_best_one_process"].notna()]
+    out = []
+    for device, g in sc.groupby("device"):
+        top = g.loc[g["vs_best_one_process"].idxmax()]
+        helps = top["vs_best_one_process"] > 1.05
+        units = "GPUs" if str(device).startswith("cuda") else "processes"
+        threads = "" if pd.isna(top["threads"]) else f" x {_threads(top['threads'])}"
+        share = "" if pd.isna(top["allreduce_pct"]) else (
+            f"; the gradient all-reduce is in flight for {top['allreduce_pct']:.0f}% of the timed step time")
+        out.append(f"Data parallelism ({device}): at best, {int(top['world_size'])} {units}{threads} train "
+                   f"{_fmt(top['vs_best_one_process'])} as fast as the best single process at the same global batch "
+                   f"{int(top['global_batch_size'])} ({top['pipeline']} pipeline; weak-scaling efficiency "
+                   f"{100 * top['weak_efficiency']:.0f}%){share}, so more {units} "
+                   + ("help this model here." if helps else "do not help this model here."))
     return out

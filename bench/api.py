@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
+import psutil
 
 from bench.schema import Result, SweepSpec
 
@@ -67,7 +68,7 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, resume: bool = Fal
     ValueError for an unusable folder or data set.
     """
     from bench import environment
-    from bench.plan import plan_cases
+    from bench.plan import oversubscription, plan_cases
     from bench.progress import Display
     from bench.results import append_result, load_results, results_frame, write_csv
     from bench.runner import run_cases
@@ -88,6 +89,8 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, resume: bool = Fal
     cases = plan_cases(all_devices, str(prepared.cache_dir), prepared.name, run_id)
     done = {r.case.key for r in load_results(run_dir) if r.status in ("ok", "skipped")} if resume else set()
     todo = [c for c in cases if c.device not in spec.skipped_devices and c.key not in done]
+    for text in sorted({w for c in todo if (w := oversubscription(c, psutil.cpu_count(logical=False) or 1))}):
+        warn(f"{text} (recorded in those Cases' warnings)")
     env = environment.capture()
     env.update(environment.ceilings(spec.devices, spec.widths))
     env.update(run_id=run_id, dataset=prepared.name, dataset_source=prepared.source,

@@ -177,3 +177,30 @@ def throughput_vs_width(best: pd.DataFrame) -> Figure:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return fig
+
+
+def data_parallel_scaling(scaling: pd.DataFrame) -> Figure:
+    """Global training images/s (left) and weak-scaling efficiency (right) against world size."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 4.0), layout="constrained")
+    group_by = ["machine", "device", "pipeline", "variant", "threads", "batch_size"]
+    for key, g in scaling.groupby(group_by, dropna=False):
+        g = g.sort_values("world_size")
+        label = _series_label(key[:5], group_by[:5]) + f" b{key[5]}/rank"
+        line = left.plot(g["world_size"], g["images_per_s"], marker="o", label=label)[0]
+        right.plot(g["world_size"], 100 * g["weak_efficiency"], marker="o", color=line.get_color(), label=label)
+    sizes = sorted(scaling["world_size"].unique()) if not scaling.empty else [1]
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(FixedLocator(sizes))
+        ax.set_xlabel("world size (data-parallel ranks)")
+        ax.grid(True, alpha=0.3)
+    left.set_yscale("log")
+    left.set_ylabel("global training throughput (images/s)")
+    right.axhline(100, color="black", linestyle="--", linewidth=1, label="perfect scaling")
+    right.set_ylabel("weak-scaling efficiency (%)")
+    left.legend(fontsize=7)
+    multi = scaling[scaling["world_size"] > 1].dropna(subset=["vs_best_one_process"])
+    if not multi.empty:
+        top = multi.loc[multi["vs_best_one_process"].idxmax()]
+        fig.suptitle(f"{int(top['world_size'])} ranks reach {top['vs_best_one_process']:.2f}x the best single process "
+                     f"at global batch {int(top['global_batch_size'])}")
+    return fig

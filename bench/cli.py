@@ -11,7 +11,9 @@ import psutil
 
 from bench.compare import METRICS
 from bench.converters import (accuracy_pct, batch_sizes, choices, devices, non_negative_int, percentage,
-                              positive_float, positive_int, seconds_or_zero, thread_counts, widths)
+                              positive_float, positive_int, seconds_or_zero, thread_counts, widths, world_sizes)
+from dataclasses import asdict
+
 from bench.schema import AMP, MEMORY_FORMATS, MODES, PIPELINES, SweepSpec
 
 DATASETS = ("auto", "cifar10", "synthetic")
@@ -48,6 +50,9 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     axes.add_argument("--widths", type=widths, default=[1.0], help="conv channel multiplier (default 1)")
     axes.add_argument("--modes", type=choices(MODES), default=list(MODES), help="train,infer")
     axes.add_argument("--repeats", type=positive_int, default=1, help="runs of each Case (default 1)")
+    axes.add_argument("--world-sizes", type=world_sizes, default=[1],
+                      help="data-parallel ranks per training Case, e.g. 1,2 (default 1); --batch-sizes and "
+                           "--threads are per rank; on CUDA one GPU per rank")
     variants = p.add_argument_group("step variants (each recorded in the Case)")
     variants.add_argument("--amp", type=choices(AMP), default=["off"],
                           help="off, bf16 (autocast), or both: off,bf16 (default off)")
@@ -98,6 +103,9 @@ def get_parser() -> Parser:
     run.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     plan = sub.add_parser("plan", help="list the Cases a run would make, with an estimated duration")
     _add_sweep_args(plan)
+    plan.add_argument("--write-cases", metavar="DIR",
+                      help="also prepare the data and write each Case as DIR/NNN.json, for `python -m bench.worker` "
+                           "(e.g. under torchrun on every node of a cluster)")
     sub.add_parser("env", help="print the environment a run would record")
     report = sub.add_parser("report", help="build report.md/report.html from one run folder or several")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by bench run")
@@ -154,6 +162,21 @@ def _check_cuda_graphs(args: argparse.Namespace, devices_: list[str]) -> None:
                        "(expected --pipelines to include resident and --modes to include train)")
 
 
+def _check_world_sizes(args: argparse.Namespace, devices_: list[str], n_cuda: int) -> None:
+    """Data-parallel Cases train with DDP; refuse what that path cannot honour, before any Case runs."""
+    top = max(args.world_sizes)
+    if top == 1:
+        return
+    if "train" not in args.modes:
+        raise CliError("--world-sizes: data-parallel Cases train (expected --modes to include train)")
+    if args.cuda_graphs:
+        raise CliError("--world-sizes: CUDA graphs are not captured around DDP's all-reduce here "
+                       "(expected --world-sizes 1 with --cuda-graphs)")
+    if any(d.startswith("cuda") for d in devices_) and top > n_cuda:
+        raise CliError(f"--world-sizes: {top} ranks need {top} GPUs (one per rank) and this machine has {n_cuda} "
+                       f"(expected at most {n_cuda}, or --devices cpu)")
+
+
 def build_spec(args: argparse.Namespace, n_cuda: int) -> SweepSpec:
     preset = QUICK if args.quick else DEFAULTS
     budget = {k: (getattr(args, k) if getattr(args, k) is not None else preset[k]) for k in DEFAULTS}
@@ -162,8 +185,10 @@ def build_spec(args: argparse.Namespace, n_cuda: int) -> SweepSpec:
     devices_, skipped = resolve_devices(args.devices, n_cuda)
     if args.cuda_graphs:
         _check_cuda_graphs(args, devices_ + list(skipped))
+    _check_world_sizes(args, devices_, n_cuda)
     threads = args.threads or sorted({1, psutil.cpu_count(logical=False) or 1})
-    variants = {"amp": args.amp, "memory_formats": args.memory_formats, "cuda_graphs": args.cuda_graphs}
+    variants = {"amp": args.amp, "memory_formats": args.memory_formats, "cuda_graphs": args.cuda_graphs,
+                "world_sizes": args.world_sizes}
     return SweepSpec(devices=devices_, batch_sizes=args.batch_sizes, threads=threads, pipelines=args.pipelines,
                      widths=args.widths, modes=args.modes, time_limit_s=args.time_limit, repeats=args.repeats,
                      seed=args.seed, lr=args.lr, lr_scaling=args.lr_scaling,
@@ -185,14 +210,40 @@ def _print_plan(cases, spec: SweepSpec, dataset: str) -> None:
     print(f"{len(cases)} Cases on {dataset} data; estimated duration {bound} {seconds / 60:.1f} min")
     for device, why in spec.skipped_devices.items():
         print(f"  skipped device {device}: {why}")
+    from bench.plan import oversubscription
+
+    cores = psutil.cpu_count(logical=False) or 1
+    for text in sorted({w for c in cases if (w := oversubscription(c, cores))}):
+        print(f"  warning: {text}")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from bench.plan import plan_cases
 
     spec = build_spec(args, cuda_device_count())
+    if getattr(args, "write_cases", None):
+        return _write_cases(spec, Path(args.write_cases))
     dataset = args.dataset if args.dataset != "auto" else "auto-detected"
     _print_plan(plan_cases(spec, data_cache="", dataset=dataset), spec, dataset)
+    return 0
+
+
+def _write_cases(spec: SweepSpec, folder: Path) -> int:
+    """Case files whose data cache is this machine's (on a cluster: a path every node sees)."""
+    from bench.plan import plan_cases
+    from cnn.data import DataError, prepare_dataset
+
+    try:
+        prepared = prepare_dataset(spec.dataset, spec.data_dir, verify=spec.verify, download=spec.download)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, case in enumerate(plan_cases(spec, str(prepared.cache_dir), prepared.name, run_id=folder.name)):
+            path = folder / f"{i:03d}.json"
+            path.write_text(json.dumps(asdict(case), indent=2))
+            print(f"{path}  {case.key}")
+    except DataError as e:
+        raise CliError(f"--data-dir: {e}") from None
+    except OSError as e:
+        raise CliError(f"--write-cases: '{folder}' cannot be written ({e.strerror or e})") from None
     return 0
 
 

@@ -54,6 +54,10 @@ def thread_counts(text: str) -> list[int]:
     return values
 
 
+def world_sizes(text: str) -> list[int]:
+    return sorted(set(int_list("1,2")(text)))
+
+
 def widths(text: str) -> list[float]:
     return [positive_float(s, "1,2,4") for s in _items(text, "1,2,4")]
 

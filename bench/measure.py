@@ -58,6 +58,12 @@ class StepMeter:
     The first `warmup_steps` steps form the warm-up (timed, reported apart, never in
     the throughput). A window is closed when it has run `window_s` (host time), at the
     end of each epoch and when the budget stops the Case; closing synchronises.
+
+    With `agree` (data-parallel ranks: e.g. an all-reduce of the maximum), ranks must close
+    windows and stop at the same step, so host time cannot decide alone: at the end of the
+    warm-up the ranks agree on the slowest step time and windows last `window_s` worth of
+    such steps, counted in steps; `max_seconds` takes effect at a window's or an epoch's end,
+    once the ranks agree. `agree` is called on every rank at the same steps.
     """
 
     clock: DeviceClock
@@ -76,6 +82,8 @@ class StepMeter:
     step_s: list[float] = field(default_factory=list)
     data_wait_s: float = 0.0
     stopped_by: str | None = None
+    agree: Callable[[float], float] | None = None
+    window_steps: int | None = None  # set from the warm-up when `agree` is given
     _warmup_so_far: float = 0.0
 
     def start_epoch(self) -> None:
@@ -106,16 +114,24 @@ class StepMeter:
         self._marks.append(self.clock.mark())
         self._window_images += n_images
         now = time.perf_counter()
+        closed = False
         if self.warmup_s is None and self.steps >= self.warmup_steps:
             self.warmup_s = self._warmup_so_far + self._close_window(keep=False)
+            if self.agree is not None:
+                slowest = self.agree(self.warmup_s / max(self.steps, 1))
+                self.window_steps = max(1, round(self.window_s / slowest)) if slowest > 0 else 1
             self._open_window()
-        elif self.warmup_s is not None and now - self._host_window_start >= self.window_s:
+        elif self.warmup_s is not None and self._window_due(now):
             self._close_window(keep=True)
+            closed = True
             self._open_window()
         elapsed = self._train_s_before + now - self._host_epoch_start
+        out_of_time = self.budget.max_seconds is not None and elapsed >= self.budget.max_seconds
         if self.budget.max_steps is not None and self.steps >= self.budget.max_steps:
-            self.stopped_by = "max_steps"
-        elif self.budget.max_seconds is not None and elapsed >= self.budget.max_seconds:
+            self.stopped_by = "max_steps"  # the same step on every rank: no need to agree
+        elif self.agree is None and out_of_time:
+            self.stopped_by = "max_seconds"
+        elif closed and self.agree is not None and self.agree(float(out_of_time)) > 0:
             self.stopped_by = "max_seconds"
         if self.progress is not None and (now - self._host_last_progress >= self.progress_every_s):
             self._host_last_progress = now
@@ -132,6 +148,15 @@ class StepMeter:
         epoch = self.clock.seconds(self._epoch_mark, last) if last is not self._epoch_mark else 0.0
         self.epoch_s.append(epoch)
         self.train_s = self._train_s_before + epoch
+        if self.agree is not None and self.stopped_by is None:  # ranks leave the loop together or not at all
+            out_of_time = self.budget.max_seconds is not None and self.train_s >= self.budget.max_seconds
+            if self.agree(float(out_of_time)) > 0:
+                self.stopped_by = "max_seconds"
+
+    def _window_due(self, now: float) -> bool:
+        if self.window_steps is not None:
+            return len(self._marks) - 1 >= self.window_steps
+        return now - self._host_window_start >= self.window_s
 
     def _open_window(self):
         mark = self.clock.mark()

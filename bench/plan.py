@@ -27,13 +27,15 @@ def plan_cases(spec: SweepSpec, data_cache: str, dataset: str, run_id: str = "")
                 for width in spec.widths:
                     for threads in threads_axis:
                         for batch_size in spec.batch_sizes:
-                            for repeat, amp, memory_format, graphs in _variants(spec, device, mode, pipeline):
+                            for repeat, amp, memory_format, graphs, world in _variants(spec, device, mode,
+                                                                                       pipeline):
                                 cases.append(Case(
                                     mode=mode, device=device, pipeline=pipeline, batch_size=batch_size,
                                     threads=threads, width=width, repeat=repeat, epochs=spec.epochs,
                                     max_steps=spec.max_steps, max_seconds=spec.max_seconds,
                                     time_limit_s=spec.time_limit_s,
-                                    lr=effective_lr(spec.lr, spec.lr_scaling, batch_size), seed=spec.seed,
+                                    lr=effective_lr(spec.lr, spec.lr_scaling, batch_size * world),
+                                    seed=spec.seed, world_size=world,
                                     target_accuracy_pct=spec.target_accuracy_pct, num_workers=spec.num_workers,
                                     warmup_steps=spec.warmup_steps, window_s=spec.window_s,
                                     latency_batches=spec.latency_batches, dataset=dataset,
@@ -43,15 +45,29 @@ def plan_cases(spec: SweepSpec, data_cache: str, dataset: str, run_id: str = "")
 
 
 def _variants(spec: SweepSpec, device: str, mode: str, pipeline: str):
-    """(repeat, amp, memory format, CUDA graphs) for one point; graphs only where they apply:
-    the resident pipeline's training step on a CUDA device, beside the eager step."""
+    """(repeat, amp, memory format, CUDA graphs, world size) for one point; each only where it applies:
+    graphs on the resident pipeline's eager training step on a CUDA device, beside it; world sizes
+    above 1 (data-parallel training) in train mode, without graphs."""
     graphs = [False, True] if spec.cuda_graphs and device.startswith("cuda") and pipeline == "resident" \
         and mode == "train" else [False]
+    worlds = spec.world_sizes if mode == "train" else [1]
     for repeat in range(spec.repeats):
         for amp in spec.amp:
             for memory_format in spec.memory_formats:
-                for g in graphs:
-                    yield repeat, amp, memory_format, g
+                for world in worlds:
+                    for g in graphs if world == 1 else [False]:
+                        yield repeat, amp, memory_format, g, world
+
+
+def oversubscription(case: Case, physical_cores: int) -> str | None:
+    """A warning when a data-parallel CPU Case asks for more threads in all than the cores there are."""
+    if case.device != "cpu" or case.world_size == 1 or case.threads is None:
+        return None
+    total = case.world_size * case.threads
+    if total <= physical_cores:
+        return None
+    return (f"{case.world_size} ranks x {case.threads} threads = {total} threads on {physical_cores} physical "
+            f"cores: the ranks compete for cores")
 
 
 def estimate_seconds(cases: list[Case]) -> tuple[float, bool]:
@@ -60,7 +76,7 @@ def estimate_seconds(cases: list[Case]) -> tuple[float, bool]:
     for case in cases:
         if case.max_seconds is not None:
             evals = 1 if case.mode == "infer" else case.epochs
-            total += STARTUP_S + case.max_seconds + 0.5 * evals
+            total += STARTUP_S * case.world_size + case.max_seconds + 0.5 * evals
         else:
             bounded = False
             total += case.time_limit_s

@@ -76,6 +76,9 @@ def _figures(df: pd.DataFrame, train_images: int) -> list[tuple[str, str, plt.Fi
         figs.append(("throughput_infer.png", "Inference throughput by batch size",
                      charts.throughput_vs_batch(best, mode="infer")))
         figs.append(("latency.png", "Inference latency", charts.inference_latency(inference)))
+    scaling = analysis.data_parallel_scaling(df)
+    if not scaling.empty:
+        figs.append(("scaling.png", "Data-parallel scaling", charts.data_parallel_scaling(scaling)))
     if df["width"].nunique() > 1:
         figs.append(("width.png", "Throughput by model width", charts.throughput_vs_width(best)))
     return figs
@@ -91,6 +94,8 @@ def _sections(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
                 ("Accuracy and time to target", analysis.accuracy_by_batch(df)),
                 ("Inference", analysis.inference_table(df)),
                 ("Step variants against the eager step", analysis.variant_gain(df)),
+                ("Data-parallel scaling (DDP): global images/s, efficiency, all-reduce share",
+                 analysis.data_parallel_scaling(df)),
                 ("Achieved GFLOP/s and share of the measured matmul rate", analysis.achieved_gflops(df)),
                 ("GPU utilisation, power and energy (NVML)", analysis.gpu_usage(df))]
     failed = df[df["status"] != "ok"][["key", "status", "error"]]

@@ -42,6 +42,7 @@ class SweepSpec:
     amp: list[str] = field(default_factory=lambda: ["off"])
     memory_formats: list[str] = field(default_factory=lambda: ["contiguous"])
     cuda_graphs: bool = False
+    world_sizes: list[int] = field(default_factory=lambda: [1])
     skipped_devices: dict[str, str] = field(default_factory=dict)
 
 
@@ -73,13 +74,19 @@ class Case:
     amp: str = "off"  # "bf16": forward and loss under autocast
     memory_format: str = "contiguous"  # or "channels_last"
     cuda_graphs: bool = False  # the resident training step captured in a CUDA graph
+    world_size: int = 1  # data-parallel ranks (DDP); batch_size and threads are per rank
 
     @property
     def key(self) -> str:
         """Stable identity of the sweep point, for --resume and for comparing runs."""
         threads = "auto" if self.threads is None else self.threads
+        ranks = f"/ws{self.world_size}" if self.world_size > 1 else ""
         return (f"{self.mode}/{self.device}/{self.pipeline}/b{self.batch_size}/t{threads}"
-                f"/w{self.width:g}/r{self.repeat}{self.variant_suffix}")
+                f"/w{self.width:g}/r{self.repeat}{ranks}{self.variant_suffix}")
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
 
     @property
     def variant_suffix(self) -> str:
@@ -93,7 +100,9 @@ class Case:
     def label(self) -> str:
         threads = "" if self.threads is None else f" threads={self.threads}"
         variant = self.variant_suffix.replace("/", " ")
-        return f"{self.mode} {self.device} {self.pipeline} batch={self.batch_size}{threads} width={self.width:g}{variant}"
+        ranks = f" ranks={self.world_size}" if self.world_size > 1 else ""
+        return (f"{self.mode} {self.device} {self.pipeline} batch={self.batch_size}{threads}{ranks} "
+                f"width={self.width:g}{variant}")
 
 
 @dataclass
@@ -139,6 +148,13 @@ class Result:
     gpu_util_pct: float | None = None
     gpu_power_w: float | None = None
     gpu_energy_j_per_epoch: float | None = None
+    # data-parallel Cases (world_size > 1): images/s above are global, over all ranks
+    global_batch_size: int | None = None
+    backend: str | None = None  # gloo or nccl
+    rank_images_per_s: list[float] = field(default_factory=list)
+    allreduce_pct: float | None = None  # share of the timed step time with a gradient all-reduce in flight
+    param_digest_initial: str | None = None
+    rank_param_digests: list[str] = field(default_factory=list)  # after training: equal when all-reduce worked
     train_images: int | None = None
     test_images: int | None = None
     warnings: list[str] = field(default_factory=list)

@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import asdict
 
 import numpy as np
 import psutil
@@ -51,6 +52,8 @@ def run_case(case: Case, progress: Progress | None = None, started: float | None
     creation time, which the kernel gives only to about a second.
     """
     started = psutil.Process().create_time() if started is None else started
+    if case.world_size > 1:
+        return _run_distributed(case, progress, started)
     result = Result(case=case)
     try:
         _set_threads(case)
@@ -74,6 +77,27 @@ def run_case(case: Case, progress: Progress | None = None, started: float | None
             torch.cuda.empty_cache()
     result.threads_used = torch.get_num_threads()
     result.peak_rss_mb = measure.peak_rss_mb()
+    result.wall_s = time.time() - started
+    return result
+
+
+def _run_distributed(case: Case, progress: Progress | None, started: float) -> Result:
+    """A data-parallel Case: its ranks under PyTorch's elastic launcher; a failed rank fails the Case."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from bench import ddp
+    from bench.plan import oversubscription
+
+    try:
+        result = ddp.launch(case, progress, started)
+    except ChildFailedError as exc:  # the launcher has already torn the whole group down
+        text = ddp.failure_text(exc)
+        result = Result(case=case, status="oom" if _is_oom(RuntimeError(text)) else "failed", error=text[:2000])
+    except Exception as exc:  # rendezvous or launcher errors
+        result = Result(case=case, status="failed", error=f"{type(exc).__name__}: {exc}".replace("\n", " ")[:2000])
+    warning = oversubscription(case, psutil.cpu_count(logical=False) or 1)
+    if warning:
+        result.warnings.append(warning)
     result.wall_s = time.time() - started
     return result
 
@@ -227,12 +251,36 @@ def child_main(case_fields: dict, conn, started: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m bench.worker CASE.json|-", file=sys.stderr)
-        return 2
-    text = sys.stdin.read() if argv[0] == "-" else open(argv[0]).read()
-    result = run_case(Case(**json.loads(text)))
+    """`python -m bench.worker CASE.json|- [--out RUN_DIR]`: one Case, its Result printed (and appended
+    to RUN_DIR/results.jsonl). Under torchrun (RANK and WORLD_SIZE set) this process is one rank of
+    a data-parallel Case whose world is torchrun's; rank 0 prints and appends the Result."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.worker")
+    parser.add_argument("case", help="a Case as JSON (bench plan --write-cases DIR writes them), or - for stdin")
+    parser.add_argument("--out", help="run folder to append the Result to (bench report reads it)")
+    args = parser.parse_args(argv)
+    text = sys.stdin.read() if args.case == "-" else open(args.case).read()
+    case = Case(**json.loads(text))
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        from dataclasses import replace
+
+        from bench import ddp
+
+        case = replace(case, world_size=int(os.environ["WORLD_SIZE"]))
+        fields = ddp.rank_main(asdict(case))
+        if fields is None:  # not rank 0
+            return 0
+        result = Result.from_dict(fields)
+    else:
+        result = run_case(case)
+    if args.out:
+        from pathlib import Path
+
+        from bench.results import append_result
+
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        append_result(Path(args.out), result)
     print(result.to_json(), flush=True)
     return 0 if result.status == "ok" else 1
 

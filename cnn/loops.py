@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import transforms
 from torchvision.datasets import VisionDataset
 
@@ -53,11 +53,19 @@ class CIFAR10Images(VisionDataset):
 
 def tutorial_loader(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], batch_size: int,
                     shuffle: bool = True, num_workers: int = 2, pin_memory: bool = False,
-                    seed: int = 0) -> DataLoader:
-    """The tutorial's DataLoader (shuffle for training, not for testing)."""
+                    seed: int = 0, shard: tuple[int, int] | None = None) -> DataLoader:
+    """The tutorial's DataLoader (shuffle for training, not for testing).
+
+    `shard=(rank, world_size)`: data-parallel training, each rank reading its part through a
+    DistributedSampler (call `loader.sampler.set_epoch(epoch)` every epoch, as its users do).
+    """
     dataset = CIFAR10Images(images, labels, classes, transform=tutorial_transform())
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+    sampler = None
+    if shard is not None:
+        sampler = DistributedSampler(dataset, num_replicas=shard[1], rank=shard[0], shuffle=shuffle, seed=seed)
+        shuffle = False  # the sampler shuffles
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=num_workers,
                       pin_memory=pin_memory, generator=generator, persistent_workers=False)
 
 
@@ -81,10 +89,21 @@ def resident_tensors(images: np.ndarray, labels: np.ndarray, device: torch.devic
 
 
 def resident_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator,
-                     shuffle: bool = True) -> Iterator:
-    """One epoch of batches, shuffled by a permutation made on the device (no host sync)."""
+                     shuffle: bool = True, shard: tuple[int, int] | None = None) -> Iterator:
+    """One epoch of batches, shuffled by a permutation made on the device (no host sync).
+
+    `shard=(rank, world_size)`: every rank draws the same permutation (same seed, same epoch) and
+    takes every world_size-th image from its rank on, all ranks the same count (the remainder
+    of the division is left out of the epoch), so they run the same number of steps.
+    """
     n = len(y)
     order = torch.randperm(n, device=x.device, generator=generator) if shuffle else None
+    if shard is not None:
+        rank, world = shard
+        if order is None:
+            order = torch.arange(n, device=x.device)
+        order = order[rank::world][:n // world]
+        n = len(order)
     for start in range(0, n, batch_size):
         if order is None:
             yield x[start:start + batch_size], y[start:start + batch_size]

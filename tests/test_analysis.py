@@ -157,3 +157,24 @@ def test_the_fastest_cpu_configuration_names_its_step_variant(table):
                          _row("cpu", "resident", 64, 1100, threads=2, memory_format="channels_last")])
     assert ("Fastest training configuration: resident pipeline, eager+channels-last step, batch 64, 2 threads: "
             "1100 images/s.") in analysis.verdict(fast).findings
+
+
+def test_data_parallel_scaling_weak_strong_and_against_the_best_single_process():
+    rows = [_row("cpu", "resident", 64, 1000, threads=1), _row("cpu", "resident", 128, 1200, threads=1),
+            _row("cpu", "resident", 128, 2000, threads=2),
+            _row("cpu", "resident", 64, 1500, threads=1, world_size=2, allreduce_pct=30.0),
+            _row("cpu", "resident", 128, 1800, threads=1, world_size=2, allreduce_pct=20.0)]
+    sc = analysis.data_parallel_scaling(pd.DataFrame(rows))
+    two = sc[sc.world_size == 2].set_index("batch_size")
+    assert two.loc[64, "global_batch_size"] == 128
+    assert two.loc[64, "weak_efficiency"] == pytest.approx(1500 / (2 * 1000))  # same per-rank batch, 1 thread
+    assert two.loc[64, "strong_efficiency"] == pytest.approx(1500 / (2 * 1200))  # same global batch 128, 1 thread
+    assert two.loc[64, "vs_best_one_process"] == pytest.approx(1500 / 2000)  # best at batch 128: 2 threads
+    assert np.isnan(two.loc[128, "vs_best_one_process"])  # no single process at global batch 256
+    v = analysis.verdict(pd.DataFrame(rows))
+    assert ("Data parallelism (cpu): at best, 2 processes x 1 thread train 0.75x as fast as the best single process "
+            "at the same global batch 128 (resident pipeline; weak-scaling efficiency 75%); the gradient all-reduce "
+            "is in flight for 30% of the timed step time, so more processes do not help this model here."
+            ) in v.findings
+    assert "Only cpu was measured" in v.headline and analysis.best_throughput(pd.DataFrame(rows)).world_size.tolist() \
+        == [1, 1, 2, 2]  # world sizes kept apart

@@ -1,0 +1,223 @@
+"""Data-parallel training of one Case: DistributedDataParallel ranks started by PyTorch's elastic
+launcher, the engine behind `torchrun` (`torch.distributed.run`).
+
+A Case with world size N > 1 is still one unit of work: the runner's Case process calls `launch`,
+which starts N ranks through `elastic_launch` (c10d rendezvous on localhost, as `torchrun
+--standalone` does; ranks forked from the Case process, which has torch imported already). On a
+cluster, `torchrun ... -m bench.worker CASE.json --out RUN_DIR` on every node runs `rank_main` in
+each rank instead. Rank 0 evaluates, gathers every rank's timed windows and returns the Result.
+
+Backend gloo on CPUs, NCCL on CUDA with one GPU per rank. Windows close at the same step on
+every rank (see measure.StepMeter's `agree`); a window's global time is the slowest rank's and
+its images are all ranks' together. Gradient all-reduce is timed by a DDP communication hook.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+import uuid
+from dataclasses import asdict
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
+from torch.nn.parallel import DistributedDataParallel
+
+from bench import measure
+from bench.schema import Case, Result
+from cnn import data, loops
+from cnn.model import Net
+
+
+def param_digest(net: torch.nn.Module) -> str:
+    """A digest of every parameter's bytes: equal on two ranks only if their weights are identical."""
+    h = hashlib.sha256()
+    for p in net.parameters():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def launch(case: Case, progress=None, started: float | None = None) -> Result:
+    """Runs the Case's ranks on this machine and returns rank 0's Result; a failed rank raises
+    ChildFailedError (after the launcher has torn the whole group down)."""
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=case.world_size,
+                          run_id=f"bench-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
+                          rdzv_endpoint="localhost:0", rdzv_configs={"timeout": int(min(case.time_limit_s, 900))},
+                          max_restarts=0, monitor_interval=0.1, start_method="fork")
+    returns = elastic_launch(config, rank_main)(asdict(case), progress, started or time.time())
+    return Result.from_dict(returns[0])
+
+
+def failure_text(exc: ChildFailedError) -> str:
+    """The first failed rank and what it said (its exception, or the signal that killed it)."""
+    rank, failure = exc.get_first_failure()
+    message = failure.message if isinstance(failure.message, str) else str(failure.message)
+    if failure.signal_name() != "<N/A>" and failure.exitcode < 0:
+        message = f"killed by {failure.signal_name()}"
+    return f"rank {rank} failed: {message}"
+
+
+@record  # a rank's exception reaches the launcher, so the Result can say what went wrong
+def rank_main(case_fields: dict, progress=None, started: float | None = None) -> dict | None:
+    """One rank: joins the group the launcher set up (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR in the
+    environment), trains, and on rank 0 returns the Result as a dict."""
+    case = Case(**case_fields)
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    started = started or time.time()
+    cuda = case.device.startswith("cuda")
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if case.threads is not None:
+        torch.set_num_threads(case.threads)
+    if cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    backend = "nccl" if cuda else "gloo"
+    # collectives give up after the Case's own time limit rather than hang past it
+    dist.init_process_group(backend, timeout=timedelta(seconds=case.time_limit_s))
+    try:
+        own = _train_rank(case, device, rank, world, progress if rank == 0 else None, started)
+        records = [None] * world
+        dist.all_gather_object(records, own)
+    finally:
+        dist.destroy_process_group()
+    return _result(case, records, backend, started).to_dict() if rank == 0 else None
+
+
+def _agree(device: torch.device):
+    def agree(value: float) -> float:
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t.item())
+    return agree
+
+
+def _timed_allreduce(clock: measure.DeviceClock, meter_ref: list, spans: list):
+    """DDP's default all-reduce hook, with the time from the bucket being ready to its all-reduce
+    being done recorded after the warm-up. This model's 62k parameters make one bucket, so the
+    span is the all-reduce the step waits for."""
+    def hook(state, bucket):
+        start = clock.mark()
+        future = default_hooks.allreduce_hook(None, bucket)
+
+        def done(fut):
+            if meter_ref[0].warmup_s is not None:
+                spans.append((start, clock.mark()))
+            return fut.value()
+        return future.then(done)
+    return hook
+
+
+def _train_rank(case: Case, device: torch.device, rank: int, world: int, progress, started: float) -> dict:
+    arrays = data.load_arrays(case.data_cache)
+    memory_format = torch.channels_last if case.memory_format == "channels_last" else torch.contiguous_format
+    torch.manual_seed(case.seed)
+    net = Net(case.width, len(arrays.classes)).to(device, memory_format=memory_format)
+    initial = param_digest(net)
+    model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    clock = measure.DeviceClock(device)
+    meter_ref, spans = [None], []
+    model.register_comm_hook(None, _timed_allreduce(clock, meter_ref, spans))
+    optimizer = torch.optim.SGD(model.parameters(), lr=case.lr, momentum=0.9)
+    step = loops.eager_step(model, optimizer, torch.bfloat16 if case.amp == "bf16" else None)
+    shard = (rank, world)
+    if case.pipeline == "tutorial":
+        cuda = device.type == "cuda"
+        loader = loops.tutorial_loader(arrays.train_x, arrays.train_y, arrays.classes, case.batch_size,
+                                       num_workers=case.num_workers, pin_memory=cuda, seed=case.seed, shard=shard)
+
+        def epoch_batches(epoch: int):
+            loader.sampler.set_epoch(epoch)
+            return loops.tutorial_batches(loader, device, non_blocking=cuda, memory_format=memory_format)
+        steps_per_epoch, item = len(loader), True
+    else:
+        x, y = loops.resident_tensors(arrays.train_x, arrays.train_y, device)
+        x = x.contiguous(memory_format=memory_format)
+        generator = torch.Generator(device=device).manual_seed(case.seed)  # the same permutation on every rank
+
+        def epoch_batches(epoch: int):
+            return loops.resident_batches(x, y, case.batch_size, generator, shard=shard)
+        steps_per_epoch, item = math.ceil(len(y) // world / case.batch_size), False
+    budget = measure.Budget(case.max_steps, case.max_seconds)
+    meter = measure.StepMeter(clock, max(case.warmup_steps, 1), case.window_s, budget, agree=_agree(device),
+                              progress=_progress(case, steps_per_epoch, progress) if progress else None)
+    meter_ref[0] = meter
+    test_x = test_y = None
+    if rank == 0:
+        test_x, test_y = loops.resident_tensors(arrays.test_x, arrays.test_y, device)
+    out = {"startup_s": time.time() - started, "epoch_accuracy_pct": [], "time_to_target_s": None, "eval_s": 0.0}
+    for epoch in range(case.epochs):
+        meter.start_epoch()
+        out["loss"] = loops.train_epoch(model, optimizer, meter.batches(epoch_batches(epoch)), item_every_step=item,
+                                        on_step=meter.on_step, step=step)
+        meter.end_epoch()
+        if rank == 0:  # evaluation outside the timed windows, while the other ranks wait at the barrier
+            t0 = time.perf_counter()
+            accuracy, per_class = loops.evaluate(net, test_x, test_y, len(arrays.classes))
+            out["eval_s"] += time.perf_counter() - t0
+            out["epoch_accuracy_pct"].append(accuracy)
+            out.update(test_accuracy_pct=accuracy, class_accuracy_pct=dict(zip(arrays.classes, per_class)))
+            if out["time_to_target_s"] is None and accuracy >= case.target_accuracy_pct:
+                out["time_to_target_s"] = meter.train_s
+        dist.barrier()
+        if meter.stopped_by:
+            break
+    clock.sync()
+    allreduce_s = sum(clock.seconds(a, b) for a, b in spans)
+    return {**out, "windows_s": meter.windows_s, "windows_images": meter.windows_images, "step_s": meter.step_s,
+            "warmup_s": meter.warmup_s, "train_s": meter.train_s, "epoch_s": meter.epoch_s, "steps": meter.steps,
+            "images": meter.images, "stopped_by": meter.stopped_by or "epochs", "allreduce_s": allreduce_s,
+            "timed_s": sum(meter.windows_s) + 0.0, "param_digest": param_digest(net), "initial_digest": initial,
+            "train_images": len(arrays.train_y), "test_images": len(arrays.test_y),
+            "peak_rss_mb": measure.peak_rss_mb(), "peak_device_mem_mb": measure.peak_device_mem_mb(device)}
+
+
+def _progress(case: Case, steps_per_epoch: int, send):
+    planned = case.epochs * steps_per_epoch if case.max_steps is None else min(case.max_steps,
+                                                                                case.epochs * steps_per_epoch)
+
+    def report(steps: int, elapsed: float) -> None:
+        eta = elapsed / steps * (planned - steps) if steps else 0.0
+        if case.max_seconds is not None:
+            eta = min(eta, case.max_seconds - elapsed)
+        send({"step": steps, "steps": planned, "epoch": min(steps // max(steps_per_epoch, 1) + 1, case.epochs),
+              "epochs": case.epochs, "elapsed_s": elapsed, "eta_s": max(eta, 0.0)})
+    return report
+
+
+def _result(case: Case, records: list[dict], backend: str, started: float) -> Result:
+    """Rank 0's Result from every rank's record: global windows (slowest rank's time, all ranks' images)."""
+    zero = records[0]
+    n_windows = min(len(r["windows_s"]) for r in records)
+    windows_s = [max(r["windows_s"][i] for r in records) for i in range(n_windows)]
+    windows_images = [sum(r["windows_images"][i] for r in records) for i in range(n_windows)]
+    summary = measure.summarise(windows_s, windows_images, zero["step_s"])
+    result = Result(case=case, backend=backend, global_batch_size=case.global_batch_size)
+    result.images_per_s, result.images_per_s_p25, result.images_per_s_p75 = summary.images_per_s, summary.p25, summary.p75
+    result.images_per_s_spread_pct = summary.spread_pct
+    result.step_ms_p50, result.step_ms_p90, result.step_ms_p99 = summary.step_ms
+    result.windows_s, result.windows_images = windows_s, windows_images
+    result.rank_images_per_s = [measure.summarise(r["windows_s"], r["windows_images"], r["step_s"]).images_per_s
+                                for r in records]
+    timed = sum(r["timed_s"] for r in records)
+    result.allreduce_pct = 100.0 * sum(r["allreduce_s"] for r in records) / timed if timed else None
+    result.param_digest_initial = zero["initial_digest"]
+    result.rank_param_digests = [r["param_digest"] for r in records]
+    for name in ("startup_s", "warmup_s", "train_s", "epoch_s", "eval_s", "loss", "test_accuracy_pct",
+                 "class_accuracy_pct", "epoch_accuracy_pct", "time_to_target_s", "train_images", "test_images",
+                 "stopped_by"):
+        setattr(result, name, zero.get(name))
+    result.steps, result.images = zero["steps"], sum(r["images"] for r in records)
+    result.epochs_completed = result.images / zero["train_images"]
+    result.peak_rss_mb = max(r["peak_rss_mb"] for r in records)
+    device_mem = [r["peak_device_mem_mb"] for r in records if r["peak_device_mem_mb"] is not None]
+    result.peak_device_mem_mb = max(device_mem) if device_mem else None
+    result.threads_used = torch.get_num_threads()
+    result.warnings.extend(summary.warnings)
+    result.wall_s = time.time() - started
+    return result
