@@ -370,20 +370,33 @@ def _variant_findings(df: pd.DataFrame) -> list[str]:
 
 def _scaling_findings(df: pd.DataFrame) -> list[str]:
     """Whether more processes (or GPUs) help this model: the best multi-process Case against the best
-    single process at the same global batch, and the all-reduce share as the reason."""
+    single process at the same global batch (else at the same per-rank batch), and the all-reduce
+    share as the reason."""
     sc = data_parallel_scaling(df)
-    sc = sc[(sc["world_size"] > 1) & sc["vs_best_one_process"].notna()]
+    sc = sc[sc["world_size"] > 1]
+    ok = ok_rows(df)
+    one = ok[(ok["mode"] == "train") & (ok["world_size"] == 1)]
     out = []
     for device, g in sc.groupby("device"):
-        top = g.loc[g["vs_best_one_process"].idxmax()]
-        helps = top["vs_best_one_process"] > 1.05
         units = "GPUs" if str(device).startswith("cuda") else "processes"
+        same_global = g.dropna(subset=["vs_best_one_process"])
+        if not same_global.empty:
+            top = same_global.loc[same_global["vs_best_one_process"].idxmax()]
+            ratio, at = top["vs_best_one_process"], f"the same global batch {int(top['global_batch_size'])}"
+        else:  # no single-process Case at the global batch: compare at the same per-rank batch
+            g = g.assign(vs=[r["images_per_s"] / one[(one["device"] == device) & (one["pipeline"] == r["pipeline"])
+                                                    & (one["batch_size"] == r["batch_size"])]["images_per_s"].max()
+                             for _, r in g.iterrows()]).dropna(subset=["vs"])
+            if g.empty:
+                continue
+            top = g.loc[g["vs"].idxmax()]
+            ratio, at = top["vs"], (f"the same per-rank batch {int(top['batch_size'])} (no single process ran "
+                                    f"at the global batch {int(top['global_batch_size'])})")
         threads = "" if pd.isna(top["threads"]) else f" x {_threads(top['threads'])}"
         share = "" if pd.isna(top["allreduce_pct"]) else (
             f"; the gradient all-reduce is in flight for {top['allreduce_pct']:.0f}% of the timed step time")
         out.append(f"Data parallelism ({device}): at best, {int(top['world_size'])} {units}{threads} train "
-                   f"{_fmt(top['vs_best_one_process'])} as fast as the best single process at the same global batch "
-                   f"{int(top['global_batch_size'])} ({top['pipeline']} pipeline; weak-scaling efficiency "
-                   f"{100 * top['weak_efficiency']:.0f}%){share}, so more {units} "
-                   + ("help this model here." if helps else "do not help this model here."))
+                   f"{_fmt(ratio)} as fast as the best single process at {at} ({top['pipeline']} pipeline; "
+                   f"weak-scaling efficiency {100 * top['weak_efficiency']:.0f}%){share}, so more {units} "
+                   + ("help this model here." if ratio > 1.05 else "do not help this model here."))
     return out

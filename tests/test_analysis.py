@@ -178,3 +178,12 @@ def test_data_parallel_scaling_weak_strong_and_against_the_best_single_process()
             ) in v.findings
     assert "Only cpu was measured" in v.headline and analysis.best_throughput(pd.DataFrame(rows)).world_size.tolist() \
         == [1, 1, 2, 2]  # world sizes kept apart
+
+
+def test_without_a_single_process_at_the_global_batch_the_finding_compares_at_the_per_rank_batch():
+    rows = [_row("cpu", "resident", 64, 1000, threads=1), _row("cpu", "resident", 64, 1600, threads=2),
+            _row("cpu", "resident", 64, 1500, threads=1, world_size=2, allreduce_pct=30.0)]
+    findings = analysis.verdict(pd.DataFrame(rows)).findings
+    assert any(f.startswith("Data parallelism (cpu): at best, 2 processes x 1 thread train 0.94x as fast as the best "
+                            "single process at the same per-rank batch 64 (no single process ran at the global "
+                            "batch 128)") for f in findings), findings

@@ -40,7 +40,7 @@ def test_the_sweep_writes_results_environment_and_csv(tiny_run):
     env = json.loads((out / "environment.json").read_text())
     assert env["dataset"] == "synthetic" and env["cpu_logical_cores"] >= 1 and env["torch"]
     assert env["spec"]["batch_sizes"] == [4, 64]
-    assert re.search(r"train\s+cpu\s+resident\s+eager\s+64\s+1\s+1\s+ok\s+\d+", proc.stdout)  # the summary table
+    assert re.search(r"train\s+cpu\s+resident\s+eager\s+64\s+1\s+1\s+1\s+ok\s+\d+", proc.stdout)  # the summary table
     report = (out / "report.md").read_text()
     assert report.startswith("# Does a GPU help the CIFAR-10 tutorial CNN?\n\n**") and (out / "report.html").exists()
     assert env["matmul_gflops"]["cpu"] > 0 and env["model_flops_per_image"]["1"]["train_step"] > 0
