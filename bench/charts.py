@@ -181,7 +181,7 @@ def throughput_vs_width(best: pd.DataFrame) -> Figure:
 
 def data_parallel_scaling(scaling: pd.DataFrame) -> Figure:
     """Global training images/s (left) and weak-scaling efficiency (right) against world size."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 4.0), layout="constrained")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 5.0), layout="constrained")
     group_by = ["machine", "device", "pipeline", "variant", "threads", "batch_size"]
     for key, g in scaling.groupby(group_by, dropna=False):
         g = g.sort_values("world_size")
@@ -197,7 +197,8 @@ def data_parallel_scaling(scaling: pd.DataFrame) -> Figure:
     left.set_ylabel("global training throughput (images/s)")
     right.axhline(100, color="black", linestyle="--", linewidth=1, label="perfect scaling")
     right.set_ylabel("weak-scaling efficiency (%)")
-    left.legend(fontsize=7)
+    handles, labels = right.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=7)  # below: the lines stay visible
     multi = scaling[scaling["world_size"] > 1].dropna(subset=["vs_best_one_process"])
     if not multi.empty:
         top = multi.loc[multi["vs_best_one_process"].idxmax()]
