@@ -55,12 +55,24 @@ def launch(case: Case, progress=None, started: float | None = None) -> Result:
 
 
 def failure_text(exc: ChildFailedError) -> str:
-    """The first failed rank and what it said (its exception, or the signal that killed it)."""
-    rank, failure = exc.get_first_failure()
-    message = failure.message if isinstance(failure.message, str) else str(failure.message)
-    if failure.signal_name() != "<N/A>" and failure.exitcode < 0:
-        message = f"killed by {failure.signal_name()}"
-    return f"rank {rank} failed: {message}"
+    """Every failed rank and what it said, the likely cause first: a rank killed by a signal (other
+    than the launcher's own SIGTERM), else the earliest failure. A rank whose peer died fails too,
+    with a connection error, and can fail first; both are listed, so an out-of-memory is still seen."""
+    def text(failure) -> str:
+        if failure.exitcode < 0 and failure.signal_name() != "<N/A>":
+            return f"killed by {failure.signal_name()}"
+        message = failure.message
+        if isinstance(message, dict):  # the error file's record: {"message": ..., "extraInfo": ...}
+            message = message.get("message", "")
+        return str(message).split("\n\nAt:")[0].strip().replace("\n", " ") or f"exit status {failure.exitcode}"
+
+    def cause_first(item) -> tuple:
+        _, failure = item
+        killed = failure.exitcode < 0 and failure.signal_name() not in ("<N/A>", "SIGTERM")
+        return (0 if killed else 1, failure.timestamp)
+
+    return "; ".join(f"rank {rank} {'was ' if t.startswith('killed') else 'failed: '}{t}"
+                     for rank, failure in sorted(exc.failures.items(), key=cause_first) for t in [text(failure)])
 
 
 @record  # a rank's exception reaches the launcher, so the Result can say what went wrong
@@ -84,9 +96,25 @@ def rank_main(case_fields: dict, progress=None, started: float | None = None) ->
         own = _train_rank(case, device, rank, world, progress if rank == 0 else None, started)
         records = [None] * world
         dist.all_gather_object(records, own)
+    except Exception as exc:
+        if _peer_lost(exc):
+            # Only a consequence: a peer rank died. The launcher records the first failure it polls,
+            # so give it time to see the peer's own exit (its signal or error), the cause.
+            time.sleep(PEER_LOST_GRACE_S)
+        raise
     finally:
         dist.destroy_process_group()
     return _result(case, records, backend, started).to_dict() if rank == 0 else None
+
+
+PEER_LOST_GRACE_S = 2.0
+
+
+def _peer_lost(exc: BaseException) -> bool:
+    """gloo's and NCCL's errors when the rank at the other end of a collective has gone away."""
+    text = str(exc).lower()
+    return any(s in text for s in ("connection reset by peer", "connection closed by peer", "broken pipe",
+                                   "remote process exited", "socket closed"))
 
 
 def _agree(device: torch.device):
