@@ -68,19 +68,14 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, resume: bool = Fal
     ValueError for an unusable folder or data set.
     """
     from bench import environment
-    from bench.plan import oversubscription, plan_cases
+    from bench.plan import oversubscription_warnings, plan_cases
     from bench.progress import Display
     from bench.results import append_result, load_results, results_frame, write_csv
     from bench.runner import run_cases
-    from cnn.data import DataError, prepare_dataset
-
     warn = warn or (lambda text: print(f"bench: WARNING: {text}", file=sys.stderr, flush=True))
     run_dir, run_id = new_run_dir(out, reports_dir)
     check_run_dir(run_dir, resume)
-    try:
-        prepared = prepare_dataset(spec.dataset, spec.data_dir, verify=spec.verify, download=spec.download)
-    except DataError as e:
-        raise ValueError(f"--data-dir: {e}") from None
+    prepared = prepare_data(spec)
     if prepared.warning:
         warn(prepared.warning)
     for device, why in spec.skipped_devices.items():
@@ -89,7 +84,7 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, resume: bool = Fal
     cases = plan_cases(all_devices, str(prepared.cache_dir), prepared.name, run_id)
     done = {r.case.key for r in load_results(run_dir) if r.status in ("ok", "skipped")} if resume else set()
     todo = [c for c in cases if c.device not in spec.skipped_devices and c.key not in done]
-    for text in sorted({w for c in todo if (w := oversubscription(c, psutil.cpu_count(logical=False) or 1))}):
+    for text in oversubscription_warnings(todo, psutil.cpu_count(logical=False) or 1):
         warn(f"{text} (recorded in those Cases' warnings)")
     env = environment.capture()
     env.update(environment.ceilings(spec.devices, spec.widths))
@@ -111,6 +106,17 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, resume: bool = Fal
     frame = results_frame(results)
     frame.attrs["run_dir"] = str(run_dir)
     return frame
+
+
+def prepare_data(spec: SweepSpec):
+    """The spec's data set found, downloaded or generated, and cached (cnn.data.Prepared);
+    ValueError with a one-line reason when it cannot be."""
+    from cnn.data import DataError, prepare_dataset
+
+    try:
+        return prepare_dataset(spec.dataset, spec.data_dir, verify=spec.verify, download=spec.download)
+    except DataError as e:
+        raise ValueError(f"--data-dir: {e}") from None
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:

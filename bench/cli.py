@@ -1,10 +1,11 @@
-"""`python -m bench run|plan|env`: parse and validate at the edge, then hand plain data on."""
+"""`python -m bench run|plan|env|report|compare|export`: parse and validate at the edge, then hand plain data on."""
 from __future__ import annotations
 
 import argparse
 import json
 import signal
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import psutil
@@ -12,8 +13,6 @@ import psutil
 from bench.compare import METRICS
 from bench.converters import (accuracy_pct, batch_sizes, choices, devices, non_negative_int, percentage,
                               positive_float, positive_int, seconds_or_zero, thread_counts, widths, world_sizes)
-from dataclasses import asdict
-
 from bench.schema import AMP, MEMORY_FORMATS, MODES, PIPELINES, SweepSpec
 
 DATASETS = ("auto", "cifar10", "synthetic")
@@ -210,10 +209,9 @@ def _print_plan(cases, spec: SweepSpec, dataset: str) -> None:
     print(f"{len(cases)} Cases on {dataset} data; estimated duration {bound} {seconds / 60:.1f} min")
     for device, why in spec.skipped_devices.items():
         print(f"  skipped device {device}: {why}")
-    from bench.plan import oversubscription
+    from bench.plan import oversubscription_warnings
 
-    cores = psutil.cpu_count(logical=False) or 1
-    for text in sorted({w for c in cases if (w := oversubscription(c, cores))}):
+    for text in oversubscription_warnings(cases, psutil.cpu_count(logical=False) or 1):
         print(f"  warning: {text}")
 
 
@@ -230,18 +228,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _write_cases(spec: SweepSpec, folder: Path) -> int:
     """Case files whose data cache is this machine's (on a cluster: a path every node sees)."""
+    from bench.api import prepare_data
     from bench.plan import plan_cases
-    from cnn.data import DataError, prepare_dataset
 
     try:
-        prepared = prepare_dataset(spec.dataset, spec.data_dir, verify=spec.verify, download=spec.download)
+        prepared = prepare_data(spec)
         folder.mkdir(parents=True, exist_ok=True)
         for i, case in enumerate(plan_cases(spec, str(prepared.cache_dir), prepared.name, run_id=folder.name)):
             path = folder / f"{i:03d}.json"
             path.write_text(json.dumps(asdict(case), indent=2))
             print(f"{path}  {case.key}")
-    except DataError as e:
-        raise CliError(f"--data-dir: {e}") from None
+    except ValueError as e:
+        raise CliError(str(e)) from None
     except OSError as e:
         raise CliError(f"--write-cases: '{folder}' cannot be written ({e.strerror or e})") from None
     return 0

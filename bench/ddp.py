@@ -18,7 +18,7 @@ import math
 import os
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import timedelta
 
 import torch
@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bench import measure
 from bench.schema import Case, Result
+from bench.worker import case_meter, record_windows
 from cnn import data, loops
 from cnn.model import Net
 
@@ -125,17 +126,17 @@ def _agree(device: torch.device):
     return agree
 
 
-def _timed_allreduce(clock: measure.DeviceClock, meter_ref: list, spans: list):
+def _timed_allreduce(meter: measure.StepMeter, spans: list):
     """DDP's default all-reduce hook, with the time from the bucket being ready to its all-reduce
-    being done recorded after the warm-up. This model's 62k parameters make one bucket, so the
-    span is the all-reduce the step waits for."""
+    being done recorded (on the meter's clock) after the warm-up. This model's 62k parameters make
+    one bucket, so the span is the all-reduce the step waits for."""
     def hook(state, bucket):
-        start = clock.mark()
+        start = meter.clock.mark()
         future = default_hooks.allreduce_hook(None, bucket)
 
         def done(fut):
-            if meter_ref[0].warmup_s is not None:
-                spans.append((start, clock.mark()))
+            if meter.warmup_s is not None:
+                spans.append((start, meter.clock.mark()))
             return fut.value()
         return future.then(done)
     return hook
@@ -148,9 +149,6 @@ def _train_rank(case: Case, device: torch.device, rank: int, world: int, progres
     net = Net(case.width, len(arrays.classes)).to(device, memory_format=memory_format)
     initial = param_digest(net)
     model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    clock = measure.DeviceClock(device)
-    meter_ref, spans = [None], []
-    model.register_comm_hook(None, _timed_allreduce(clock, meter_ref, spans))
     optimizer = torch.optim.SGD(model.parameters(), lr=case.lr, momentum=0.9)
     step = loops.eager_step(model, optimizer, torch.bfloat16 if case.amp == "bf16" else None)
     shard = (rank, world)
@@ -171,10 +169,11 @@ def _train_rank(case: Case, device: torch.device, rank: int, world: int, progres
         def epoch_batches(epoch: int):
             return loops.resident_batches(x, y, case.batch_size, generator, shard=shard)
         steps_per_epoch, item = math.ceil(len(y) // world / case.batch_size), False
-    budget = measure.Budget(case.max_steps, case.max_seconds)
-    meter = measure.StepMeter(clock, max(case.warmup_steps, 1), case.window_s, budget, agree=_agree(device),
-                              progress=_progress(case, steps_per_epoch, progress) if progress else None)
-    meter_ref[0] = meter
+    # ranks agree on the window length at the warm-up's end, so there must be one
+    meter = case_meter(replace(case, warmup_steps=max(case.warmup_steps, 1)), device, steps_per_epoch, progress,
+                       agree=_agree(device))
+    spans = []
+    model.register_comm_hook(None, _timed_allreduce(meter, spans))
     test_x = test_y = None
     if rank == 0:
         test_x, test_y = loops.resident_tensors(arrays.test_x, arrays.test_y, device)
@@ -195,27 +194,14 @@ def _train_rank(case: Case, device: torch.device, rank: int, world: int, progres
         dist.barrier()
         if meter.stopped_by:
             break
-    clock.sync()
-    allreduce_s = sum(clock.seconds(a, b) for a, b in spans)
+    meter.clock.sync()
+    allreduce_s = sum(meter.clock.seconds(a, b) for a, b in spans)
     return {**out, "windows_s": meter.windows_s, "windows_images": meter.windows_images, "step_s": meter.step_s,
             "warmup_s": meter.warmup_s, "train_s": meter.train_s, "epoch_s": meter.epoch_s, "steps": meter.steps,
             "images": meter.images, "stopped_by": meter.stopped_by or "epochs", "allreduce_s": allreduce_s,
-            "timed_s": sum(meter.windows_s) + 0.0, "param_digest": param_digest(net), "initial_digest": initial,
+            "timed_s": sum(meter.windows_s), "param_digest": param_digest(net), "initial_digest": initial,
             "train_images": len(arrays.train_y), "test_images": len(arrays.test_y),
             "peak_rss_mb": measure.peak_rss_mb(), "peak_device_mem_mb": measure.peak_device_mem_mb(device)}
-
-
-def _progress(case: Case, steps_per_epoch: int, send):
-    planned = case.epochs * steps_per_epoch if case.max_steps is None else min(case.max_steps,
-                                                                                case.epochs * steps_per_epoch)
-
-    def report(steps: int, elapsed: float) -> None:
-        eta = elapsed / steps * (planned - steps) if steps else 0.0
-        if case.max_seconds is not None:
-            eta = min(eta, case.max_seconds - elapsed)
-        send({"step": steps, "steps": planned, "epoch": min(steps // max(steps_per_epoch, 1) + 1, case.epochs),
-              "epochs": case.epochs, "elapsed_s": elapsed, "eta_s": max(eta, 0.0)})
-    return report
 
 
 def _result(case: Case, records: list[dict], backend: str, started: float) -> Result:
@@ -224,12 +210,8 @@ def _result(case: Case, records: list[dict], backend: str, started: float) -> Re
     n_windows = min(len(r["windows_s"]) for r in records)
     windows_s = [max(r["windows_s"][i] for r in records) for i in range(n_windows)]
     windows_images = [sum(r["windows_images"][i] for r in records) for i in range(n_windows)]
-    summary = measure.summarise(windows_s, windows_images, zero["step_s"])
     result = Result(case=case, backend=backend, global_batch_size=case.global_batch_size)
-    result.images_per_s, result.images_per_s_p25, result.images_per_s_p75 = summary.images_per_s, summary.p25, summary.p75
-    result.images_per_s_spread_pct = summary.spread_pct
-    result.step_ms_p50, result.step_ms_p90, result.step_ms_p99 = summary.step_ms
-    result.windows_s, result.windows_images = windows_s, windows_images
+    record_windows(result, windows_s, windows_images, zero["step_s"])
     result.rank_images_per_s = [measure.summarise(r["windows_s"], r["windows_images"], r["step_s"]).images_per_s
                                 for r in records]
     timed = sum(r["timed_s"] for r in records)
@@ -246,6 +228,5 @@ def _result(case: Case, records: list[dict], backend: str, started: float) -> Re
     device_mem = [r["peak_device_mem_mb"] for r in records if r["peak_device_mem_mb"] is not None]
     result.peak_device_mem_mb = max(device_mem) if device_mem else None
     result.threads_used = torch.get_num_threads()
-    result.warnings.extend(summary.warnings)
     result.wall_s = time.time() - started
     return result

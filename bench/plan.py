@@ -70,6 +70,11 @@ def oversubscription(case: Case, physical_cores: int) -> str | None:
             f"cores: the ranks compete for cores")
 
 
+def oversubscription_warnings(cases: list[Case], physical_cores: int) -> list[str]:
+    """The distinct oversubscription warnings of a plan, for the plan and the run to print."""
+    return sorted({w for c in cases if (w := oversubscription(c, physical_cores))})
+
+
 def estimate_seconds(cases: list[Case]) -> tuple[float, bool]:
     """(seconds, bounded): an upper bound when every Case has --max-seconds, else by the time limits."""
     total, bounded = 0.0, True

@@ -122,7 +122,10 @@ def _record_gpu_usage(result: Result, sampler: gpu_monitor.NvmlSampler | None, e
         result.gpu_energy_j_per_epoch = usage.energy_j / images * epoch_images
 
 
-def _meter(case: Case, device: torch.device, steps_per_epoch: int, progress: Progress | None) -> measure.StepMeter:
+def case_meter(case: Case, device: torch.device, steps_per_epoch: int, progress: Progress | None,
+               agree=None) -> measure.StepMeter:
+    """The Case's StepMeter, reporting steps, epoch and ETA through `progress` (data-parallel ranks
+    pass `agree`, see measure.StepMeter)."""
     planned = case.epochs * steps_per_epoch
     if case.max_steps is not None:
         planned = min(planned, case.max_steps)
@@ -136,7 +139,7 @@ def _meter(case: Case, device: torch.device, steps_per_epoch: int, progress: Pro
 
     return measure.StepMeter(measure.DeviceClock(device), case.warmup_steps, case.window_s,
                              measure.Budget(case.max_steps, case.max_seconds),
-                             progress=report if progress else None)
+                             progress=report if progress else None, agree=agree)
 
 
 def _memory_format(case: Case) -> torch.memory_format:
@@ -161,17 +164,22 @@ def _batches(case: Case, images: np.ndarray, labels: np.ndarray, classes, device
     return (lambda: loops.resident_batches(x, y, case.batch_size, generator, shuffle=train)), False, (x, y)
 
 
-def _record_throughput(result: Result, meter: measure.StepMeter) -> None:
-    summary = measure.summarise(meter.windows_s, meter.windows_images, meter.step_s)
+def record_windows(result: Result, windows_s: list[float], windows_images: list[int], step_s: list[float]) -> None:
+    """The throughput summary of timed windows into the Result, beside the raw windows it comes from."""
+    summary = measure.summarise(windows_s, windows_images, step_s)
     result.images_per_s, result.images_per_s_p25, result.images_per_s_p75 = summary.images_per_s, summary.p25, summary.p75
     result.images_per_s_spread_pct = summary.spread_pct
     result.step_ms_p50, result.step_ms_p90, result.step_ms_p99 = summary.step_ms
-    result.windows_s, result.windows_images = meter.windows_s, meter.windows_images
+    result.windows_s, result.windows_images = windows_s, windows_images
+    result.warnings.extend(summary.warnings)
+
+
+def _record_throughput(result: Result, meter: measure.StepMeter) -> None:
+    record_windows(result, meter.windows_s, meter.windows_images, meter.step_s)
     result.warmup_s, result.train_s, result.epoch_s = meter.warmup_s, meter.train_s, meter.epoch_s
     result.steps, result.images, result.stopped_by = meter.steps, meter.images, meter.stopped_by or "epochs"
     window_total = sum(meter.windows_s)
     result.data_wait_pct = 100.0 * meter.data_wait_s / window_total if window_total else None
-    result.warnings.extend(summary.warnings)
 
 
 def _train(case: Case, arrays: data.CifarArrays, device: torch.device, result: Result, started: float,
@@ -186,7 +194,7 @@ def _train(case: Case, arrays: data.CifarArrays, device: torch.device, result: R
         step = loops.graphed_step(net, optimizer, (x[:case.batch_size], y[:case.batch_size]), _amp(case))
     else:
         step = loops.eager_step(net, optimizer, _amp(case))
-    meter = _meter(case, device, math.ceil(len(arrays.train_y) / case.batch_size), progress)
+    meter = case_meter(case, device, math.ceil(len(arrays.train_y) / case.batch_size), progress)
     sampler, monitored = _monitor(device, result)
     result.startup_s = time.time() - started
     result.eval_s = 0.0
@@ -217,7 +225,7 @@ def _infer(case: Case, arrays: data.CifarArrays, device: torch.device, result: R
     net = Net(case.width, len(arrays.classes)).to(device, memory_format=_memory_format(case)).eval()
     epoch_batches, item, _ = _batches(case, arrays.test_x, arrays.test_y, arrays.classes, device, train=False)
     autocast = torch.autocast(device.type, dtype=_amp(case), enabled=_amp(case) is not None)
-    meter = _meter(case, device, math.ceil(len(arrays.test_y) / case.batch_size), progress)
+    meter = case_meter(case, device, math.ceil(len(arrays.test_y) / case.batch_size), progress)
     sampler, monitored = _monitor(device, result)
     result.startup_s = time.time() - started
     for _ in range(case.epochs):
