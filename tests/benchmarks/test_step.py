@@ -24,19 +24,40 @@ PIPELINES = ("tutorial", "resident")
 N_IMAGES = 8192  # one epoch outlasts the default rounds at batch 128, so no round waits for workers to restart
 
 
+def _normalise(name: str) -> str:
+    """`cuda` is `cuda:0`, so the benchmark's id and extra_info name the device it ran on."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise pytest.UsageError(f"--bench-devices: {name!r} is not a torch device ({e})") from None
+    return "cuda:0" if device.type == "cuda" and device.index is None else str(device)
+
+
 def _devices(config) -> list[str]:
     chosen = config.getoption("--bench-devices")
-    if chosen:
-        return [d.strip() for d in chosen.split(",") if d.strip()]
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    names = [d.strip() for d in chosen.split(",") if d.strip()] if chosen else (
+        ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    return list(dict.fromkeys(_normalise(d) for d in names))  # `cuda,cuda:0` is one device
+
+
+def _absent(device: str) -> str | None:
+    """Why the benchmark cannot run on this (normalised) device here, or None when it can."""
+    if torch.device(device).type != "cuda":
+        return None
+    if not torch.cuda.is_available():
+        return "CUDA is not available on this machine"
+    if torch.device(device).index >= (count := torch.cuda.device_count()):
+        return f"{device} does not exist: this machine has {count} CUDA device(s)"
+    return None
 
 
 def pytest_generate_tests(metafunc):
     if "device" in metafunc.fixturenames:
-        no_cuda = pytest.mark.skip(reason="CUDA is not available on this machine")
-        metafunc.parametrize("device", [pytest.param(d, marks=no_cuda if d.startswith("cuda") and
-                                                     not torch.cuda.is_available() else ())
-                                        for d in _devices(metafunc.config)])
+        params = []
+        for d in _devices(metafunc.config):
+            reason = _absent(d)
+            params.append(pytest.param(d, marks=pytest.mark.skip(reason=reason) if reason else ()))
+        metafunc.parametrize("device", params)
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +79,20 @@ def _endless_batches(arrays, pipeline: str, batch: int, device: torch.device, tr
     return itertools.chain.from_iterable(epochs)
 
 
-def _run(benchmark, request, fn, *, mode: str, device: torch.device, pipeline: str, batch: int, threads: int):
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+def _one_round(fn, device: torch.device):
+    """What one timed round calls: fn, then on CUDA a synchronise of the device it ran on."""
+    if device.type != "cuda":
+        return fn
 
     def timed():
         fn()
-        sync()  # CUDA kernels are asynchronous: the round ends when the device is done
+        torch.cuda.synchronize(device)  # CUDA kernels are asynchronous: the round ends when this device is done
 
+    return timed
+
+
+def _run(benchmark, request, fn, *, mode: str, device: torch.device, pipeline: str, batch: int, threads: int):
+    timed = _one_round(fn, device)
     benchmark.group = f"{mode} batch {batch}"
     benchmark.extra_info.update(mode=mode, device=str(device), pipeline=pipeline, batch_size=batch, threads=threads,
                                 torch=torch.__version__)
@@ -107,3 +135,36 @@ def test_infer_batch(benchmark, request, arrays, threads, device, pipeline, batc
             predicted.cpu()  # the tutorial compares predictions on the host
 
     _run(benchmark, request, one_batch, mode="infer", device=device, pipeline=pipeline, batch=batch, threads=threads)
+
+
+def test_a_cuda_round_synchronises_the_device_it_runs_on(monkeypatch):
+    """No GPU needed: a CPU workload stands in for the kernels, and a stand-in for torch.cuda.synchronize
+    records what it was given and refuses anything but an indexed CUDA device (a bare call would mean device 0)."""
+    synchronised = []
+
+    def synchronize(device=None):
+        if not isinstance(device, (torch.device, str)) or torch.device(device).type != "cuda" \
+                or torch.device(device).index is None:
+            raise AssertionError(f"torch.cuda.synchronize({device!r}): not an indexed CUDA device")
+        synchronised.append(torch.device(device))
+
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    x, results = torch.ones(4, 4), []
+    one_round = _one_round(lambda: results.append((x @ x).sum().item()), torch.device("cuda:1"))
+    one_round()
+    one_round()
+    assert results == [64.0, 64.0] and synchronised == [torch.device("cuda:1")] * 2
+    _one_round(lambda: results.append(0.0), torch.device("cpu"))()  # no synchronise on the CPU
+    assert len(results) == 3 and len(synchronised) == 2
+
+
+def test_an_unindexed_cuda_is_device_0_and_a_missing_index_is_a_skip_with_the_reason(monkeypatch):
+    assert [_normalise(d) for d in ("cpu", "cuda", "cuda:1")] == ["cpu", "cuda:0", "cuda:1"]
+    with pytest.raises(pytest.UsageError, match="'gpu' is not a torch device"):
+        _normalise("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _absent("cpu") is None and _absent("cuda:0") == "CUDA is not available on this machine"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert _absent("cuda:0") is None
+    assert _absent("cuda:3") == "cuda:3 does not exist: this machine has 1 CUDA device(s)"
