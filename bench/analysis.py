@@ -139,13 +139,46 @@ def inference_table(df: pd.DataFrame) -> pd.DataFrame:
     return ok[cols].sort_values(["machine", "device", "pipeline", "batch_size"]).reset_index(drop=True)
 
 
-def achieved_gflops(df: pd.DataFrame) -> pd.DataFrame:
-    """Per Case: model FLOPs per image x images/s, and its share of the device's measured matmul rate.
+# the precision of a Case's float32 matrix products, by its process's float32 matmul precision setting
+FLOAT32_MATMUL = {"highest": "fp32", "high": "tf32", "medium": "bf16"}
 
-    Needs the columns `flops_per_image` and `ceiling_gflops` (the report adds them from each
-    run's environment.json); without them the table is empty.
+
+def matmul_precision(df: pd.DataFrame, float32_setting: str | None = "highest") -> pd.Series:
+    """The precision each Case's matrix products ran in: bf16 under `amp=bf16`, else what the float32
+    matmul precision setting its process ran with makes of float32 ('highest': strict fp32)."""
+    float32 = FLOAT32_MATMUL.get(float32_setting or "highest", "fp32")
+    amp = df["amp"].fillna("off") if "amp" in df else pd.Series("off", index=df.index)
+    return amp.map(lambda a: "bf16" if a == "bf16" else float32)
+
+
+def with_ceilings(frame: pd.DataFrame, environment: dict) -> pd.DataFrame:
+    """A run's rows with what its environment.json says they compare against: the model's FLOPs per
+    image, the precision of each Case's matmuls and its device's measured matmul rate in that precision
+    (`ceiling_gflops`, NaN when not measured, with the reason in `ceiling_missing`)."""
+    flops = environment.get("model_flops_per_image") or {}
+    kind = frame["mode"].map({"train": "train_step", "infer": "forward"})
+    per_image = [flops.get(f"{w:g}", {}).get(k) for w, k in zip(frame["width"], kind)]
+    ceilings = environment.get("ceilings") or {}
+    rates, missing = ceilings.get("matmul_gflops") or {}, ceilings.get("matmul_missing") or {}
+    precision = matmul_precision(frame, environment.get("float32_matmul_precision"))
+    gflops = [rates.get(d, {}).get(p) for d, p in zip(frame["device"], precision)]
+    why = [None if g is not None else missing.get(d, {}).get(p) or ceilings.get("worker_error")
+           or "not measured in this run" for d, p, g in zip(frame["device"], precision, gflops)]
+    numbers = dict(index=frame.index, dtype=object)
+    return frame.assign(flops_per_image=pd.to_numeric(pd.Series(per_image, **numbers)),
+                        ceiling_precision=precision,
+                        ceiling_gflops=pd.to_numeric(pd.Series(gflops, **numbers)).astype(float),
+                        ceiling_missing=why)
+
+
+def achieved_gflops(df: pd.DataFrame) -> pd.DataFrame:
+    """Per Case: model FLOPs per image x images/s, and its share of its device's measured matmul rate in
+    the precision the Case ran in (an amp=bf16 Case against bf16, never fp32; NaN when that one is unknown).
+
+    Needs the columns `with_ceilings` adds from each run's environment.json; without them the table is empty.
     """
-    cols = CONFIG + ["threads", "images_per_s", "gflops", "pct_of_ceiling"]
+    cols = CONFIG + ["threads", "images_per_s", "gflops", "ceiling_precision", "ceiling_gflops", "pct_of_ceiling",
+                     "ceiling_missing"]
     ok = ok_rows(df)
     if "flops_per_image" not in ok or ok["flops_per_image"].isna().all():
         return pd.DataFrame(columns=cols)
@@ -333,19 +366,37 @@ def _cpu_findings(df: pd.DataFrame) -> list[str]:
         out.append(f"Threads ({pipeline} pipeline): {int(top)} threads give {g['speedup'].min():.2f}x-"
                    f"{g['speedup'].max():.2f}x of 1 thread (parallel efficiency "
                    f"{100 * g['efficiency'].min():.0f}-{100 * g['efficiency'].max():.0f}%).")
-    gf = achieved_gflops(df)
-    gf = gf[gf["mode"] == "train"].dropna(subset=["pct_of_ceiling"])
-    for device, g in gf.groupby("device"):
-        top = g.loc[g["gflops"].idxmax()]
-        out.append(f"Compute ({device}): the fastest training Case does {top['gflops']:.1f} GFLOP/s, "
-                   f"{top['pct_of_ceiling']:.0f}% of this device's measured fp32 matrix-multiply rate "
-                   f"(batch {int(top['batch_size'])}, {top['pipeline']} pipeline).")
+    out.extend(_compute_findings(df))
     acc = accuracy_by_batch(df).dropna(subset=["test_accuracy_pct"])
     if acc["batch_size"].nunique() > 1:
         by_batch = acc.groupby("batch_size")["test_accuracy_pct"].max()
         out.append("Accuracy after the same budget by batch size: "
                    + ", ".join(f"batch {int(b)} {a:.1f}%" for b, a in by_batch.items())
                    + " (larger batches take fewer steps per epoch at the same learning rate).")
+    return out
+
+
+def _compute_findings(df: pd.DataFrame) -> list[str]:
+    """Per device and precision, the fastest training Case's GFLOP/s against the matmul ceiling of
+    that precision, or why there is none to compare with."""
+    out = []
+    gf = achieved_gflops(df)
+    for (device, precision), g in gf[gf["mode"] == "train"].groupby(["device", "ceiling_precision"]):
+        top = g.loc[g["gflops"].idxmax()]
+        where = f"batch {int(top['batch_size'])}, {top['pipeline']} pipeline{_step(top['variant'])}"
+        if pd.isna(top["pct_of_ceiling"]):
+            share = (f"against an unknown {precision} matmul ceiling ({top['ceiling_missing']}), so its share "
+                     f"of this device's rate is not given ({where})")
+        else:
+            ceiling = top["ceiling_gflops"]
+            rate = f"{ceiling:,.0f}" if ceiling >= 100 else f"{ceiling:.3g}"
+            share = (f"{top['pct_of_ceiling']:.0f}% of this device's measured {precision} matmul ceiling "
+                     f"({rate} GFLOP/s; {where})")
+            if top["pct_of_ceiling"] > 100:  # e.g. bf16 on a CPU without bf16 units: a slow fallback matmul
+                share += (f"; above 100%: the {precision} matrix multiply is slower here than the model's own "
+                          f"kernels, so it bounds nothing")
+        out.append(f"Compute ({device}): the fastest {precision} training Case does {top['gflops']:.1f} GFLOP/s, "
+                   f"{share}.")
     return out
 
 

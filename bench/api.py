@@ -67,7 +67,7 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, resume: bool = Fal
     Returns the run's results (one row per Case); `.attrs["run_dir"]` is the folder. Raises
     ValueError for an unusable folder or data set.
     """
-    from bench import environment
+    from bench import ceilings, environment
     from bench.plan import oversubscription_warnings, plan_cases
     from bench.progress import Display
     from bench.results import append_result, load_results, results_frame, write_csv
@@ -86,8 +86,11 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, resume: bool = Fal
     todo = [c for c in cases if c.device not in spec.skipped_devices and c.key not in done]
     for text in oversubscription_warnings(todo, psutil.cpu_count(logical=False) or 1):
         warn(f"{text} (recorded in those Cases' warnings)")
-    env = environment.capture()
-    env.update(environment.ceilings(spec.devices, spec.widths))
+    env = environment.capture(query_cuda=False)  # no CUDA here: the ceiling worker reads the GPUs
+    env.update(ceilings.measure_in_worker(spec.devices, spec.widths, spec.amp))
+    for device, reasons in env["ceilings"]["matmul_missing"].items():
+        for precision, reason in reasons.items():
+            warn(f"the {precision} matmul ceiling of {device} was not measured ({reason}); the report says so")
     env.update(run_id=run_id, dataset=prepared.name, dataset_source=prepared.source,
                dataset_warning=prepared.warning, skipped_devices=spec.skipped_devices, spec=asdict(spec))
     (run_dir / "environment.json").write_text(json.dumps(env, indent=2))

@@ -54,9 +54,21 @@ def gpus() -> list[dict]:
     return out
 
 
-def capture() -> dict:
+def cuda_facts() -> dict:
+    """The GPUs' properties and cuDNN's version. Reading either initialises CUDA in this process (cuDNN's
+    check of the devices' capability too), so a sweep reads them in its ceiling worker."""
+    import torch
+
+    return {"gpus": gpus(), "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
+
+
+def capture(query_cuda: bool = True) -> dict:
+    """The machine and software. `query_cuda=False` leaves `gpus` and `cudnn` (None) to the caller: a
+    sweep's orchestrator must not initialise CUDA."""
     import torch
     import torchvision
+
+    cuda = cuda_facts() if query_cuda else {"gpus": None, "cudnn": None}
 
     return {
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -70,30 +82,12 @@ def capture() -> dict:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "cuda_runtime": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "gpus": gpus(),
-        "gpu_driver": gpu_monitor.driver_version() if torch.cuda.is_available() else None,
+        "cudnn": cuda["cudnn"],
+        "gpus": cuda["gpus"],
+        "gpu_driver": gpu_monitor.driver_version() if torch.cuda.device_count() else None,  # NVML: no CUDA init
         "cudnn_benchmark": "on in every CUDA Case, autotuning inside the warm-up",
         "torch_threads": torch.get_num_threads(),
         "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
         "project_version": _version("cifar10-gpu-bench"),
         "git_commit": _git_commit(),
     }
-
-
-def ceilings(devices: list[str], widths: list[float]) -> dict:
-    """What the report compares against: each device's measured fp32 matmul rate, and the
-    model's FLOPs per image at each width (forward, and a training step)."""
-    import torch
-
-    from bench.measure import matmul_gflops, model_flops_per_image
-    from cnn.model import Net
-
-    flops = {}
-    for width in widths:
-        forward, step = model_flops_per_image(lambda: Net(width))
-        flops[f"{width:g}"] = {"forward": forward, "train_step": step}
-    # large enough to reach the device's rate: 2 GFLOP on a CPU, 1.1 TFLOP on a GPU
-    sizes = {d: 8192 if d.startswith("cuda") else 1024 for d in devices}
-    rates = {d: matmul_gflops(torch.device(d), n=sizes[d]) for d in devices}
-    return {"matmul_gflops": rates, "matmul_n": sizes, "model_flops_per_image": flops}

@@ -14,26 +14,37 @@ from bench.results import Run, load_results, load_run, write_csv
 
 
 def machine_label(env: dict) -> str:
-    gpus = ", ".join(g["name"] for g in env.get("gpus", [])) or "no GPU"
+    listed = env.get("gpus", [])  # None: the ceiling worker could not read them
+    gpus = "GPUs unknown" if listed is None else ", ".join(g["name"] for g in listed) or "no GPU"
     return f"{env.get('hostname', '?')} ({env.get('cpu_model', '?')}, {env.get('cpu_logical_cores', '?')} cores, {gpus})"
 
 
-def _with_ceilings(frame: pd.DataFrame, env: dict) -> pd.DataFrame:
-    """Adds each row's model FLOPs per image and its device's matmul rate, from the run's environment."""
-    flops = env.get("model_flops_per_image", {})
-    kind = frame["mode"].map({"train": "train_step", "infer": "forward"})
-    per_image = [flops.get(f"{w:g}", {}).get(k) for w, k in zip(frame["width"], kind)]
-    return frame.assign(flops_per_image=pd.to_numeric(pd.Series(per_image, index=frame.index, dtype=object)),
-                        ceiling_gflops=frame["device"].map(env.get("matmul_gflops", {})).astype(float))
-
-
 def combined_frame(runs: list[Run]) -> pd.DataFrame:
-    """All runs' rows; with runs from several machines each row is labelled with its machine."""
+    """All runs' rows, each with its run's ceilings; with runs from several machines each row is labelled
+    with its machine."""
     labels = [machine_label(r.environment) for r in runs]
     several = len(set(labels)) > 1
-    frames = [_with_ceilings(r.frame, r.environment).assign(machine=label if several else "")
+    frames = [analysis.with_ceilings(r.frame, r.environment).assign(machine=label if several else "")
               for r, label in zip(runs, labels)]
     return pd.concat(frames, ignore_index=True)
+
+
+def _ceilings(runs: list[Run]) -> pd.DataFrame:
+    """Each run's measured matmul rates by device and precision, and why any is unknown."""
+    labels = [machine_label(r.environment) for r in runs]
+    several = len(set(labels)) > 1
+    rows = []
+    for run, label in zip(runs, labels):
+        c = run.environment.get("ceilings") or {}
+        rates, sizes, missing = (c.get(k) or {} for k in ("matmul_gflops", "matmul_n", "matmul_missing"))
+        for device in sorted(set(rates) | set(missing)):
+            for precision in sorted(set(rates.get(device, {})) | set(missing.get(device, {}))):
+                n = sizes.get(device, {}).get(precision)
+                rows.append({"machine": label if several else "", "device": device, "precision": precision,
+                             "matmul_gflops": rates.get(device, {}).get(precision, float("nan")),
+                             "n": "-" if n is None else str(n),
+                             "unknown_because": missing.get(device, {}).get(precision, "-")})
+    return pd.DataFrame(rows, columns=["machine", "device", "precision", "matmul_gflops", "n", "unknown_because"])
 
 
 def _md_table(frame: pd.DataFrame, digits: int = 1) -> str:
@@ -84,7 +95,7 @@ def _figures(df: pd.DataFrame, train_images: int) -> list[tuple[str, str, plt.Fi
     return figs
 
 
-def _sections(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+def _sections(df: pd.DataFrame, ceilings: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     best = analysis.best_throughput(df)
     sections = [("Best throughput per configuration (over thread counts)", best),
                 ("GPU speed-up over the best CPU", analysis.speedups(df)),
@@ -96,7 +107,9 @@ def _sections(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
                 ("Step variants against the eager step", analysis.variant_gain(df)),
                 ("Data-parallel scaling (DDP): global images/s, efficiency, all-reduce share",
                  analysis.data_parallel_scaling(df)),
-                ("Achieved GFLOP/s and share of the measured matmul rate", analysis.achieved_gflops(df)),
+                ("Matmul ceilings measured per device and precision (GFLOP/s)", ceilings),
+                ("Achieved GFLOP/s and share of the matmul ceiling in each Case's own precision",
+                 analysis.achieved_gflops(df).drop(columns="ceiling_missing")),
                 ("GPU utilisation, power and energy (NVML)", analysis.gpu_usage(df))]
     failed = df[df["status"] != "ok"][["key", "status", "error"]]
     sections.append(("Cases that did not finish", failed))
@@ -135,7 +148,7 @@ def build_report(run_dirs: list[Path], out_dir: Path) -> Report:
     write_csv(out_dir, [r for run in runs for r in load_results(run.path)])
     datasets = ", ".join(sorted(df["dataset"].dropna().unique()))
     title = "Does a GPU help the CIFAR-10 tutorial CNN?"
-    sections = _sections(df)
+    sections = _sections(df, _ceilings(runs))
     md = _markdown(title, verdict, runs, datasets, figures, sections)
     (out_dir / "report.md").write_text(md)
     (out_dir / "report.html").write_text(_html(title, verdict, runs, datasets, figures, images, sections))
@@ -147,6 +160,7 @@ def _machines(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame([{
         "run": r.environment.get("run_id", r.path.name), "machine": machine_label(r.environment),
         "torch": r.environment.get("torch"), "CUDA": r.environment.get("cuda_runtime") or "-",
+        "float32 matmul": r.environment.get("float32_matmul_precision") or "-",
         "data": r.environment.get("dataset"), "when": r.environment.get("timestamp")} for r in runs])
 
 

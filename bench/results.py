@@ -60,7 +60,8 @@ class Run:
 
 
 def load_run(path: Path) -> Run:
-    """A run folder's Results as a frame, with its environment.json ({} when absent)."""
+    """A run folder's Results as a frame, with its environment.json ({} when absent), older
+    formats upgraded to the current one here."""
     if not path.is_dir():
         raise RunError(f"'{path}' is not a folder (expected a folder written by bench run)")
     results = load_results(path)
@@ -68,6 +69,16 @@ def load_run(path: Path) -> Run:
         raise RunError(f"'{path}' holds no results.jsonl with any Case (expected a folder written by bench run)")
     env_path = path / "environment.json"
     environment = json.loads(env_path.read_text()) if env_path.exists() else {}
+    if "matmul_gflops" in environment and "ceilings" not in environment:
+        # before ceilings named their precision: one flat fp32 rate per device, measured and run at
+        # torch's default float32 matmul precision, which the harness never changed; and before device
+        # names were indexed (as Result.from_dict reads them)
+        def fp32(by_device: dict) -> dict:
+            return {("cuda:0" if d == "cuda" else d): {"fp32": v} for d, v in by_device.items()}
+
+        environment["ceilings"] = {"matmul_gflops": fp32(environment.pop("matmul_gflops")),
+                                   "matmul_n": fp32(environment.pop("matmul_n", {}))}
+        environment.setdefault("float32_matmul_precision", "highest")
     return Run(path, environment, results_frame(results))
 
 

@@ -187,3 +187,70 @@ def test_without_a_single_process_at_the_global_batch_the_finding_compares_at_th
     assert any(f.startswith("Data parallelism (cpu): at best, 2 processes x 1 thread train 0.94x as fast as the best "
                             "single process at the same per-rank batch 64 (no single process ran at the global "
                             "batch 128)") for f in findings), findings
+
+
+CEILINGS_ENV = {"model_flops_per_image": {"1": {"forward": 1e6, "train_step": 3e6}},
+                "float32_matmul_precision": "highest",
+                "ceilings": {"matmul_gflops": {"cpu": {"fp32": 100.0, "bf16": 20.0},
+                                               "cuda:0": {"fp32": 50000.0, "tf32": 200000.0}},
+                             "matmul_missing": {
+                                 "cuda:0": {"bf16": "the ceiling worker exceeded its time limit of 120 s"}}}}
+
+
+@pytest.fixture
+def precisions() -> pd.DataFrame:
+    """An eager and a bf16 training Case on each device: 3 GFLOP/s at 1000 images/s (3 MFLOP per image)."""
+    return pd.DataFrame([_row("cpu", "resident", 64, 1000, threads=2, amp="off"),
+                         _row("cpu", "resident", 64, 2000, threads=2, amp="bf16"),
+                         _row("cuda:0", "resident", 64, 100000, amp="off"),
+                         _row("cuda:0", "resident", 64, 300000, amp="bf16")])
+
+
+def test_each_case_is_held_against_the_matmul_ceiling_of_its_own_precision(precisions):
+    gf = analysis.achieved_gflops(analysis.with_ceilings(precisions, CEILINGS_ENV)).set_index(["device", "variant"])
+    assert gf.loc[("cpu", "eager"), ["gflops", "ceiling_precision", "ceiling_gflops", "pct_of_ceiling"]].tolist() \
+        == pytest.approx([3.0, "fp32", 100.0, 3.0])
+    assert gf.loc[("cpu", "eager+bf16"), ["gflops", "ceiling_precision", "ceiling_gflops", "pct_of_ceiling"]].tolist() \
+        == pytest.approx([6.0, "bf16", 20.0, 30.0])  # against bf16's 20, not fp32's 100
+    assert gf.loc[("cuda:0", "eager"), "pct_of_ceiling"] == pytest.approx(100 * 300 / 50000)  # strict fp32, not tf32
+    bf16 = gf.loc[("cuda:0", "eager+bf16")]  # its ceiling timed out: unknown, and never the fp32 one
+    assert bf16.ceiling_precision == "bf16" and np.isnan(bf16.ceiling_gflops) and np.isnan(bf16.pct_of_ceiling)
+    assert bf16.ceiling_missing == "the ceiling worker exceeded its time limit of 120 s"
+    findings = analysis.verdict(analysis.with_ceilings(precisions, CEILINGS_ENV)).findings
+    assert ("Compute (cpu): the fastest fp32 training Case does 3.0 GFLOP/s, 3% of this device's measured fp32 "
+            "matmul ceiling (100 GFLOP/s; batch 64, resident pipeline).") in findings
+    assert ("Compute (cpu): the fastest bf16 training Case does 6.0 GFLOP/s, 30% of this device's measured bf16 "
+            "matmul ceiling (20 GFLOP/s; batch 64, resident pipeline, eager+bf16 step).") in findings
+    assert ("Compute (cuda:0): the fastest bf16 training Case does 900.0 GFLOP/s, against an unknown bf16 matmul "
+            "ceiling (the ceiling worker exceeded its time limit of 120 s), so its share of this device's rate is "
+            "not given (batch 64, resident pipeline, eager+bf16 step).") in findings
+
+
+def test_a_case_above_its_ceiling_says_the_ceiling_bounds_nothing(precisions):
+    slow_bf16 = {**CEILINGS_ENV, "ceilings": {**CEILINGS_ENV["ceilings"],
+                                              "matmul_gflops": {"cpu": {"fp32": 100.0, "bf16": 1.2}}}}
+    findings = analysis.verdict(analysis.with_ceilings(precisions, slow_bf16)).findings
+    assert ("Compute (cpu): the fastest bf16 training Case does 6.0 GFLOP/s, 500% of this device's measured bf16 "
+            "matmul ceiling (1.2 GFLOP/s; batch 64, resident pipeline, eager+bf16 step); above 100%: the bf16 matrix "
+            "multiply is slower here than the model's own kernels, so it bounds nothing.") in findings
+
+
+def test_a_process_that_allows_tf32_is_held_against_the_tf32_ceiling(precisions):
+    env = {**CEILINGS_ENV, "float32_matmul_precision": "high"}
+    gf = analysis.achieved_gflops(analysis.with_ceilings(precisions, env)).set_index(["device", "variant"])
+    assert gf.loc[("cuda:0", "eager"), "ceiling_precision"] == "tf32"
+    assert gf.loc[("cuda:0", "eager"), "pct_of_ceiling"] == pytest.approx(100 * 300 / 200000)
+    assert gf.loc[("cuda:0", "eager+bf16"), "ceiling_precision"] == "bf16"
+    cpu = gf.loc[("cpu", "eager")]  # no tf32 ceiling on a CPU: unknown, said so
+    assert cpu.ceiling_precision == "tf32" and np.isnan(cpu.pct_of_ceiling)
+    assert cpu.ceiling_missing == "not measured in this run"
+
+
+def test_without_ceilings_recorded_the_table_is_empty_or_unknown_not_a_crash(precisions):
+    assert analysis.achieved_gflops(analysis.with_ceilings(precisions, {})).empty
+    failed = {"model_flops_per_image": CEILINGS_ENV["model_flops_per_image"],
+              "ceilings": {"worker_error": "the ceiling worker died from SIGKILL", "matmul_gflops": {},
+                           "matmul_missing": {}}}
+    gf = analysis.achieved_gflops(analysis.with_ceilings(precisions, failed))
+    assert gf["pct_of_ceiling"].isna().all()
+    assert set(gf["ceiling_missing"]) == {"the ceiling worker died from SIGKILL"}

@@ -15,14 +15,15 @@ from bench.results import append_result, load_run
 from bench.schema import Result, SweepSpec
 
 
-def _fake_run(folder: Path, host: str, gpu: bool, scale: float = 1.0) -> Path:
-    """A run folder as bench run writes it, with hand-set figures and every kind of ending."""
+def _fake_run(folder: Path, host: str, gpu: bool, scale: float = 1.0, env: dict | None = None) -> Path:
+    """A run folder as bench run writes it, with hand-set figures and every kind of ending; `env`
+    replaces entries of its environment.json."""
     folder.mkdir(parents=True)
-    devices = ["cpu", "cuda"] if gpu else ["cpu"]
+    devices = ["cpu", "cuda:0"] if gpu else ["cpu"]
     spec = SweepSpec(devices=devices, batch_sizes=[4, 32, 128], threads=[1, 2], pipelines=["tutorial", "resident"],
                      widths=[1.0], modes=["train", "infer"], max_seconds=5.0)
     for case in plan_cases(spec, data_cache="/c", dataset="synthetic", run_id=folder.name):
-        base = {"cpu": 400.0 * (case.threads or 1) ** 0.5, "cuda": 300.0}[case.device]
+        base = {"cpu": 400.0 * (case.threads or 1) ** 0.5, "cuda:0": 300.0}[case.device]
         rate = scale * base * case.batch_size ** (0.5 if case.device == "cpu" else 1.0)
         rate *= 2.0 if case.pipeline == "resident" else 1.0
         result = Result(case=case, images_per_s=rate, images_per_s_p25=0.97 * rate, images_per_s_p75=1.03 * rate,
@@ -44,8 +45,12 @@ def _fake_run(folder: Path, host: str, gpu: bool, scale: float = 1.0) -> Path:
         append_result(folder, Result(case=c, status="skipped", error=skipped[c.device]))
     env = {"run_id": folder.name, "hostname": host, "cpu_model": f"{host} CPU", "cpu_logical_cores": 2,
            "gpus": [{"name": "H100"}] if gpu else [], "torch": "2.x", "dataset": "synthetic",
-           "skipped_devices": skipped, "matmul_gflops": {"cpu": 60.0, "cuda": 50000.0},
-           "model_flops_per_image": {"1": {"forward": 1.3e6, "train_step": 3.2e6}}}
+           "skipped_devices": skipped, "float32_matmul_precision": "highest",
+           "ceilings": {"worker_pid": 4242, "worker_error": None,
+                        "matmul_n": {"cpu": {"fp32": 1024}, "cuda:0": {"fp32": 8192, "tf32": 8192}},
+                        "matmul_gflops": {"cpu": {"fp32": 60.0}, "cuda:0": {"fp32": 50000.0, "tf32": 200000.0}},
+                        "matmul_missing": {}},
+           "model_flops_per_image": {"1": {"forward": 1.3e6, "train_step": 3.2e6}}, **(env or {})}
     (folder / "environment.json").write_text(json.dumps(env))
     return folder
 
@@ -70,9 +75,32 @@ def test_report_of_two_machines_labels_each_and_finds_the_crossover(tmp_path: Pa
     out = tmp_path / "both"
     md = report.build_report([laptop, gpu_box], out).markdown.read_text()
     assert "laptop (laptop CPU, 2 cores, no GPU)" in md and "gpubox (gpubox CPU, 2 cores, H100)" in md
-    assert "At the tutorial's own settings (batch 4, tutorial pipeline) the cuda trains" in md
-    assert "Crossover (cuda, tutorial pipeline, width 1): faster than the CPU beyond the noise from batch" in md
+    assert "At the tutorial's own settings (batch 4, tutorial pipeline) the cuda:0 trains" in md
+    assert "Crossover (cuda:0, tutorial pipeline, width 1): faster than the CPU beyond the noise from batch" in md
     assert (out / "speedup.png").exists() and len((out / "results.csv").read_text().splitlines()) > 40
+
+
+def test_the_report_names_the_precision_of_each_ceiling_it_compares_with(tmp_path: Path):
+    run = _fake_run(tmp_path / "gpu", "box", gpu=True)
+    md = report.build_report([run], run).markdown.read_text()
+    assert "| highest |" in md  # the float32 matmul precision the Cases ran with, in the Machines table
+    assert "## Matmul ceilings measured per device and precision (GFLOP/s)" in md
+    assert "| cuda:0 | tf32 | 200,000.00 | 8192 | - |" in md
+    assert "of this device's measured fp32 matmul ceiling (50,000 GFLOP/s;" in md  # eager Cases: fp32, not tf32
+    assert "of this device's measured fp32 matmul ceiling (60 GFLOP/s;" in md
+
+
+def test_a_run_whose_ceiling_worker_failed_reports_the_ceilings_as_unknown_with_the_reason(tmp_path: Path):
+    why = "the ceiling worker died from SIGKILL (the kernel's out-of-memory killer sends this)"
+    failed = {"gpus": None, "cudnn": None, "float32_matmul_precision": None, "model_flops_per_image": None,
+              "ceilings": {"worker_pid": 4242, "worker_error": why, "matmul_n": {"cpu": {"fp32": 1024}},
+                           "matmul_gflops": {}, "matmul_missing": {"cpu": {"fp32": why}}}}
+    run = _fake_run(tmp_path / "run", "host", gpu=False, env=failed)
+    md = report.build_report([run], run).markdown.read_text()
+    assert md.startswith("# Does a GPU help the CIFAR-10 tutorial CNN?\n\n**Only cpu was measured")
+    assert "host (host CPU, 2 cores, GPUs unknown)" in md
+    assert f"| cpu | fp32 | - | 1024 | {why} |" in md
+    assert "Compute (cpu)" not in md  # no FLOP count, so no claim
 
 
 def test_charts_render_without_warnings(tmp_path: Path):
