@@ -1,4 +1,4 @@
-"""`python -m bench run|plan|env|report|compare|export`: parse and validate at the edge, then hand plain data on."""
+"""`python -m bench run|plan|check|env|report|compare|export`: parse and validate at the edge, hand plain data on."""
 from __future__ import annotations
 
 import argparse
@@ -105,6 +105,8 @@ def get_parser() -> Parser:
     plan.add_argument("--write-cases", metavar="DIR",
                       help="also prepare the data and write each Case as DIR/NNN.json, for `python -m bench.worker` "
                            "(e.g. under torchrun on every node of a cluster)")
+    check = sub.add_parser("check", help="does every device and step variant work here? one tiny Case each")
+    check.add_argument("--devices", type=devices, help="cpu, cuda, cuda:N (default: cpu, plus cuda when available)")
     sub.add_parser("env", help="print the environment a run would record")
     report = sub.add_parser("report", help="build report.md/report.html from one run folder or several")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by bench run")
@@ -130,24 +132,38 @@ def get_parser() -> Parser:
 def cuda_device_count() -> int:
     import torch
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    # device_count asks NVML first, so this process does not initialise CUDA (is_available would)
+    return torch.cuda.device_count()
+
+
+def cuda_index(device: str) -> int:
+    """The index of an indexed CUDA device name ('cuda:1' -> 1)."""
+    return int(device.split(":")[1])
 
 
 def resolve_devices(requested: list[str] | None, n_cuda: int) -> tuple[list[str], dict[str, str]]:
-    """(devices to run, {skipped device: why}); an unusable device asked for alone is an error."""
+    """(devices to run, {skipped device: why}), every CUDA device indexed: `cuda` names cuda:0, the
+    device a fresh process uses (asking torch for its current device would create a CUDA context
+    in this process). A CUDA device on a machine without CUDA is skipped, and an error when it is
+    the only one asked for; an index past this machine's devices is an error."""
     if requested is None:
-        return (["cpu", "cuda"] if n_cuda else ["cpu"]), {}
-    usable, skipped = [], {}
-    for device in requested:
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if device.startswith("cuda") and index >= n_cuda:
-            skipped[device] = ("CUDA is not available on this machine" if n_cuda == 0 else
-                               f"this machine has {n_cuda} CUDA device(s): cuda:0..cuda:{n_cuda - 1}")
+        return (["cpu", "cuda:0"] if n_cuda else ["cpu"]), {}
+    usable, skipped, asked = [], {}, {}
+    for text in requested:
+        device = "cuda:0" if text == "cuda" else text
+        if device in asked:
+            continue
+        asked[device] = text
+        if device.startswith("cuda") and n_cuda == 0:
+            skipped[device] = "CUDA is not available on this machine"
+        elif device.startswith("cuda") and cuda_index(device) >= n_cuda:
+            raise CliError(f"--devices: '{text}' is not available: this machine has {n_cuda} CUDA device(s) "
+                           f"(expected {', '.join(f'cuda:{i}' for i in range(n_cuda))})")
         else:
             usable.append(device)
     if not usable:
         first = next(iter(skipped))
-        raise CliError(f"--devices: '{first}' is not available: {skipped[first]} (expected e.g. cpu)")
+        raise CliError(f"--devices: '{asked[first]}' is not available: {skipped[first]} (expected e.g. cpu)")
     return usable, skipped
 
 
@@ -171,6 +187,10 @@ def _check_world_sizes(args: argparse.Namespace, devices_: list[str], n_cuda: in
     if args.cuda_graphs:
         raise CliError("--world-sizes: CUDA graphs are not captured around DDP's all-reduce here "
                        "(expected --world-sizes 1 with --cuda-graphs)")
+    named = [d for d in devices_ if d.startswith("cuda") and cuda_index(d) != 0]
+    if named:
+        raise CliError(f"--world-sizes: a data-parallel Case's ranks use cuda:0..cuda:N-1, one GPU each, so "
+                       f"'{named[0]}' cannot name them (expected --devices cuda, or --world-sizes 1 with {named[0]})")
     if any(d.startswith("cuda") for d in devices_) and top > n_cuda:
         raise CliError(f"--world-sizes: {top} ranks need {top} GPUs (one per rank) and this machine has {n_cuda} "
                        f"(expected at most {n_cuda}, or --devices cpu)")
@@ -281,6 +301,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """A table of checks as they end; exit 1 when one that applies here fails."""
+    import time
+
+    from bench import check
+
+    n_cuda = cuda_device_count()
+    devices_, skipped = resolve_devices(args.devices, n_cuda)
+    print(check.HEADER, flush=True)
+    started = time.monotonic()
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        results = check.check_machine(devices_, skipped, n_cuda, lambda r: print(check.format_row(r), flush=True))
+    except KeyboardInterrupt:
+        print("\nbench: check interrupted", file=sys.stderr)
+        return 130
+    print(check.summary(results, time.monotonic() - started))
+    return check.exit_status(results)
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     from bench import environment
 
@@ -350,8 +390,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "plan": cmd_plan, "env": cmd_env, "report": cmd_report, "compare": cmd_compare,
-            "export": cmd_export}
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "check": cmd_check, "env": cmd_env, "report": cmd_report,
+            "compare": cmd_compare, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import re
 
 import psutil
 
-DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+DEVICE_RE = re.compile(r"^(cpu|cuda(:(0|[1-9]\d*))?)$")  # no leading zeros: cuda:01 is not a name torch takes
 
 
 def _items(text: str, example: str) -> list[str]:
@@ -77,7 +77,7 @@ def devices(text: str) -> list[str]:
     for v in values:
         if not DEVICE_RE.match(v):
             raise argparse.ArgumentTypeError(f"'{v}' is not a device (expected cpu, cuda or cuda:N)")
-    return list(dict.fromkeys(values))
+    return values
 
 
 def seconds_or_zero(text: str) -> float:

@@ -27,9 +27,9 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 from torch.nn.parallel import DistributedDataParallel
 
-from bench import measure
+from bench import devices, measure
 from bench.schema import Case, Result
-from bench.worker import case_meter, record_windows
+from bench.worker import case_meter, monitor_gpu, prepare_cuda, record_gpu_usage, record_windows, set_threads
 from cnn import data, loops
 from cnn.model import Net
 
@@ -47,6 +47,11 @@ def launch(case: Case, progress=None, started: float | None = None) -> Result:
     ChildFailedError (after the launcher has torn the whole group down)."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    if case.device.startswith("cuda"):
+        # The launcher asks torch.accelerator whether a GPU is there. Through the CUDA runtime that
+        # would initialise CUDA in this process, and every rank forked from it would then fail with
+        # "Cannot re-initialize CUDA in forked subprocess"; NVML answers without touching CUDA.
+        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=case.world_size,
                           run_id=f"bench-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
                           rdzv_endpoint="localhost:0", rdzv_configs={"timeout": int(min(case.time_limit_s, 900))},
@@ -83,18 +88,17 @@ def rank_main(case_fields: dict, progress=None, started: float | None = None) ->
     case = Case(**case_fields)
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     started = started or time.time()
-    cuda = case.device.startswith("cuda")
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
-    if case.threads is not None:
-        torch.set_num_threads(case.threads)
+    device = rank_device(case, local)
+    cuda = device.type == "cuda"
+    set_threads(case)
+    gpu = Result(case=case)
     if cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
+        prepare_cuda(device, gpu)  # before the process group: NCCL binds the rank to the current device
     backend = "nccl" if cuda else "gloo"
     # collectives give up after the Case's own time limit rather than hang past it
     dist.init_process_group(backend, timeout=timedelta(seconds=case.time_limit_s))
     try:
-        own = _train_rank(case, device, rank, world, progress if rank == 0 else None, started)
+        own = _train_rank(case, device, rank, world, progress if rank == 0 else None, started, gpu)
         records = [None] * world
         dist.all_gather_object(records, own)
     except Exception as exc:
@@ -106,6 +110,14 @@ def rank_main(case_fields: dict, progress=None, started: float | None = None) ->
     finally:
         dist.destroy_process_group()
     return _result(case, records, backend, started).to_dict() if rank == 0 else None
+
+
+def rank_device(case: Case, local_rank: int) -> torch.device:
+    """The rank's device: one GPU per rank on CUDA. Under a launcher that shows each task only its
+    own GPU (Slurm's per-task binding), local rank 1 sees one device, and it is cuda:0."""
+    if not case.device.startswith("cuda"):
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 PEER_LOST_GRACE_S = 2.0
@@ -142,11 +154,14 @@ def _timed_allreduce(meter: measure.StepMeter, spans: list):
     return hook
 
 
-def _train_rank(case: Case, device: torch.device, rank: int, world: int, progress, started: float) -> dict:
+def _train_rank(case: Case, device: torch.device, rank: int, world: int, progress, started: float,
+                gpu: Result) -> dict:
+    """One rank's training; `gpu` collects what this rank's GPU did (nothing on a CPU)."""
     arrays = data.load_arrays(case.data_cache)
     memory_format = torch.channels_last if case.memory_format == "channels_last" else torch.contiguous_format
     torch.manual_seed(case.seed)
-    net = Net(case.width, len(arrays.classes)).to(device, memory_format=memory_format)
+    compute = devices.placement(device)
+    net = Net(case.width, len(arrays.classes)).to(compute, memory_format=memory_format)
     initial = param_digest(net)
     model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(model.parameters(), lr=case.lr, momentum=0.9)
@@ -159,30 +174,33 @@ def _train_rank(case: Case, device: torch.device, rank: int, world: int, progres
 
         def epoch_batches(epoch: int):
             loader.sampler.set_epoch(epoch)
-            return loops.tutorial_batches(loader, device, non_blocking=cuda, memory_format=memory_format)
+            return loops.tutorial_batches(meter.batches(loader), compute, non_blocking=cuda,
+                                          memory_format=memory_format)
         steps_per_epoch, item = len(loader), True
     else:
-        x, y = loops.resident_tensors(arrays.train_x, arrays.train_y, device)
+        x, y = loops.resident_tensors(arrays.train_x, arrays.train_y, compute)
         x = x.contiguous(memory_format=memory_format)
-        generator = torch.Generator(device=device).manual_seed(case.seed)  # the same permutation on every rank
+        generator = torch.Generator(device=compute).manual_seed(case.seed)  # the same permutation on every rank
 
         def epoch_batches(epoch: int):
             return loops.resident_batches(x, y, case.batch_size, generator, shard=shard)
         steps_per_epoch, item = math.ceil(len(y) // world / case.batch_size), False
     # ranks agree on the window length at the warm-up's end, so there must be one
     meter = case_meter(replace(case, warmup_steps=max(case.warmup_steps, 1)), device, steps_per_epoch, progress,
-                       agree=_agree(device))
+                       agree=_agree(compute))
+    sampler, monitored = monitor_gpu(device, gpu)
     spans = []
     model.register_comm_hook(None, _timed_allreduce(meter, spans))
     test_x = test_y = None
     if rank == 0:
-        test_x, test_y = loops.resident_tensors(arrays.test_x, arrays.test_y, device)
+        test_x, test_y = loops.resident_tensors(arrays.test_x, arrays.test_y, compute)
     out = {"startup_s": time.time() - started, "epoch_accuracy_pct": [], "time_to_target_s": None, "eval_s": 0.0}
     for epoch in range(case.epochs):
         meter.start_epoch()
-        out["loss"] = loops.train_epoch(model, optimizer, meter.batches(epoch_batches(epoch)), item_every_step=item,
-                                        on_step=meter.on_step, step=step)
-        meter.end_epoch()
+        with monitored():
+            out["loss"] = loops.train_epoch(model, optimizer, epoch_batches(epoch), item_every_step=item,
+                                            on_step=meter.on_step, step=step)
+            meter.end_epoch()
         if rank == 0:  # evaluation outside the timed windows, while the other ranks wait at the barrier
             t0 = time.perf_counter()
             accuracy, per_class = loops.evaluate(net, test_x, test_y, len(arrays.classes))
@@ -196,12 +214,16 @@ def _train_rank(case: Case, device: torch.device, rank: int, world: int, progres
             break
     meter.clock.sync()
     allreduce_s = sum(meter.clock.seconds(a, b) for a, b in spans)
+    record_gpu_usage(gpu, sampler, len(arrays.train_y) // world, meter.images)
     return {**out, "windows_s": meter.windows_s, "windows_images": meter.windows_images, "step_s": meter.step_s,
             "warmup_s": meter.warmup_s, "train_s": meter.train_s, "epoch_s": meter.epoch_s, "steps": meter.steps,
             "images": meter.images, "stopped_by": meter.stopped_by or "epochs", "allreduce_s": allreduce_s,
             "timed_s": sum(meter.windows_s), "param_digest": param_digest(net), "initial_digest": initial,
             "train_images": len(arrays.train_y), "test_images": len(arrays.test_y),
-            "peak_rss_mb": measure.peak_rss_mb(), "peak_device_mem_mb": measure.peak_device_mem_mb(device)}
+            "peak_rss_mb": measure.peak_rss_mb(), "peak_device_mem_mb": measure.peak_device_mem_mb(device),
+            "new_shape_steps": meter.new_shape_steps, "cudnn_benchmark": gpu.cudnn_benchmark,
+            "gpu_monitor": gpu.gpu_monitor, "gpu_util_pct": gpu.gpu_util_pct, "gpu_power_w": gpu.gpu_power_w,
+            "gpu_energy_j_per_epoch": gpu.gpu_energy_j_per_epoch}
 
 
 def _result(case: Case, records: list[dict], backend: str, started: float) -> Result:
@@ -220,8 +242,13 @@ def _result(case: Case, records: list[dict], backend: str, started: float) -> Re
     result.rank_param_digests = [r["param_digest"] for r in records]
     for name in ("startup_s", "warmup_s", "train_s", "epoch_s", "eval_s", "loss", "test_accuracy_pct",
                  "class_accuracy_pct", "epoch_accuracy_pct", "time_to_target_s", "train_images", "test_images",
-                 "stopped_by"):
+                 "stopped_by", "new_shape_steps", "cudnn_benchmark", "gpu_monitor"):
         setattr(result, name, zero.get(name))
+    utils = [r["gpu_util_pct"] for r in records if r.get("gpu_util_pct") is not None]
+    result.gpu_util_pct = sum(utils) / len(utils) if utils else None
+    for name in ("gpu_power_w", "gpu_energy_j_per_epoch"):  # every rank's GPU together
+        values = [r[name] for r in records if r.get(name) is not None]
+        setattr(result, name, sum(values) if len(values) == len(records) else None)
     result.steps, result.images = zero["steps"], sum(r["images"] for r in records)
     result.epochs_completed = result.images / zero["train_images"]
     result.peak_rss_mb = max(r["peak_rss_mb"] for r in records)

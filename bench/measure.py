@@ -32,7 +32,9 @@ class DeviceClock:
     def mark(self):
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
-            event.record()
+            # on this device's stream, named: a mark made from another thread (a DDP comm hook's
+            # callback) would otherwise land on that thread's current device, cuda:0
+            event.record(torch.cuda.current_stream(self.device))
             return event
         return time.perf_counter()
 
@@ -59,10 +61,15 @@ class StepMeter:
     the throughput). A window is closed when it has run `window_s` (host time), at the
     end of each epoch and when the budget stops the Case; closing synchronises.
 
+    A step on a batch size not seen before (an epoch's partial last batch, 50000 % 32 = 16
+    images) is a new input shape: cuDNN autotunes for it (and oneDNN builds new primitives), so
+    that step is kept out of every window and counted in `new_shape_steps`.
+
     With `agree` (data-parallel ranks: e.g. an all-reduce of the maximum), ranks must close
     windows and stop at the same step, so host time cannot decide alone: at the end of the
-    warm-up the ranks agree on the slowest step time and windows last `window_s` worth of
-    such steps, counted in steps; `max_seconds` takes effect at a window's or an epoch's end,
+    warm-up the ranks agree on the slowest steady step time (the median of the warm-up's later
+    half: its first steps include autotuning and lazy initialisation) and windows last
+    `window_s` worth of such steps, counted in steps; `max_seconds` takes effect at a window's or an epoch's end,
     once the ranks agree. `agree` is called on every rank at the same steps.
     """
 
@@ -84,7 +91,11 @@ class StepMeter:
     stopped_by: str | None = None
     agree: Callable[[float], float] | None = None
     window_steps: int | None = None  # set from the warm-up when `agree` is given
+    data_wait_measured: bool = False  # batches() was used: data_wait_s means something
+    new_shape_steps: int = 0
     _warmup_so_far: float = 0.0
+    _warmup_step_s: list[float] = field(default_factory=list)
+    _batch_sizes: set[int] = field(default_factory=set)
 
     def start_epoch(self) -> None:
         if self.warmup_steps == 0 and self.warmup_s is None:
@@ -96,6 +107,7 @@ class StepMeter:
 
     def batches(self, batches: Iterable) -> Iterator:
         """Passes batches through, adding the host time spent waiting for each to `data_wait_s`."""
+        self.data_wait_measured = True
         iterator = iter(batches)
         while True:
             t0 = time.perf_counter()
@@ -114,24 +126,29 @@ class StepMeter:
         self._marks.append(self.clock.mark())
         self._window_images += n_images
         now = time.perf_counter()
-        closed = False
-        if self.warmup_s is None and self.steps >= self.warmup_steps:
-            self.warmup_s = self._warmup_so_far + self._close_window(keep=False)
-            if self.agree is not None:
-                slowest = self.agree(self.warmup_s / max(self.steps, 1))
-                self.window_steps = max(1, round(self.window_s / slowest)) if slowest > 0 else 1
-            self._open_window()
-        elif self.warmup_s is not None and self._window_due(now):
-            self._close_window(keep=True)
-            closed = True
-            self._open_window()
         elapsed = self._train_s_before + now - self._host_epoch_start
         out_of_time = self.budget.max_seconds is not None and elapsed >= self.budget.max_seconds
+        vote = False
+        if self.warmup_s is None:
+            self._batch_sizes.add(n_images)
+            if self.steps >= self.warmup_steps:
+                self.warmup_s = self._warmup_so_far + self._close_window(keep=False)
+                self._warmup_step_s += self._last_steps
+                if self.agree is not None:  # after the synchronise: a vote reads a device value back
+                    slowest = self.agree(_steady(self._warmup_step_s))
+                    self.window_steps = max(1, round(self.window_s / slowest)) if slowest > 0 else 1
+                self._open_window()
+        elif n_images not in self._batch_sizes:
+            self._batch_sizes.add(n_images)
+            self._drop_last_step(n_images)
+        elif self._window_due(now):
+            self._close_window(keep=True)
+            # the ranks vote between windows, never inside one: the vote waits for a device value
+            vote = self.agree is not None and self.agree(float(out_of_time)) > 0
+            self._open_window()
         if self.budget.max_steps is not None and self.steps >= self.budget.max_steps:
             self.stopped_by = "max_steps"  # the same step on every rank: no need to agree
-        elif self.agree is None and out_of_time:
-            self.stopped_by = "max_seconds"
-        elif closed and self.agree is not None and self.agree(float(out_of_time)) > 0:
+        elif (self.agree is None and out_of_time) or vote:
             self.stopped_by = "max_seconds"
         if self.progress is not None and (now - self._host_last_progress >= self.progress_every_s):
             self._host_last_progress = now
@@ -142,6 +159,7 @@ class StepMeter:
         """Closes the open window and the epoch (synchronises)."""
         if self.warmup_s is None:  # the warm-up goes on into the next epoch
             self._warmup_so_far += self._close_window(keep=False)
+            self._warmup_step_s += self._last_steps
         else:
             self._close_window(keep=True)
         last = self._marks[-1]
@@ -152,6 +170,14 @@ class StepMeter:
             out_of_time = self.budget.max_seconds is not None and self.train_s >= self.budget.max_seconds
             if self.agree(float(out_of_time)) > 0:
                 self.stopped_by = "max_seconds"
+
+    def _drop_last_step(self, n_images: int) -> None:
+        """Closes the window before the last step and reopens it after, leaving that step out."""
+        last = self._marks.pop()
+        self._window_images -= n_images
+        self._close_window(keep=True)
+        self._marks, self._window_images, self._host_window_start = [last], 0, time.perf_counter()
+        self.new_shape_steps += 1
 
     def _window_due(self, now: float) -> bool:
         if self.window_steps is not None:
@@ -168,9 +194,10 @@ class StepMeter:
     def _close_window(self, keep: bool) -> float:
         # synchronise: the marks of queued CUDA work are only readable once it is done
         self.clock.sync()
+        self._last_steps = []
         if len(self._marks) < 2:
             return 0.0
-        steps = [self.clock.seconds(a, b) for a, b in zip(self._marks, self._marks[1:])]
+        steps = self._last_steps = [self.clock.seconds(a, b) for a, b in zip(self._marks, self._marks[1:])]
         total = sum(steps)
         if keep:
             self.windows_s.append(total)
@@ -178,6 +205,12 @@ class StepMeter:
             self.step_s.extend(steps)
         self._marks = self._marks[-1:]
         return total
+
+
+def _steady(step_s: list[float]) -> float:
+    """A steady step time from the warm-up's steps: the median of their later half."""
+    later = step_s[len(step_s) // 2:]
+    return float(np.median(later)) if later else 0.0
 
 
 @dataclass
@@ -240,27 +273,3 @@ def peak_device_mem_mb(device: torch.device) -> float | None:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return None
-
-
-def model_flops_per_image(model_fn: Callable[[], torch.nn.Module]) -> tuple[float, float]:
-    """(forward, training step) FLOPs per image, counted by torch.utils.flop_counter on one image."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = model_fn()
-    x = torch.zeros(1, 3, 32, 32)
-    with FlopCounterMode(display=False) as forward:
-        model(x)
-    with FlopCounterMode(display=False) as step:
-        model(x).sum().backward()
-    return float(forward.get_total_flops()), float(step.get_total_flops())
-
-
-def matmul_gflops(device: torch.device, n: int = 1024, repeats: int = 5) -> float:
-    """The device's fp32 matrix-multiply rate: median of `repeats` synchronised n x n x n products."""
-    clock = DeviceClock(device)
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    for _ in range(2):  # warm-up: library initialisation and, on CUDA, kernel selection
-        a @ b
-    times_ms = latencies_ms(clock, lambda _: a @ b, range(repeats), repeats)
-    return 2 * n**3 / (float(np.median(times_ms)) / 1000.0) / 1e9

@@ -130,7 +130,8 @@ class Result:
     step_ms_p50: float | None = None
     step_ms_p90: float | None = None
     step_ms_p99: float | None = None
-    data_wait_pct: float | None = None
+    data_wait_pct: float | None = None  # waiting for input; empty where there is no input pipeline to wait for
+    new_shape_steps: int | None = None  # steps on a batch size first seen after the warm-up, kept out of windows
     latency_ms_p50: float | None = None
     latency_ms_p90: float | None = None
     latency_ms_p99: float | None = None
@@ -174,5 +175,8 @@ class Result:
         """Reads a record written by any schema version so far (unknown fields are ignored)."""
         case_names = {f.name for f in fields(Case)}
         own_names = {f.name for f in fields(cls)} - {"case"}
-        case = Case(**{k: v for k, v in data.items() if k in case_names})
+        case_fields = {k: v for k, v in data.items() if k in case_names}
+        if case_fields.get("device") == "cuda":  # written before device names were indexed at the spec stage
+            case_fields["device"] = "cuda:0"
+        case = Case(**case_fields)
         return cls(case=case, **{k: v for k, v in data.items() if k in own_names})

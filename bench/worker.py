@@ -23,7 +23,7 @@ import psutil
 import torch
 import torchvision  # noqa: F401  (preloaded by the fork server with torch)
 
-from bench import gpu_monitor, measure
+from bench import devices, gpu_monitor, measure
 from bench.schema import Case, Result
 from cnn import data, loops
 from cnn.model import Net
@@ -31,7 +31,8 @@ from cnn.model import Net
 Progress = Callable[[dict], None]
 
 
-def _set_threads(case: Case) -> None:
+def set_threads(case: Case) -> None:
+    """The Case's CPU threads, for torch and for the OpenMP/MKL pools a library may start later."""
     if case.threads is not None:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(case.threads)
@@ -55,15 +56,12 @@ def run_case(case: Case, progress: Progress | None = None, started: float | None
     if case.world_size > 1:
         return _run_distributed(case, progress, started)
     result = Result(case=case)
+    device = torch.device(case.device)
     try:
-        _set_threads(case)
+        set_threads(case)
         torch.manual_seed(case.seed)
-        device = torch.device(case.device)
         if device.type == "cuda":
-            torch.cuda.set_device(device)
-            torch.backends.cudnn.benchmark = True  # autotuning happens inside the warm-up
-            torch.cuda.reset_peak_memory_stats(device)
-            result.cudnn_benchmark = torch.backends.cudnn.benchmark
+            prepare_cuda(device, result)
         arrays = data.load_arrays(case.data_cache)
         result.train_images, result.test_images = len(arrays.train_y), len(arrays.test_y)
         (_train if case.mode == "train" else _infer)(case, arrays, device, result, started, progress)
@@ -73,12 +71,21 @@ def run_case(case: Case, progress: Progress | None = None, started: float | None
         frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         where = f" (at {os.path.basename(frame.filename)}:{frame.lineno})" if frame else ""
         result.error = f"{type(exc).__name__}: {exc}{where}".replace("\n", " ")[:2000]
-        if torch.cuda.is_available():
+        if device.type == "cuda":
             torch.cuda.empty_cache()
     result.threads_used = torch.get_num_threads()
     result.peak_rss_mb = measure.peak_rss_mb()
     result.wall_s = time.time() - started
     return result
+
+
+def prepare_cuda(device: torch.device, result: Result) -> None:
+    """Before anything is allocated: the Case's GPU made current (the device is indexed: set_device
+    refuses a bare `cuda`), cuDNN autotuning on, the peak-memory counter reset."""
+    torch.cuda.set_device(device)
+    torch.backends.cudnn.benchmark = True  # autotuning falls in the warm-up; new shapes are kept out of windows
+    torch.cuda.reset_peak_memory_stats(device)
+    result.cudnn_benchmark = torch.backends.cudnn.benchmark
 
 
 def _run_distributed(case: Case, progress: Progress | None, started: float) -> Result:
@@ -102,7 +109,7 @@ def _run_distributed(case: Case, progress: Progress | None, started: float) -> R
     return result
 
 
-def _monitor(device: torch.device, result: Result):
+def monitor_gpu(device: torch.device, result: Result):
     """A context that samples GPU utilisation and power around each epoch's loop, or does nothing."""
     if device.type != "cuda":
         return None, contextlib.nullcontext
@@ -111,7 +118,7 @@ def _monitor(device: torch.device, result: Result):
     return sampler, (sampler.active if sampler else contextlib.nullcontext)
 
 
-def _record_gpu_usage(result: Result, sampler: gpu_monitor.NvmlSampler | None, epoch_images: int,
+def record_gpu_usage(result: Result, sampler: gpu_monitor.NvmlSampler | None, epoch_images: int,
                       images: int) -> None:
     if sampler is None:
         return
@@ -150,18 +157,26 @@ def _amp(case: Case) -> torch.dtype | None:
     return torch.bfloat16 if case.amp == "bf16" else None
 
 
-def _batches(case: Case, images: np.ndarray, labels: np.ndarray, classes, device: torch.device, train: bool):
-    """(make_epoch_batches, item_every_step, resident tensors or None) for the Case's pipeline."""
+def _batches(case: Case, images: np.ndarray, labels: np.ndarray, classes, device: torch.device, train: bool,
+             meter: measure.StepMeter):
+    """(make_epoch_batches, item_every_step, resident tensors or None) for the Case's pipeline.
+
+    The time spent waiting for a batch counts as data wait where there is an input pipeline to
+    wait for: the tutorial's DataLoader, and the resident gather on a CPU (computed on the spot).
+    On CUDA the resident gather is only queued, and a wait there would be the launch queue being
+    full, not input, so it is not counted (data_wait_pct stays empty)."""
+    compute = devices.placement(device)
     if case.pipeline == "tutorial":
         cuda = device.type == "cuda"
         loader = loops.tutorial_loader(images, labels, classes, case.batch_size, shuffle=train,
                                        num_workers=case.num_workers, pin_memory=cuda, seed=case.seed)
-        return (lambda: loops.tutorial_batches(loader, device, non_blocking=cuda,
+        return (lambda: loops.tutorial_batches(meter.batches(loader), compute, non_blocking=cuda,
                                                memory_format=_memory_format(case))), True, None
-    x, y = loops.resident_tensors(images, labels, device)
+    x, y = loops.resident_tensors(images, labels, compute)
     x = x.contiguous(memory_format=_memory_format(case))
-    generator = torch.Generator(device=device).manual_seed(case.seed)
-    return (lambda: loops.resident_batches(x, y, case.batch_size, generator, shuffle=train)), False, (x, y)
+    generator = torch.Generator(device=compute).manual_seed(case.seed)
+    waited = meter.batches if device.type == "cpu" else iter
+    return (lambda: waited(loops.resident_batches(x, y, case.batch_size, generator, shuffle=train))), False, (x, y)
 
 
 def record_windows(result: Result, windows_s: list[float], windows_images: list[int], step_s: list[float]) -> None:
@@ -178,30 +193,33 @@ def _record_throughput(result: Result, meter: measure.StepMeter) -> None:
     record_windows(result, meter.windows_s, meter.windows_images, meter.step_s)
     result.warmup_s, result.train_s, result.epoch_s = meter.warmup_s, meter.train_s, meter.epoch_s
     result.steps, result.images, result.stopped_by = meter.steps, meter.images, meter.stopped_by or "epochs"
+    result.new_shape_steps = meter.new_shape_steps
     window_total = sum(meter.windows_s)
-    result.data_wait_pct = 100.0 * meter.data_wait_s / window_total if window_total else None
+    if meter.data_wait_measured:
+        result.data_wait_pct = 100.0 * meter.data_wait_s / window_total if window_total else None
 
 
 def _train(case: Case, arrays: data.CifarArrays, device: torch.device, result: Result, started: float,
            progress: Progress | None) -> None:
-    net = Net(case.width, len(arrays.classes)).to(device, memory_format=_memory_format(case))
+    compute = devices.placement(device)
+    net = Net(case.width, len(arrays.classes)).to(compute, memory_format=_memory_format(case))
     optimizer = torch.optim.SGD(net.parameters(), lr=case.lr, momentum=0.9)
-    test_x, test_y = loops.resident_tensors(arrays.test_x, arrays.test_y, device)
+    test_x, test_y = loops.resident_tensors(arrays.test_x, arrays.test_y, compute)
+    meter = case_meter(case, device, math.ceil(len(arrays.train_y) / case.batch_size), progress)
     epoch_batches, item, resident = _batches(case, arrays.train_x, arrays.train_y, arrays.classes, device,
-                                             train=True)
+                                             train=True, meter=meter)
     if case.cuda_graphs:  # captured before the clock starts; its warm-up takes 3 steps on the first batch
         x, y = resident
         step = loops.graphed_step(net, optimizer, (x[:case.batch_size], y[:case.batch_size]), _amp(case))
     else:
         step = loops.eager_step(net, optimizer, _amp(case))
-    meter = case_meter(case, device, math.ceil(len(arrays.train_y) / case.batch_size), progress)
-    sampler, monitored = _monitor(device, result)
+    sampler, monitored = monitor_gpu(device, result)
     result.startup_s = time.time() - started
     result.eval_s = 0.0
     for _ in range(case.epochs):
         meter.start_epoch()
         with monitored():
-            result.loss = loops.train_epoch(net, optimizer, meter.batches(epoch_batches()), item_every_step=item,
+            result.loss = loops.train_epoch(net, optimizer, epoch_batches(), item_every_step=item,
                                             on_step=meter.on_step, step=step)
             meter.end_epoch()
         # accuracy is measured at the end of every epoch, outside the timed windows
@@ -217,29 +235,31 @@ def _train(case: Case, arrays: data.CifarArrays, device: torch.device, result: R
     result.class_accuracy_pct = dict(zip(arrays.classes, per_class))
     result.epochs_completed = meter.images / len(arrays.train_y)
     _record_throughput(result, meter)
-    _record_gpu_usage(result, sampler, len(arrays.train_y), meter.images)
+    record_gpu_usage(result, sampler, len(arrays.train_y), meter.images)
 
 
 def _infer(case: Case, arrays: data.CifarArrays, device: torch.device, result: Result, started: float,
            progress: Progress | None) -> None:
-    net = Net(case.width, len(arrays.classes)).to(device, memory_format=_memory_format(case)).eval()
-    epoch_batches, item, _ = _batches(case, arrays.test_x, arrays.test_y, arrays.classes, device, train=False)
-    autocast = torch.autocast(device.type, dtype=_amp(case), enabled=_amp(case) is not None)
+    compute = devices.placement(device)
+    net = Net(case.width, len(arrays.classes)).to(compute, memory_format=_memory_format(case)).eval()
     meter = case_meter(case, device, math.ceil(len(arrays.test_y) / case.batch_size), progress)
-    sampler, monitored = _monitor(device, result)
+    epoch_batches, item, _ = _batches(case, arrays.test_x, arrays.test_y, arrays.classes, device, train=False,
+                                      meter=meter)
+    autocast = torch.autocast(compute.type, dtype=_amp(case), enabled=_amp(case) is not None)
+    sampler, monitored = monitor_gpu(device, result)
     result.startup_s = time.time() - started
     for _ in range(case.epochs):
         meter.start_epoch()
         with monitored(), autocast:
-            loops.infer_epoch(net, meter.batches(epoch_batches()), item_every_step=item, on_step=meter.on_step)
+            loops.infer_epoch(net, epoch_batches(), item_every_step=item, on_step=meter.on_step)
             meter.end_epoch()
         if meter.stopped_by:
             break
     result.epochs_completed = meter.images / len(arrays.test_y)
     _record_throughput(result, meter)
-    _record_gpu_usage(result, sampler, len(arrays.test_y), meter.images)
+    record_gpu_usage(result, sampler, len(arrays.test_y), meter.images)
     # latency: the model alone on a batch already on the device, synchronised around each call
-    test_x, _ = loops.resident_tensors(arrays.test_x, arrays.test_y, device)
+    test_x, _ = loops.resident_tensors(arrays.test_x, arrays.test_y, compute)
     test_x = test_x.contiguous(memory_format=_memory_format(case))
     inputs = (test_x[i:i + case.batch_size] for i in range(0, len(test_x), case.batch_size))
     with torch.inference_mode(), autocast:

@@ -39,9 +39,31 @@ def test_unavailable_cuda_alone_is_an_error_and_with_cpu_a_warning():
         cli.resolve_devices(["cuda"], n_cuda=0)
     with pytest.raises(cli.CliError, match="'cuda:7' is not available: this machine has 1 CUDA device"):
         cli.resolve_devices(["cuda:7"], n_cuda=1)
-    assert cli.resolve_devices(["cpu", "cuda"], n_cuda=0) == (["cpu"], {"cuda": "CUDA is not available on this machine"})
+    assert cli.resolve_devices(["cpu", "cuda"], n_cuda=0) == (["cpu"], {"cuda:0": "CUDA is not available on this machine"})
     assert cli.resolve_devices(None, n_cuda=0) == (["cpu"], {})
-    assert cli.resolve_devices(None, n_cuda=2) == (["cpu", "cuda"], {})
+    assert cli.resolve_devices(None, n_cuda=2) == (["cpu", "cuda:0"], {})
+
+
+def test_cuda_device_names_are_indexed_once_at_the_spec_stage():
+    """No later stage sees a bare `cuda`: torch.cuda.set_device(torch.device("cuda")) raises."""
+    assert cli.resolve_devices(["cuda"], n_cuda=1) == (["cuda:0"], {})
+    assert cli.resolve_devices(["cuda", "cuda:0", "cpu", "cuda:1"], n_cuda=2) == (["cuda:0", "cpu", "cuda:1"], {})
+    args = cli.get_parser().parse_args(["run", "--devices", "cpu,cuda"])
+    assert cli.build_spec(args, n_cuda=1).devices == ["cpu", "cuda:0"]
+    assert cli.build_spec(cli.get_parser().parse_args(["run"]), n_cuda=1).devices == ["cpu", "cuda:0"]
+
+
+def test_a_cuda_index_past_the_machines_devices_is_an_error_even_beside_other_devices(capsys):
+    with pytest.raises(cli.CliError, match=r"^--devices: 'cuda:2' is not available: this machine has 2 CUDA "
+                                           r"device\(s\) \(expected cuda:0, cuda:1\)$"):
+        cli.resolve_devices(["cpu", "cuda:2"], n_cuda=2)
+
+
+@pytest.mark.parametrize("text", ["cuda:01", "cuda:", "cuda:-1", "CUDA", "cuda0", "gpu"])
+def test_device_names_torch_would_not_take_are_refused_at_the_edge(text: str, capsys):
+    assert cli.main(["run", "--devices", text, "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"bench: --devices: '{text}' is not a device (expected cpu, cuda or cuda:N)"
 
 
 def test_quick_and_explicit_budgets():

@@ -43,7 +43,27 @@ def test_the_sweep_writes_results_environment_and_csv(tiny_run):
     assert re.search(r"train\s+cpu\s+resident\s+eager\s+64\s+1\s+1\s+1\s+ok\s+\d+", proc.stdout)  # the summary table
     report = (out / "report.md").read_text()
     assert report.startswith("# Does a GPU help the CIFAR-10 tutorial CNN?\n\n**") and (out / "report.html").exists()
-    assert env["matmul_gflops"]["cpu"] > 0 and env["model_flops_per_image"]["1"]["train_step"] > 0
+    assert env["ceilings"]["matmul_gflops"]["cpu"]["fp32"] > 0 and env["model_flops_per_image"]["1"]["train_step"] > 0
+
+
+def test_the_run_records_its_ceilings_by_precision_from_a_worker_and_the_report_names_them(tmp_path: Path):
+    out = tmp_path / "run"
+    proc = run_bench("run", "--quick", "--dataset", "synthetic", "--devices", "cpu", "--batch-sizes", "4", "--modes",
+                     "train", "--pipelines", "resident", "--threads", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    env = json.loads((out / "environment.json").read_text())
+    ceilings = env["ceilings"]
+    assert ceilings["worker_error"] is None and ceilings["matmul_missing"] == {}
+    assert set(ceilings["matmul_gflops"]) == {"cpu"} and set(ceilings["matmul_gflops"]["cpu"]) == {"fp32"}
+    assert ceilings["matmul_gflops"]["cpu"]["fp32"] > 0 and ceilings["matmul_n"] == {"cpu": {"fp32": 1024}}
+    assert isinstance(ceilings["worker_pid"], int) and env["float32_matmul_precision"] == "highest"
+    assert "matmul_gflops" not in env  # the flat format of older runs
+    assert "not measured" not in proc.stderr
+    report = (out / "report.md").read_text()
+    rate = ceilings["matmul_gflops"]["cpu"]["fp32"]
+    assert re.search(r"Compute \(cpu\): the fastest fp32 training Case does [\d.]+ GFLOP/s, \d+% of this device's "
+                     r"measured fp32 matmul ceiling \([\d,.]+ GFLOP/s; batch 4, resident pipeline\)\.", report)
+    assert f"| cpu | fp32 | {rate:,.2f} | 1024 | - |" in report
 
 
 def test_an_unavailable_device_beside_cpu_is_skipped_and_recorded(tiny_run):
@@ -52,12 +72,12 @@ def test_an_unavailable_device_beside_cpu_is_skipped_and_recorded(tiny_run):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     out, proc = tiny_run
-    assert "WARNING: skipping device cuda: CUDA is not available" in proc.stderr
+    assert "WARNING: skipping device cuda:0: CUDA is not available" in proc.stderr
     results = pd.read_json(out / "results.jsonl", lines=True)
-    cuda = results[results.device == "cuda"]
+    cuda = results[results.device == "cuda:0"]  # `cuda` is indexed at the spec stage
     assert len(cuda) == 2 * 2 * 2 and set(cuda.status) == {"skipped"}
     assert json.loads((out / "environment.json").read_text())["skipped_devices"] == {
-        "cuda": "CUDA is not available on this machine"}
+        "cuda:0": "CUDA is not available on this machine"}
 
 
 def test_resume_reruns_only_cases_not_ok(tiny_run, tmp_path: Path):

@@ -108,31 +108,84 @@ def test_latency_syncs_around_every_call():
     assert len(lat) == 4 and clock.syncs == 8
 
 
-def test_cuda_windows_use_events_and_close_with_a_device_synchronise(monkeypatch):
-    """On CUDA no host clock is trusted: marks are events, read only after synchronize(device)."""
-    calls = []
+def test_cuda_windows_use_events_and_close_with_a_device_synchronise():
+    """On CUDA no host clock is trusted: marks are events on the device's stream, read only after
+    synchronize(device) (the fake's elapsed_time refuses an event that was not synchronised)."""
+    from fake_cuda import FakeCuda
 
-    class Event:
-        def __init__(self, enable_timing=False):
-            assert enable_timing
-            self.t = None
+    fake = FakeCuda(2).install()
+    try:
+        clock = measure.DeviceClock(torch.device("cuda:1"))
+        meter = measure.StepMeter(clock, warmup_steps=1, window_s=0.0)
+        meter.start_epoch()
+        for _ in range(4):
+            meter.on_step(4)
+        meter.end_epoch()
+    finally:
+        fake.uninstall()
+    calls = [c for c in fake.calls if c["call"] in ("synchronize", "event.record")]
+    assert calls[0]["call"] == "synchronize" and calls[-1]["call"] == "synchronize"
+    assert {c["device"] for c in calls} == {1}  # the Case's device, not the current one (cuda:0)
+    records = [c for c in calls if c["call"] == "event.record"]
+    assert len(records) == 1 + 4 + 4  # epoch start, one per step, one per reopened window
+    assert len(meter.windows_s) == 3 and all(s >= 0 for s in meter.windows_s)
 
-        def record(self):
-            calls.append("record")
-            self.t = len(calls)
 
-        def elapsed_time(self, end):
-            assert calls and calls[-1] == "sync", "an event was read before the device was synchronised"
-            return 1.0 * (end.t - self.t)
+class VotingClock(FakeClock):
+    """Records marks, synchronises and votes in order, as a data-parallel rank makes them."""
 
-    monkeypatch.setattr(torch.cuda, "Event", Event)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append("sync"))
-    clock = measure.DeviceClock(torch.device("cuda:0"))
-    meter = measure.StepMeter(clock, warmup_steps=1, window_s=0.0)
+    def __init__(self):
+        super().__init__()
+        self.events = []
+
+    def sync(self):
+        super().sync()
+        self.events.append("sync")
+
+    def mark(self):
+        self.events.append("mark")
+        return super().mark()
+
+
+def test_ranks_vote_between_windows_never_inside_one():
+    """A vote reads a device value back (a host stall): inside a window it would be timed."""
+    clock = VotingClock()
+
+    def agree(value: float) -> float:
+        clock.events.append("vote")
+        return value
+
+    meter = measure.StepMeter(clock, warmup_steps=2, window_s=0.0, agree=agree,
+                              budget=measure.Budget(max_seconds=1e9))
+    _run(meter, clock, steps=12)
+    votes = [i for i, e in enumerate(clock.events) if e == "vote"]
+    assert len(votes) > 5
+    for i in votes:
+        before = [e for e in clock.events[:i] if e != "vote"]
+        assert before[-1] == "sync", clock.events  # the window was closed before the vote
+
+
+def test_a_new_batch_size_after_the_warm_up_is_kept_out_of_the_windows():
+    clock = FakeClock(0.01)
+    meter = measure.StepMeter(clock, warmup_steps=2, window_s=10.0)
     meter.start_epoch()
-    for _ in range(4):
-        meter.on_step(4)
+    for n in [4, 4, 4, 4, 2]:  # an epoch's partial last batch: a new shape (cuDNN autotunes it)
+        clock.advance()
+        meter.on_step(n)
     meter.end_epoch()
-    assert calls[0] == "sync" and calls[-1] == "sync"
-    assert calls.count("record") == 1 + 4 + 4  # epoch start, one per step, one per reopened window
-    assert len(meter.windows_s) == 3 and all(s > 0 for s in meter.windows_s)
+    assert meter.new_shape_steps == 1
+    assert sum(meter.windows_images) == 8 and sum(meter.windows_s) == pytest.approx(0.02)
+    assert meter.images == 18  # still trained on, and counted in the epoch
+
+
+def test_window_length_for_ranks_comes_from_steady_warm_up_steps_not_autotuning():
+    class SlowStart(FakeClock):
+        def advance(self):
+            self.now += 1.0 if self.first else self.step_s  # the first step autotunes for a second
+            self.first = False
+
+    clock = SlowStart(0.01)
+    clock.first = True
+    meter = measure.StepMeter(clock, warmup_steps=6, window_s=0.1, agree=lambda v: v)
+    _run(meter, clock, steps=8)
+    assert meter.window_steps == 10  # 0.1 s of 10 ms steps, not of the warm-up's 175 ms mean

@@ -1,0 +1,420 @@
+"""A strict fake of the `torch.cuda` calls the harness makes, so its CUDA branch runs on a CPU.
+
+Tensors stay on the CPU (`bench.devices.placement` is pointed there); every CUDA call the harness
+or torch's DataLoader, DDP and launcher make on the way goes to a stand-in that checks its
+arguments as the real function does (often by calling torch's own argument parsing), fails the way
+the real one fails, and records the call in order:
+
+- `set_device` parses its argument with `torch.cuda._utils._get_device_index(device, optional=False)`,
+  so `set_device(torch.device("cuda"))` raises the real ValueError; an index past the fake's devices
+  raises "invalid device ordinal".
+- A bare `cuda` reaching any stand-in is an error: the project indexes device names at the spec stage.
+- `Event.elapsed_time` needs both events created with timing, recorded, and completed (a device or
+  event synchronise after the later record), else the real RuntimeError.
+- Graph capture refuses the default stream; a synchronise during capture fails as on a GPU.
+- The current device is per host thread, as in CUDA: a DataLoader's pin-memory thread starts on
+  device 0 unless told.
+- Fork poisoning: `torch.cuda.is_available()` (without PYTORCH_NVML_BASED_CUDA_CHECK=1) or any call
+  that initialises CUDA marks the process; a process forked from it fails its first CUDA call with
+  "Cannot re-initialize CUDA in forked subprocess", as torch does.
+- An allocation (`placement`) on a CUDA device before `set_device` in that process is an error.
+- `init_process_group("nccl")` before `set_device` is an error; it then runs gloo on the CPU.
+  `DistributedDataParallel(device_ids=[i])` needs i to be the rank's current device.
+- With `watch_readbacks`, reading a tensor back to the host (`item`, `cpu`, `tolist`, `float`, ...)
+  is recorded, so a test can assert none happens between two timing events without a synchronise.
+
+Calls made in forked children (DDP ranks, fork-server Cases) are appended to `log` as JSON lines.
+`install()` patches this process; `uninstall()` undoes it. Install it in a subprocess tree with
+tests/fakecuda_site (a sitecustomize that reads BENCH_FAKE_CUDA).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+from torch.cuda._utils import _get_device_index
+from torch.overrides import TorchFunctionMode
+
+BAD_FORK = ("Cannot re-initialize CUDA in forked subprocess. To use CUDA with multiprocessing, you must use the "
+            "'spawn' start method")
+READBACKS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.numpy,
+             torch.Tensor.__float__, torch.Tensor.__int__}
+
+
+class FakeCudaError(RuntimeError):
+    """A rule of the project's CUDA use broken (where the real call would fail or silently misbehave)."""
+
+
+class _Readbacks(TorchFunctionMode):
+    def __init__(self, fake: FakeCuda):
+        super().__init__()
+        self.fake = fake
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in READBACKS and threading.current_thread() is threading.main_thread():
+            self.fake._record("readback", what=getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+class FakeStream:
+    def __init__(self, fake: FakeCuda, device: int, default: bool = False):
+        self.fake, self.device_index, self.default = fake, device, default
+        fake._streams += 1
+        self.id = 0 if default else fake._streams
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", self.device_index)
+
+    def wait_stream(self, other: FakeStream) -> None:
+        self.fake._record("stream.wait_stream", stream=self.id, other=other.id)
+
+    def synchronize(self) -> None:
+        self.fake.synchronize(self.device)
+
+
+class FakeEvent:
+    def __init__(self, fake: FakeCuda, enable_timing: bool = False, blocking: bool = False,
+                 interprocess: bool = False):
+        self.fake, self.enable_timing = fake, enable_timing
+        self.seq = self.t = self.device_index = None
+        fake._init("Event")
+
+    def record(self, stream: FakeStream | None = None) -> None:
+        stream = stream or self.fake.current_stream()
+        self.seq = self.fake._record("event.record", stream=stream.id, device=stream.device_index)
+        self.t, self.device_index = time.perf_counter(), stream.device_index
+
+    def synchronize(self) -> None:
+        if self.seq is not None:
+            self.fake._synced[self.device_index] = self.fake._record("event.synchronize", device=self.device_index)
+
+    def query(self) -> bool:
+        return self.seq is not None and self.fake._synced.get(self.device_index, -1) > self.seq
+
+    def elapsed_time(self, end: FakeEvent) -> float:
+        if not (self.enable_timing and end.enable_timing):
+            raise RuntimeError("Both events must be created with argument 'enable_timing=True'.")
+        if self.seq is None or end.seq is None:
+            raise RuntimeError("Both events must be recorded before calculating elapsed time.")
+        if not (self.query() and end.query()):
+            raise RuntimeError("CUDA error: device not ready (an event was read before the work it "
+                               "marks was synchronised)")
+        self.fake._record("event.elapsed_time")
+        return (end.t - self.t) * 1000.0
+
+
+class FakeGraph:
+    def __init__(self, fake: FakeCuda):
+        self.fake, self.captured = fake, False
+        fake._init("CUDAGraph")
+
+    def capture_begin(self, pool=None, capture_error_mode: str = "global") -> None:
+        stream = self.fake.current_stream()
+        if stream.default:
+            raise RuntimeError("CUDA graphs must be captured on a non-default stream. (However, after capture, "
+                               "it's ok to replay them on the default stream.)")
+        self.fake._capturing = self
+        self.fake._record("graph.capture_begin", stream=stream.id)
+
+    def capture_end(self) -> None:
+        self.fake._capturing, self.captured = None, True
+        self.fake._record("graph.capture_end")
+
+    def replay(self) -> None:
+        if not self.captured:
+            raise RuntimeError("CUDA graph replayed before it was captured")
+        self.fake._record("graph.replay", stream=self.fake.current_stream().id)
+
+    def pool(self):
+        return (0, id(self))
+
+
+class FakeCuda:
+    """The stand-ins, with the state a CUDA process has: devices, current device per thread,
+    streams, fork poisoning, the calls made."""
+
+    def __init__(self, n_devices: int = 1, log: str | Path | None = None, name: str = "NVIDIA Fake GPU",
+                 watch_readbacks: bool = False):
+        self.n, self.name, self.watch_readbacks = n_devices, name, watch_readbacks
+        self.log = Path(log) if log else None
+        self.calls: list[dict] = []
+        self._saved: list[tuple[object, str, object]] = []
+        self._installed = False
+        self._mode = None
+        self._lock = threading.Lock()
+        self._new_process(bad_fork=False)
+
+    # ------------------------------------------------------------------ process state
+    def _new_process(self, bad_fork: bool) -> None:
+        self.pid, self.bad_fork, self.initialised = os.getpid(), bad_fork, False
+        self.calls, self._seq, self._synced, self._streams, self._capturing = [], 0, {}, 0, None
+        self._thread = threading.local()
+        self._defaults = {i: FakeStream(self, i, default=True) for i in range(self.n)}
+
+    def _after_fork_in_child(self) -> None:
+        if self._installed:
+            self._new_process(bad_fork=self.initialised or self.bad_fork)
+
+    def _record(self, call: str, **detail) -> int:
+        with self._lock:
+            self._seq += 1
+            entry = {"seq": self._seq, "pid": os.getpid(), "thread": threading.current_thread().name,
+                     "call": call, **detail}
+            self.calls.append(entry)
+            if self.log is not None:
+                with open(self.log, "a") as f:
+                    f.write(json.dumps(entry) + "\n")
+            return self._seq
+
+    def _init(self, what: str) -> None:
+        """A call that initialises CUDA: refused in a child forked from a CUDA process."""
+        if self.bad_fork:
+            self._record("bad_fork", what=what)
+            raise RuntimeError(BAD_FORK)
+        self.initialised = True
+
+    def _index(self, device, what: str, optional: bool = True) -> int:
+        if device is None:
+            return self.current_device()
+        if (isinstance(device, torch.device) and device.type == "cuda" and device.index is None) or device == "cuda":
+            raise FakeCudaError(f"torch.cuda.{what}({device!r}): an unindexed CUDA device reached a CUDA call "
+                                f"(device names are indexed at the spec stage)")
+        index = _get_device_index(device, optional=optional)
+        if not 0 <= index < self.n:
+            raise RuntimeError(f"CUDA error: invalid device ordinal (torch.cuda.{what}({device!r}) on a machine "
+                               f"with {self.n} device(s))")
+        return index
+
+    @property
+    def _current(self) -> int:
+        return getattr(self._thread, "device", 0)
+
+    def device_was_set(self) -> bool:
+        return getattr(self._thread, "set", False)
+
+    # ------------------------------------------------------------------ torch.cuda
+    def is_available(self) -> bool:
+        self._record("is_available")
+        if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") != "1":
+            self.initialised = True  # the CUDA runtime's device count poisons fork
+        return self.n > 0
+
+    def device_count(self) -> int:
+        self._record("device_count")  # NVML first: no fork poisoning
+        return self.n
+
+    def current_device(self) -> int:
+        self._init("current_device")
+        return self._current
+
+    def set_device(self, device) -> None:
+        index = _get_device_index(device, optional=False)  # the real parsing: torch.device("cuda") raises
+        index = self._index(index, "set_device")
+        self._init("set_device")
+        self._thread.device, self._thread.set = index, True
+        self._record("set_device", device=index)
+
+    def synchronize(self, device=None) -> None:
+        index = self._index(device, "synchronize")
+        self._init("synchronize")
+        if self._capturing is not None:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        self._synced[index] = self._record("synchronize", device=index)
+
+    def current_stream(self, device=None) -> FakeStream:
+        index = self._index(device, "current_stream")
+        return getattr(self._thread, "streams", {}).get(index, self._defaults[index])
+
+    def default_stream(self, device=None) -> FakeStream:
+        return self._defaults[self._index(device, "default_stream")]
+
+    def Stream(self, device=None, priority: int = 0) -> FakeStream:  # noqa: N802 (torch's name)
+        index = self._index(device, "Stream")
+        self._init("Stream")
+        stream = FakeStream(self, index)
+        self._record("stream.new", stream=stream.id)
+        return stream
+
+    @contextlib.contextmanager
+    def stream(self, stream: FakeStream | None):
+        if stream is None:
+            yield
+            return
+        streams = getattr(self._thread, "streams", {})
+        before = dict(streams)
+        self._thread.streams = {**streams, stream.device_index: stream}
+        self._record("stream.enter", stream=stream.id)
+        try:
+            yield
+        finally:
+            self._thread.streams = before
+            self._record("stream.exit", stream=stream.id)
+
+    def Event(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False):  # noqa: N802
+        return FakeEvent(self, enable_timing, blocking, interprocess)
+
+    def CUDAGraph(self, keep_graph: bool = False) -> FakeGraph:  # noqa: N802
+        return FakeGraph(self)
+
+    @contextlib.contextmanager
+    def graph(self, cuda_graph: FakeGraph, pool=None, stream: FakeStream | None = None,
+              capture_error_mode: str = "global"):
+        # as torch.cuda.graph: synchronise, then capture on a side stream of its own unless given one
+        self.synchronize(self._current)
+        self.empty_cache()
+        with self.stream(stream or self.Stream(self._current)):
+            cuda_graph.capture_begin(pool, capture_error_mode)
+            try:
+                yield cuda_graph
+            finally:
+                cuda_graph.capture_end()
+
+    def reset_peak_memory_stats(self, device=None) -> None:
+        index = self._index(device, "reset_peak_memory_stats")
+        self._init("reset_peak_memory_stats")
+        self._record("reset_peak_memory_stats", device=index)
+
+    def max_memory_allocated(self, device=None) -> int:
+        index = self._index(device, "max_memory_allocated")
+        self._init("max_memory_allocated")
+        self._record("max_memory_allocated", device=index)
+        return 0  # nothing is allocated on a fake GPU
+
+    def empty_cache(self) -> None:
+        self._record("empty_cache")
+
+    def get_device_properties(self, device=None):
+        index = self._index(device, "get_device_properties")
+        self._init("get_device_properties")
+        return SimpleNamespace(name=self.name, total_memory=80 * 2**30, major=9, minor=0,
+                               multi_processor_count=132, uuid=f"GPU-00000000-0000-0000-0000-00000000000{index}")
+
+    def get_device_name(self, device=None) -> str:
+        return self.get_device_properties(device).name
+
+    def is_bf16_supported(self, including_emulation: bool = True) -> bool:
+        self._init("is_bf16_supported")
+        return True
+
+    # ------------------------------------------------------------------ torch.accelerator, DataLoader, DDP
+    def accelerator_set_device_index(self, index) -> None:
+        self._index(index, "accelerator.set_device_index")
+        self._init("accelerator.set_device_index")
+        self._thread.device, self._thread.set = int(index), True
+        self._record("accelerator.set_device_index", device=int(index))
+
+    def pin_memory(self, data, device=None):
+        self._init("pin_memory")
+        self._record("pin_memory", current=self._current, device_set=self.device_was_set())
+        return data
+
+    def placement(self, device: torch.device) -> torch.device:
+        if device.type != "cuda":
+            return device
+        index = self._index(device, "placement")
+        if not self.device_was_set() or self._current != index:
+            raise FakeCudaError(f"{device} allocated on before torch.cuda.set_device({device}) in this process")
+        self._record("placement", device=index)
+        return torch.device("cpu")
+
+    def init_process_group(self, backend=None, *args, **kwargs):
+        self._record("init_process_group", backend=backend, current=self._current)
+        if backend == "nccl":
+            if not self.device_was_set():
+                raise FakeCudaError("NCCL process group initialised before torch.cuda.set_device: "
+                                    "every rank would bind to cuda:0")
+            backend = "gloo"  # tensors are on the CPU here
+        return self._real_init_process_group(backend, *args, **kwargs)
+
+    def distributed_data_parallel(self, module, device_ids=None, *args, **kwargs):
+        self._record("DistributedDataParallel", device_ids=device_ids, current=self._current)
+        if device_ids is not None and list(device_ids) != [self._current]:
+            raise FakeCudaError(f"DistributedDataParallel(device_ids={device_ids}) on a rank whose device is "
+                                f"cuda:{self._current}: the module's parameters are not on that device")
+        return self._real_ddp(module, None, *args, **kwargs)
+
+    # ------------------------------------------------------------------ install
+    def _patch(self, owner, name: str, value) -> None:
+        self._saved.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, value)
+
+    def install(self) -> FakeCuda:
+        import torch.utils.data._utils.pin_memory as pin
+
+        import bench.ddp
+        import bench.devices
+
+        cuda = torch.cuda
+        for name in ("is_available", "device_count", "current_device", "set_device", "synchronize",
+                     "current_stream", "default_stream", "Stream", "stream", "Event", "CUDAGraph", "graph",
+                     "reset_peak_memory_stats", "max_memory_allocated", "empty_cache", "get_device_properties",
+                     "get_device_name", "is_bf16_supported"):
+            self._patch(cuda, name, getattr(self, name))
+        self._patch(torch.accelerator, "current_device_index", self.current_device)
+        self._patch(torch.accelerator, "set_device_index", self.accelerator_set_device_index)
+        self._patch(pin, "pin_memory", self.pin_memory)
+        self._patch(bench.devices, "placement", self.placement)
+        self._real_init_process_group = dist.init_process_group
+        self._patch(dist, "init_process_group", self.init_process_group)
+        self._real_ddp = bench.ddp.DistributedDataParallel
+        self._patch(bench.ddp, "DistributedDataParallel", self.distributed_data_parallel)
+        if self.watch_readbacks:
+            self._mode = _Readbacks(self)
+            self._mode.__enter__()
+        if not self._installed:
+            os.register_at_fork(after_in_child=self._after_fork_in_child)
+        self._installed = True
+        return self
+
+    def uninstall(self) -> None:
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self._mode = None
+        for owner, name, value in reversed(self._saved):
+            setattr(owner, name, value)
+        self._saved.clear()
+        self._installed = False
+
+    # ------------------------------------------------------------------ reading the record
+    def all_calls(self) -> list[dict]:
+        """This process's calls, then those its children logged (in their own order, pid by pid)."""
+        children = []
+        if self.log is not None and self.log.exists():
+            children = [c for c in map(json.loads, self.log.read_text().splitlines()) if c["pid"] != os.getpid()]
+        return self.calls + children
+
+    def names(self, pid: int | None = None) -> list[str]:
+        return [c["call"] for c in self.calls if pid is None or c["pid"] == pid]
+
+
+def readbacks_inside_windows(calls: list[dict]) -> list[dict]:
+    """Host readbacks made while timing events were in flight: after an event record with no
+    synchronise since, and followed by another event record before any synchronise. Such a
+    readback stalls the host inside a window, so the GPU idles inside what is being timed."""
+    bad, pending, in_flight = [], [], False
+    for c in calls:
+        if c["call"] in ("synchronize", "event.synchronize"):
+            in_flight, pending = False, []
+        elif c["call"] == "event.record":
+            bad += pending
+            pending, in_flight = [], True
+        elif c["call"] == "readback" and in_flight:
+            pending.append(c)
+    return bad
+
+
+def site_env(devices: int, log: str | Path, readbacks: bool = False) -> dict[str, str]:
+    """The environment that installs the fake in a subprocess and every process it starts by exec."""
+    here = Path(__file__).resolve().parent
+    path = os.pathsep.join([str(here / "fakecuda_site"), str(here.parent), os.environ.get("PYTHONPATH", "")])
+    settings = {"devices": devices, "log": str(log), "readbacks": readbacks}
+    env = {k: v for k, v in os.environ.items() if k != "PYTORCH_NVML_BASED_CUDA_CHECK"}
+    return {**env, "PYTHONPATH": path, "BENCH_FAKE_CUDA": json.dumps(settings)}
