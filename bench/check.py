@@ -115,8 +115,8 @@ def bf16_unsupported(devices: list[str], ctx) -> dict[str, str]:
 def _cuda_bf16_supported(device: str, conn) -> None:
     import torch
 
-    with torch.cuda.device(device):
-        conn.send(bool(torch.cuda.is_bf16_supported()))
+    torch.cuda.set_device(torch.device(device))  # is_bf16_supported asks the current device
+    conn.send(bool(torch.cuda.is_bf16_supported()))
     conn.close()
 
 

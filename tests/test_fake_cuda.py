@@ -8,6 +8,7 @@ CUDA calls checked where a GPU needs it.
 from __future__ import annotations
 
 import json
+import re
 import multiprocessing as mp
 import os
 import subprocess
@@ -280,3 +281,34 @@ def test_the_fake_is_gone_after_uninstall(small):
     from bench import devices
     assert devices.placement(torch.device("cpu")) == torch.device("cpu")
     assert os.environ.get("BENCH_FAKE_CUDA") is None
+
+
+# --------------------------------------------------------------------------- the GPU machine's validation
+
+
+def test_gpu_validate_runs_check_sweep_and_truth_check_into_one_folder(tmp_path):
+    """tests/perf/gpu_validate.sh under the fake (2 GPUs) in every process it starts: bench check and
+    the sweep go through the runner's fork server on the CUDA path. The truth check's minimal loop
+    is independent of the harness, so it really asks for a GPU and fails here: the script must say
+    so and still have run every other step."""
+    out = tmp_path / "validate"
+    env = site_env(2, tmp_path / "calls.jsonl")
+    env.update(PYTHON=sys.executable, BENCH_SWEEP_ARGS="--quick --batch-sizes 4,16 --modes train --threads 1",
+               TRUTH_ARGS="--steps 20 --rounds 1 --batch-sizes 4")
+    proc = subprocess.run(["bash", str(ROOT / "tests/perf/gpu_validate.sh"), str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=400)
+    summary = (out / "summary.txt").read_text()
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    for step in ("env", "check", "sweep"):
+        assert re.search(rf"== {step}: .*\n   ok in \d+ s", summary), summary
+    assert re.search(r"== truth: .*\n   FAILED with exit status 1 .*the minimal loop failed on cuda:0", summary)
+    check = (out / "check.log").read_text()
+    cuda_rows = [line for line in check.splitlines() if line.startswith("cuda:0")]
+    assert len(cuda_rows) == 15 and all(" ok " in row for row in cuda_rows), check
+    assert "CUDA graphs   ok" in check and "0 failed" in check
+    results = [json.loads(x) for x in (out / "sweep" / "results.jsonl").read_text().splitlines()]
+    cuda = [r for r in results if r["device"] == "cuda:0"]
+    assert len(cuda) == 2 * 2 + 2 and all(r["status"] == "ok" for r in cuda), [r["error"] for r in cuda]
+    assert sum(r["cuda_graphs"] for r in cuda) == 2
+    assert "== verdict (sweep/report.md)" in summary and (out / "sweep" / "report.html").exists()
+    assert json.loads((out / "env.log").read_text())["gpus"][0]["name"] == "NVIDIA Fake GPU"
