@@ -222,6 +222,22 @@ def gpu_usage(df: pd.DataFrame) -> pd.DataFrame:
     return ok[cols].sort_values(CONFIG).reset_index(drop=True)
 
 
+def time_outside_windows(df: pd.DataFrame) -> pd.DataFrame:
+    """Per machine, device, mode and variant: what no timed window holds, and no throughput shows.
+    Start-up is from the Case's process to its first step (imports, data, model, on CUDA the context
+    and any graph capture); warm-up is its first steps (lazy initialisation, cuDNN autotuning);
+    new-shape steps are later steps on a batch size first seen then (an epoch's partial last batch)."""
+    cols = ["machine", "device", "mode", "variant", "cases", "startup_s", "warmup_s", "new_shape_steps"]
+    ok = ok_rows(df)
+    if ok.empty or "startup_s" not in ok:
+        return pd.DataFrame(columns=cols)
+    ok = ok.assign(new_shape_steps=ok.get("new_shape_steps", pd.Series(float("nan"), index=ok.index)))
+    grouped = ok.groupby(["machine", "device", "mode", "variant"], sort=True)
+    out = grouped.agg(cases=("key", "size"), startup_s=("startup_s", "median"), warmup_s=("warmup_s", "median"),
+                      new_shape_steps=("new_shape_steps", lambda s: s.sum(min_count=1)))
+    return out.reset_index()[cols]
+
+
 def data_parallel_scaling(df: pd.DataFrame) -> pd.DataFrame:
     """Training Cases by world size, against one process (world size 1) of the same device, pipeline,
     variant and width: weak scaling at the same per-rank batch and threads per rank, strong scaling at

@@ -110,7 +110,10 @@ def _sections(df: pd.DataFrame, ceilings: pd.DataFrame) -> list[tuple[str, pd.Da
                 ("Matmul ceilings measured per device and precision (GFLOP/s)", ceilings),
                 ("Achieved GFLOP/s and share of the matmul ceiling in each Case's own precision",
                  analysis.achieved_gflops(df).drop(columns="ceiling_missing")),
-                ("GPU utilisation, power and energy (NVML)", analysis.gpu_usage(df))]
+                ("GPU utilisation, power and energy (NVML)", analysis.gpu_usage(df)),
+                ("Time outside the timed windows, medians: start-up (process, data, model, CUDA context, graph "
+                 "capture; outside the --max-seconds budget, paid once by a whole job) and warm-up (first steps, "
+                 "cuDNN autotuning; inside the budget, on every device alike)", analysis.time_outside_windows(df))]
     failed = df[df["status"] != "ok"][["key", "status", "error"]]
     sections.append(("Cases that did not finish", failed))
     return [(title, _drop_blank(table)) for title, table in sections]

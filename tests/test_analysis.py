@@ -254,3 +254,18 @@ def test_without_ceilings_recorded_the_table_is_empty_or_unknown_not_a_crash(pre
     gf = analysis.achieved_gflops(analysis.with_ceilings(precisions, failed))
     assert gf["pct_of_ceiling"].isna().all()
     assert set(gf["ceiling_missing"]) == {"the ceiling worker died from SIGKILL"}
+
+
+def test_time_outside_windows_shows_start_up_warm_up_and_new_shapes_per_device_and_variant():
+    rows = [_row("cpu", "resident", 4, 1000, threads=1, startup_s=0.3, warmup_s=0.1, new_shape_steps=1),
+            _row("cpu", "tutorial", 4, 500, threads=1, startup_s=0.5, warmup_s=0.2, new_shape_steps=1),
+            _row("cuda:0", "resident", 4, 3000, startup_s=2.0, warmup_s=0.9, new_shape_steps=1),
+            _row("cuda:0", "resident", 4, 9000, startup_s=3.0, warmup_s=0.3, new_shape_steps=0, cuda_graphs=True),
+            _row("cuda:0", "tutorial", 4, 800, startup_s=9.0, status="failed", error="boom")]
+    table = analysis.time_outside_windows(pd.DataFrame(rows).assign(machine="m"))
+    cpu = table[table.device == "cpu"].iloc[0]
+    assert (cpu.cases, cpu.startup_s, cpu.warmup_s, cpu.new_shape_steps) == (2, 0.4, pytest.approx(0.15), 2)  # steps summed
+    eager = table[(table.device == "cuda:0") & (table.variant == "eager")].iloc[0]
+    assert (eager.cases, eager.startup_s) == (1, 2.0)  # the failed Case is not in it
+    graphs = table[(table.device == "cuda:0") & (table.variant == "graphs")].iloc[0]
+    assert graphs.startup_s == 3.0 and graphs.new_shape_steps == 0

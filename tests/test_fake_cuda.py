@@ -293,7 +293,8 @@ def test_gpu_validate_runs_check_sweep_and_truth_check_into_one_folder(tmp_path)
     so and still have run every other step."""
     out = tmp_path / "validate"
     env = site_env(2, tmp_path / "calls.jsonl")
-    env.update(PYTHON=sys.executable, BENCH_SWEEP_ARGS="--quick --batch-sizes 4,16 --modes train --threads 1",
+    env.update(PYTHON=sys.executable, BENCH_CHECK_ARGS="--devices cuda",  # the CPU rows: tests/test_check.py
+               BENCH_SWEEP_ARGS="--quick --batch-sizes 4 --modes train --threads 1",
                TRUTH_ARGS="--steps 20 --rounds 1 --batch-sizes 4")
     proc = subprocess.run(["bash", str(ROOT / "tests/perf/gpu_validate.sh"), str(out)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=400)
@@ -308,7 +309,8 @@ def test_gpu_validate_runs_check_sweep_and_truth_check_into_one_folder(tmp_path)
     assert "CUDA graphs   ok" in check and "0 failed" in check
     results = [json.loads(x) for x in (out / "sweep" / "results.jsonl").read_text().splitlines()]
     cuda = [r for r in results if r["device"] == "cuda:0"]
-    assert len(cuda) == 2 * 2 + 2 and all(r["status"] == "ok" for r in cuda), [r["error"] for r in cuda]
-    assert sum(r["cuda_graphs"] for r in cuda) == 2
+    assert len(cuda) == 2 + 1 and all(r["status"] == "ok" for r in cuda), [r["error"] for r in cuda]
+    assert sum(r["cuda_graphs"] for r in cuda) == 1
+    assert {r["device"] for r in results} == {"cpu", "cuda:0"}
     assert "== verdict (sweep/report.md)" in summary and (out / "sweep" / "report.html").exists()
     assert json.loads((out / "env.log").read_text())["gpus"][0]["name"] == "NVIDIA Fake GPU"

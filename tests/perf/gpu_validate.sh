@@ -8,7 +8,8 @@
 #
 #   tests/perf/gpu_validate.sh [OUT_DIR]          (default reports/gpu-validate-<date-time>)
 #
-# Settings (environment): BENCH_SWEEP_ARGS, extra options for the sweep (e.g. "--max-seconds 4" to fit a
+# Settings (environment): BENCH_CHECK_ARGS, options for bench check (e.g. "--devices cuda:1"); BENCH_SWEEP_ARGS,
+# extra options for the sweep (later options win, e.g. "--devices cuda") (e.g. "--max-seconds 4" to fit a
 # time-limited machine); TRUTH_ARGS, options for the truth check (default: 3 rounds of 1000 steps at
 # batch 4, 32 and 128); PYTHON (default python). Then commit the sweep as a sample, e.g.
 #   cp -r OUT_DIR/sweep reports/sample-gpu-h100 && python -m bench report reports/sample-gpu-h100
@@ -38,8 +39,9 @@ step() {
 
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || echo "nvidia-smi: not found or failed" > "$out/nvidia-smi.txt"
 step env "$python" -m bench env
-step check "$python" -m bench check
-# shellcheck disable=SC2086  # BENCH_SWEEP_ARGS is a list of options
+# shellcheck disable=SC2086  # BENCH_CHECK_ARGS is a list of options
+step check "$python" -m bench check ${BENCH_CHECK_ARGS:-}
+# shellcheck disable=SC2086
 step sweep "$python" -m bench run --devices cpu,cuda --cuda-graphs --dataset synthetic --out "$out/sweep" \
     ${BENCH_SWEEP_ARGS:-}
 # shellcheck disable=SC2086
