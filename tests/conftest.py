@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MINI = Path(os.environ.get("CIFAR10_MINI", ROOT.parent / "shared" / "data" / "cifar10-mini"))
+MINI = Path(os.environ.get("CIFAR10_MINI", ROOT / "tests" / "data" / "cifar10-mini"))  # 984 real images, in the repo
 
 # Caches (synthetic set, decoded arrays) go to one folder per test session, inherited by subprocesses.
 os.environ.setdefault("CNN_CACHE_DIR", tempfile.mkdtemp(prefix="cnn-cache-"))
