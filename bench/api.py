@@ -6,8 +6,8 @@
     rep = bench.make_report(results.attrs["run_dir"])
     rep.verdict.headline, rep.charts            # charts: {file name: path}
 
-Options are validated by the CLI's own parser, so an option means the same in both and a bad
-value gives the same one-line message (as a ValueError).
+Options are checked by the spec stage (bench/spec.py) with the CLI's own converters, so an option
+means the same in both and a bad value gives the same one-line message (as a ValueError).
 """
 from __future__ import annotations
 
@@ -24,30 +24,14 @@ import psutil
 from bench.schema import Result, SweepSpec
 
 
-def _argv(options: dict) -> list[str]:
-    argv = []
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if value is None or value is False:
-            continue
-        if value is True:
-            argv.append(flag)
-        elif isinstance(value, (list, tuple)):
-            argv += [flag, ",".join(str(v) for v in value)]
-        else:
-            argv += [flag, str(value)]
-    return argv
-
-
 def sweep_spec(**options) -> SweepSpec:
-    """A SweepSpec from `bench run`'s options as keywords (batch_sizes=[4, 32], quick=True, ...)."""
-    from bench import cli
+    """A SweepSpec from `bench run`'s options as keywords (batch_sizes=[4, 32], quick=True,
+    download=False, ...), each checked as the CLI checks it; a bad one raises ValueError with the
+    CLI's one-line message."""
+    from bench.devices import cuda_device_count
+    from bench.spec import spec_from_keywords
 
-    try:
-        args = cli.get_parser().parse_args(["run", *_argv(options)])
-        return cli.build_spec(args, cli.cuda_device_count())
-    except cli.CliError as e:
-        raise ValueError(str(e)) from None
+    return spec_from_keywords(options, cuda_device_count())
 
 
 def new_run_dir(out: str | Path | None = None, reports_dir: str | Path | None = None) -> tuple[Path, str]:

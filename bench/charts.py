@@ -4,16 +4,17 @@ Titles state the finding, axes carry units. Nothing here computes a metric.
 """
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, NullLocator
 
 SIZE = (7.0, 4.2)
+
+
+def _figure(ncols: int = 1, size: tuple[float, float] = SIZE):
+    """(figure, axes) without pyplot: no backend is chosen or switched, so a notebook keeps its own."""
+    fig = Figure(figsize=size, layout="constrained")
+    return fig, fig.subplots(1, ncols)
 
 
 def _series_label(row_or_key, fields: list[str]) -> str:
@@ -52,7 +53,7 @@ def _log_batch_axes(ax, batches, ylabel: str, legend_size: int = 8) -> None:
 def throughput_vs_batch(best: pd.DataFrame, mode: str = "train") -> Figure:
     """Best images/s per device and pipeline against batch size, with the spread as error bars."""
     data = best[best["mode"] == mode]
-    fig, ax = plt.subplots(figsize=SIZE, layout="constrained")
+    fig, ax = _figure()
     group_by = ["machine", "device", "pipeline", "variant", "width"]
     for key, g in data.groupby(group_by, dropna=False):
         g = g.sort_values("batch_size")
@@ -69,7 +70,7 @@ def throughput_vs_batch(best: pd.DataFrame, mode: str = "train") -> Figure:
 
 def speedup_vs_batch(speedup: pd.DataFrame) -> Figure:
     """Accelerator over best CPU against batch size, with the noise band and the 1x line."""
-    fig, ax = plt.subplots(figsize=SIZE, layout="constrained")
+    fig, ax = _figure()
     group_by = ["machine", "device", "pipeline", "variant", "width", "mode"]
     for key, g in speedup.groupby(group_by, dropna=False):
         g = g.sort_values("batch_size")
@@ -79,15 +80,29 @@ def speedup_vs_batch(speedup: pd.DataFrame) -> Figure:
     _log_batch_axes(ax, speedup["batch_size"], "speed-up over the best CPU configuration (x)")
     if not speedup.empty:
         best = speedup.loc[speedup["speedup"].idxmax()]
-        ax.set_title(f"The GPU's lead grows with batch size: up to {best['speedup']:.1f}x at batch "
-                     f"{int(best['batch_size'])}")
+        ax.set_title(f"{_speedup_trend(speedup)}: up to {best['speedup']:.1f}x at batch {int(best['batch_size'])}")
     return fig
+
+
+def _speedup_trend(speedup: pd.DataFrame) -> str:
+    """What the data show: the speed-up rises with batch size on every series, falls on every one, or neither."""
+    trends = set()
+    for _, g in speedup.dropna(subset=["speedup"]).groupby(["machine", "device", "pipeline", "variant", "width",
+                                                             "mode"], dropna=False):
+        g = g.sort_values("batch_size")
+        if len(g) >= 2:
+            trends.add("up" if g["speedup"].iloc[-1] > g["speedup"].iloc[0] else "down")
+    if trends == {"up"}:
+        return "The GPU's lead grows with batch size"
+    if trends == {"down"}:
+        return "The GPU's lead shrinks as the batch grows"
+    return "Speed-up over the best CPU by batch size"
 
 
 def thread_scaling(scaling: pd.DataFrame) -> Figure:
     """Speed-up over 1 thread against thread count, per pipeline and batch size."""
     data = scaling[scaling["mode"] == "train"]
-    fig, ax = plt.subplots(figsize=SIZE, layout="constrained")
+    fig, ax = _figure()
     group_by = ["machine", "pipeline", "variant", "batch_size"]
     for key, g in data.groupby(group_by, dropna=False):
         g = g.sort_values("threads")
@@ -108,7 +123,7 @@ def thread_scaling(scaling: pd.DataFrame) -> Figure:
 def epoch_time(best: pd.DataFrame, train_images: int) -> Figure:
     """Seconds for one training epoch (train set / best images/s) per device and pipeline."""
     data = best[best["mode"] == "train"].assign(epoch_s=lambda d: train_images / d["images_per_s"])
-    fig, ax = plt.subplots(figsize=SIZE, layout="constrained")
+    fig, ax = _figure()
     group_by = ["machine", "device", "pipeline", "variant", "width"]
     for key, g in data.groupby(group_by, dropna=False):
         g = g.sort_values("batch_size")
@@ -123,7 +138,7 @@ def epoch_time(best: pd.DataFrame, train_images: int) -> Figure:
 
 def accuracy_vs_batch(accuracy: pd.DataFrame) -> Figure:
     """Test accuracy reached, and time to the target accuracy, against batch size."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 4.0), layout="constrained")
+    fig, (left, right) = _figure(ncols=2, size=(9.5, 4.0))
     group_by = ["machine", "device", "pipeline", "variant"]
     for key, g in accuracy.groupby(group_by, dropna=False):
         g = g.groupby("batch_size", as_index=False).agg(test_accuracy_pct=("test_accuracy_pct", "max"),
@@ -146,7 +161,7 @@ def accuracy_vs_batch(accuracy: pd.DataFrame) -> Figure:
 
 def inference_latency(inference: pd.DataFrame) -> Figure:
     """Per-batch inference latency p50 (markers) and p99 (bars' tops) against batch size."""
-    fig, ax = plt.subplots(figsize=SIZE, layout="constrained")
+    fig, ax = _figure()
     group_by = ["machine", "device", "pipeline", "variant", "threads"]
     for key, g in inference.groupby(group_by, dropna=False):
         g = g.sort_values("batch_size")
@@ -164,7 +179,7 @@ def inference_latency(inference: pd.DataFrame) -> Figure:
 def throughput_vs_width(best: pd.DataFrame) -> Figure:
     """Training images/s against model width, per device and batch size."""
     data = best[best["mode"] == "train"]
-    fig, ax = plt.subplots(figsize=SIZE, layout="constrained")
+    fig, ax = _figure()
     group_by = ["machine", "device", "pipeline", "variant", "batch_size"]
     for key, g in data.groupby(group_by, dropna=False):
         g = g.sort_values("width")
@@ -181,7 +196,7 @@ def throughput_vs_width(best: pd.DataFrame) -> Figure:
 
 def data_parallel_scaling(scaling: pd.DataFrame) -> Figure:
     """Global training images/s (left) and weak-scaling efficiency (right) against world size."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 5.0), layout="constrained")
+    fig, (left, right) = _figure(ncols=2, size=(9.5, 5.0))
     group_by = ["machine", "device", "pipeline", "variant", "threads", "batch_size"]
     for key, g in scaling.groupby(group_by, dropna=False):
         g = g.sort_values("world_size")

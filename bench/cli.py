@@ -11,20 +11,15 @@ from pathlib import Path
 import psutil
 
 from bench.compare import METRICS
-from bench.converters import (accuracy_pct, batch_sizes, choices, devices, non_negative_int, percentage,
-                              positive_float, positive_int, seconds_or_zero, thread_counts, widths, world_sizes)
-from bench.schema import AMP, MEMORY_FORMATS, MODES, PIPELINES, SweepSpec
-
-DATASETS = ("auto", "cifar10", "synthetic")
-LR_SCALINGS = ("none", "linear", "sqrt")
-DEFAULTS = {"epochs": 2, "max_steps": None, "max_seconds": 12.0, "warmup_steps": 10, "window_s": 0.5,
-            "latency_batches": 200}
-QUICK = {"epochs": 1, "max_steps": 300, "max_seconds": 0.8, "warmup_steps": 5, "window_s": 0.2,
-         "latency_batches": 30}
+from bench.converters import devices, percentage
+from bench.devices import cuda_device_count
+from bench.schema import SweepSpec
+from bench.spec import (CONVERTERS, DATASETS, LR_SCALINGS, QUICK, SpecError,  # noqa: F401 (QUICK: the presets)
+                        resolve_devices)
+from bench import spec as spec_stage
 
 
-class CliError(Exception):
-    """Bad input: printed as one line, exit status 2."""
+CliError = SpecError  # bad input, from argv or from the spec stage: printed as one line, exit status 2
 
 
 class Parser(argparse.ArgumentParser):
@@ -41,50 +36,50 @@ class Parser(argparse.ArgumentParser):
 
 def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     axes = p.add_argument_group("sweep axes")
-    axes.add_argument("--devices", type=devices, help="cpu, cuda, cuda:N (default: cpu, plus cuda when available)")
-    axes.add_argument("--batch-sizes", type=batch_sizes, default=[4, 32, 128, 512], help="default 4,32,128,512")
-    axes.add_argument("--threads", type=thread_counts,
+    axes.add_argument("--devices", type=CONVERTERS["devices"], help="cpu, cuda, cuda:N (default: cpu, plus cuda when available)")
+    axes.add_argument("--batch-sizes", type=CONVERTERS["batch_sizes"], help="default 4,32,128,512")
+    axes.add_argument("--threads", type=CONVERTERS["threads"],
                       help="CPU threads per Case (default: 1 and all physical cores)")
-    axes.add_argument("--pipelines", type=choices(PIPELINES), default=list(PIPELINES), help="tutorial,resident")
-    axes.add_argument("--widths", type=widths, default=[1.0], help="conv channel multiplier (default 1)")
-    axes.add_argument("--modes", type=choices(MODES), default=list(MODES), help="train,infer")
-    axes.add_argument("--repeats", type=positive_int, default=1, help="runs of each Case (default 1)")
-    axes.add_argument("--world-sizes", type=world_sizes, default=[1],
+    axes.add_argument("--pipelines", type=CONVERTERS["pipelines"], help="tutorial,resident")
+    axes.add_argument("--widths", type=CONVERTERS["widths"], help="conv channel multiplier (default 1)")
+    axes.add_argument("--modes", type=CONVERTERS["modes"], help="train,infer")
+    axes.add_argument("--repeats", type=CONVERTERS["repeats"], help="runs of each Case (default 1)")
+    axes.add_argument("--world-sizes", type=CONVERTERS["world_sizes"],
                       help="data-parallel ranks per training Case, e.g. 1,2 (default 1); --batch-sizes and "
                            "--threads are per rank; on CUDA one GPU per rank")
     variants = p.add_argument_group("step variants (each recorded in the Case)")
-    variants.add_argument("--amp", type=choices(AMP), default=["off"],
+    variants.add_argument("--amp", type=CONVERTERS["amp"],
                           help="off, bf16 (autocast), or both: off,bf16 (default off)")
-    variants.add_argument("--memory-formats", type=choices(MEMORY_FORMATS), default=["contiguous"],
+    variants.add_argument("--memory-formats", type=CONVERTERS["memory_formats"],
                           help="contiguous, channels_last, or both (default contiguous)")
     variants.add_argument("--cuda-graphs", action="store_true",
                           help="also run the resident training step captured in a CUDA graph (CUDA devices only)")
     budget = p.add_argument_group("per-Case budget")
-    budget.add_argument("--epochs", type=positive_int, help="epochs per Case (default 2, the tutorial's)")
-    budget.add_argument("--max-steps", type=positive_int, help="stop a Case after this many steps")
-    budget.add_argument("--max-seconds", type=seconds_or_zero,
+    budget.add_argument("--epochs", type=CONVERTERS["epochs"], help="epochs per Case (default 2, the tutorial's)")
+    budget.add_argument("--max-steps", type=CONVERTERS["max_steps"], help="stop a Case after this many steps")
+    budget.add_argument("--max-seconds", type=CONVERTERS["max_seconds"],
                         help="stop a Case after this much training time (default 12; 0: run every epoch)")
-    budget.add_argument("--time-limit", type=positive_float, default=600.0,
+    budget.add_argument("--time-limit", type=CONVERTERS["time_limit"],
                         help="kill a Case after this many seconds; it is recorded as a timeout (default 600)")
     budget.add_argument("--quick", action="store_true",
                         help="a fast look: 1 epoch, at most 300 steps or 0.8 s of training per Case")
-    budget.add_argument("--warmup-steps", type=non_negative_int, help="steps excluded from throughput (default 10)")
-    budget.add_argument("--window", type=positive_float, dest="window_s", help="timed window, s (default 0.5)")
-    budget.add_argument("--latency-batches", type=positive_int,
+    budget.add_argument("--warmup-steps", type=CONVERTERS["warmup_steps"], help="steps excluded from throughput (default 10)")
+    budget.add_argument("--window", type=CONVERTERS["window_s"], dest="window_s", help="timed window, s (default 0.5)")
+    budget.add_argument("--latency-batches", type=CONVERTERS["latency_batches"],
                         help="inference batches timed one by one for latency (default 200)")
     train = p.add_argument_group("training")
-    train.add_argument("--lr", type=positive_float, default=0.001, help="learning rate at batch 4 (default 0.001)")
-    train.add_argument("--lr-scaling", choices=LR_SCALINGS, default="none",
+    train.add_argument("--lr", type=CONVERTERS["lr"], help="learning rate at batch 4 (default 0.001)")
+    train.add_argument("--lr-scaling", choices=LR_SCALINGS,
                        help="scale the lr with batch size relative to 4: none, linear, sqrt")
-    train.add_argument("--target-accuracy", type=accuracy_pct, default=50.0, dest="target_accuracy_pct",
+    train.add_argument("--target-accuracy", type=CONVERTERS["target_accuracy_pct"], dest="target_accuracy_pct",
                        help="test accuracy, %%, whose time to reach is recorded (default 50)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--num-workers", type=non_negative_int, default=2,
+    train.add_argument("--seed", type=CONVERTERS["seed"], help="default 0")
+    train.add_argument("--num-workers", type=CONVERTERS["num_workers"],
                        help="DataLoader workers of the tutorial pipeline (default 2, the tutorial's)")
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, default="auto",
+    data.add_argument("--dataset", choices=DATASETS,
                       help="auto: real CIFAR-10 when present or downloadable, else synthetic")
-    data.add_argument("--data-dir", default="data", help="where CIFAR-10 is or goes (default ./data)")
+    data.add_argument("--data-dir", help="where CIFAR-10 is or goes (default ./data)")
     data.add_argument("--no-verify", action="store_true",
                       help="accept a custom folder in the CIFAR-10 format (skip the official MD5s)")
     data.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
@@ -118,6 +113,9 @@ def get_parser() -> Parser:
                          help="how much worse counts, when also beyond the noise (default 10%%)")
     compare.add_argument("--metric", default="images_per_s", choices=list(METRICS), metavar="METRIC",
                          help=f"one of {', '.join(METRICS)} (default images_per_s)")
+    compare.add_argument("--force", action="store_true",
+                         help="compare runs that differ in data set, budget, torch, devices or Case settings "
+                              "(the differences are printed first)")
     export = sub.add_parser("export", help="write a run in another tool's format")
     export.add_argument("run", metavar="RUN", help="folder written by bench run")
     export.add_argument("--format", default="pytest-benchmark", choices=["pytest-benchmark"],
@@ -126,94 +124,12 @@ def get_parser() -> Parser:
     return parser
 
 
-# --------------------------------------------------------------------------- validation needing the machine
-
-
-def cuda_device_count() -> int:
-    import torch
-
-    # device_count asks NVML first, so this process does not initialise CUDA (is_available would)
-    return torch.cuda.device_count()
-
-
-def cuda_index(device: str) -> int:
-    """The index of an indexed CUDA device name ('cuda:1' -> 1)."""
-    return int(device.split(":")[1])
-
-
-def resolve_devices(requested: list[str] | None, n_cuda: int) -> tuple[list[str], dict[str, str]]:
-    """(devices to run, {skipped device: why}), every CUDA device indexed: `cuda` names cuda:0, the
-    device a fresh process uses (asking torch for its current device would create a CUDA context
-    in this process). A CUDA device on a machine without CUDA is skipped, and an error when it is
-    the only one asked for; an index past this machine's devices is an error."""
-    if requested is None:
-        return (["cpu", "cuda:0"] if n_cuda else ["cpu"]), {}
-    usable, skipped, asked = [], {}, {}
-    for text in requested:
-        device = "cuda:0" if text == "cuda" else text
-        if device in asked:
-            continue
-        asked[device] = text
-        if device.startswith("cuda") and n_cuda == 0:
-            skipped[device] = "CUDA is not available on this machine"
-        elif device.startswith("cuda") and cuda_index(device) >= n_cuda:
-            raise CliError(f"--devices: '{text}' is not available: this machine has {n_cuda} CUDA device(s) "
-                           f"(expected {', '.join(f'cuda:{i}' for i in range(n_cuda))})")
-        else:
-            usable.append(device)
-    if not usable:
-        first = next(iter(skipped))
-        raise CliError(f"--devices: '{asked[first]}' is not available: {skipped[first]} (expected e.g. cpu)")
-    return usable, skipped
-
-
-def _check_cuda_graphs(args: argparse.Namespace, devices_: list[str]) -> None:
-    """Graphs capture the resident training step on a GPU; asked for where none applies, refuse."""
-    if not any(d.startswith("cuda") for d in devices_):
-        raise CliError("--cuda-graphs: CUDA graphs need a CUDA device, and --devices has none "
-                       "(expected e.g. --devices cpu,cuda)")
-    if "resident" not in args.pipelines or "train" not in args.modes:
-        raise CliError("--cuda-graphs: graphs capture the resident pipeline's training step "
-                       "(expected --pipelines to include resident and --modes to include train)")
-
-
-def _check_world_sizes(args: argparse.Namespace, devices_: list[str], n_cuda: int) -> None:
-    """Data-parallel Cases train with DDP; refuse what that path cannot honour, before any Case runs."""
-    top = max(args.world_sizes)
-    if top == 1:
-        return
-    if "train" not in args.modes:
-        raise CliError("--world-sizes: data-parallel Cases train (expected --modes to include train)")
-    if args.cuda_graphs:
-        raise CliError("--world-sizes: CUDA graphs are not captured around DDP's all-reduce here "
-                       "(expected --world-sizes 1 with --cuda-graphs)")
-    named = [d for d in devices_ if d.startswith("cuda") and cuda_index(d) != 0]
-    if named:
-        raise CliError(f"--world-sizes: a data-parallel Case's ranks use cuda:0..cuda:N-1, one GPU each, so "
-                       f"'{named[0]}' cannot name them (expected --devices cuda, or --world-sizes 1 with {named[0]})")
-    if any(d.startswith("cuda") for d in devices_) and top > n_cuda:
-        raise CliError(f"--world-sizes: {top} ranks need {top} GPUs (one per rank) and this machine has {n_cuda} "
-                       f"(expected at most {n_cuda}, or --devices cpu)")
+# --------------------------------------------------------------------------- the spec stage
 
 
 def build_spec(args: argparse.Namespace, n_cuda: int) -> SweepSpec:
-    preset = QUICK if args.quick else DEFAULTS
-    budget = {k: (getattr(args, k) if getattr(args, k) is not None else preset[k]) for k in DEFAULTS}
-    if budget["max_seconds"] == 0.0:
-        budget["max_seconds"] = None
-    devices_, skipped = resolve_devices(args.devices, n_cuda)
-    if args.cuda_graphs:
-        _check_cuda_graphs(args, devices_ + list(skipped))
-    _check_world_sizes(args, devices_, n_cuda)
-    threads = args.threads or sorted({1, psutil.cpu_count(logical=False) or 1})
-    variants = {"amp": args.amp, "memory_formats": args.memory_formats, "cuda_graphs": args.cuda_graphs,
-                "world_sizes": args.world_sizes}
-    return SweepSpec(devices=devices_, batch_sizes=args.batch_sizes, threads=threads, pipelines=args.pipelines,
-                     widths=args.widths, modes=args.modes, time_limit_s=args.time_limit, repeats=args.repeats,
-                     seed=args.seed, lr=args.lr, lr_scaling=args.lr_scaling,
-                     target_accuracy_pct=args.target_accuracy_pct, num_workers=args.num_workers,
-                     dataset=args.dataset, data_dir=args.data_dir, verify=not args.no_verify,
-                     download=not args.no_download, skipped_devices=skipped, **variants, **budget)
+    """The run's SweepSpec from parsed argv (bench/spec.py owns the defaults and the checks)."""
+    return spec_stage.build_spec(vars(args), n_cuda)
 
 
 # --------------------------------------------------------------------------- commands
@@ -361,9 +277,15 @@ def _load(path: str, what: str):
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Exit 1 when a Case got worse beyond the threshold and the noise, 0 otherwise."""
-    from bench.compare import CompareError, compare_runs, render
+    from bench.compare import CompareError, compare_runs, differences, render
 
     baseline, new = _load(args.baseline, "compare: BASELINE_RUN"), _load(args.new, "compare: NEW_RUN")
+    differ = differences(baseline.frame, new.frame, baseline.environment, new.environment)
+    if differ and not args.force:
+        raise CliError(f"compare: the runs are not comparable: {'; '.join(differ)} (expected two runs of the same "
+                       f"sweep on the same software; --force compares anyway)")
+    if differ:
+        print(f"bench: comparing anyway (--force); the runs differ in: {'; '.join(differ)}\n")
     try:
         comparison = compare_runs(baseline.frame, new.frame, args.metric, args.threshold)
     except CompareError as e:

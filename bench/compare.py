@@ -100,6 +100,38 @@ def compare_runs(baseline: pd.DataFrame, new: pd.DataFrame, metric: str = "image
                       only_new=[k for k in cur.index if k not in base.index])
 
 
+BUDGET = ("epochs", "max_steps", "max_seconds")
+CASE_SETTINGS = ("lr", "warmup_steps", "window_s", "num_workers", "seed", "latency_batches", "target_accuracy_pct",
+                 "time_limit_s")
+
+
+def differences(baseline: pd.DataFrame, new: pd.DataFrame, baseline_env: dict, new_env: dict) -> list[str]:
+    """What makes two runs not comparable, one phrase each (empty when they are): the data set, the
+    budget, the torch version, the device names, and any setting of a Case found in both."""
+    def values(frame: pd.DataFrame, column: str) -> list[str]:
+        if column not in frame:
+            return []
+        return sorted({"none" if pd.isna(v) else f"{v:g}" if isinstance(v, float) else str(v) for v in frame[column]})
+
+    out = []
+    for column, what in (("dataset", "data set"), *((c, f"budget {c}") for c in BUDGET), ("device", "devices")):
+        a, b = values(baseline, column), values(new, column)
+        if a and b and a != b:
+            out.append(f"{what}: {', '.join(a)} vs {', '.join(b)}")
+    if baseline_env.get("torch") and new_env.get("torch") and baseline_env["torch"] != new_env["torch"]:
+        out.append(f"torch: {baseline_env['torch']} vs {new_env['torch']}")
+    both = baseline.merge(new, on="key", how="inner", suffixes=("_a", "_b")).set_index("key")
+    for column in CASE_SETTINGS:
+        if f"{column}_a" not in both or f"{column}_b" not in both:
+            continue
+        differ = both[(both[f"{column}_a"] != both[f"{column}_b"]) & both[[f"{column}_a", f"{column}_b"]].notna().all(axis=1)]
+        if len(differ):
+            row = differ.iloc[0]
+            out.append(f"Case setting {column}: {row[f'{column}_a']} vs {row[f'{column}_b']} "
+                       f"(e.g. {differ.index[0]}{f' and {len(differ) - 1} more' if len(differ) > 1 else ''})")
+    return out
+
+
 def render(c: Comparison) -> str:
     """The table a person reads, then the Cases in one run only, then the one-line summary."""
     m = METRICS[c.metric]

@@ -106,3 +106,18 @@ def percentage(text: str) -> float:
     if not 0 <= value < 100:
         raise argparse.ArgumentTypeError(f"'{text}' is not a percentage from 0 to below 100 (expected e.g. 10%)")
     return value
+
+
+def one_of(allowed: tuple[str, ...]):
+    def convert(text: str) -> str:
+        if text not in allowed:
+            raise argparse.ArgumentTypeError(f"invalid choice: '{text}' (choose from "
+                                             f"{', '.join(repr(a) for a in allowed)})")
+        return text
+    return convert
+
+
+def integer(text: str) -> int:
+    if not re.fullmatch(r"\s*[-+]?\d+\s*", text):
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer (expected e.g. 0)")
+    return int(text)

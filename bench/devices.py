@@ -15,3 +15,14 @@ import torch
 def placement(device: torch.device) -> torch.device:
     """The device a Case's tensors are allocated on: the Case's own device."""
     return device
+
+
+def cuda_index(device: str) -> int:
+    """The index of an indexed CUDA device name ('cuda:1' -> 1)."""
+    return int(device.split(":")[1])
+
+
+def cuda_device_count() -> int:
+    """The GPUs this process can see, without initialising CUDA here: device_count asks NVML first
+    (is_available would initialise the CUDA runtime, and a process forked from this one could not use CUDA)."""
+    return torch.cuda.device_count()

@@ -6,7 +6,7 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 import pandas as pd
 
 from bench import analysis, charts
@@ -66,7 +66,7 @@ def _drop_blank(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _figures(df: pd.DataFrame, train_images: int) -> list[tuple[str, str, plt.Figure]]:
+def _figures(df: pd.DataFrame, train_images: int) -> list[tuple[str, str, Figure]]:
     best = analysis.best_throughput(df)
     figs = []
     if not best.empty and (best["mode"] == "train").any():
@@ -114,9 +114,18 @@ def _sections(df: pd.DataFrame, ceilings: pd.DataFrame) -> list[tuple[str, pd.Da
                 ("Time outside the timed windows, medians: start-up (process, data, model, CUDA context, graph "
                  "capture; outside the --max-seconds budget, paid once by a whole job) and warm-up (first steps, "
                  "cuDNN autotuning; inside the budget, on every device alike)", analysis.time_outside_windows(df))]
+    sections.append(("Warnings recorded with each Case", _warnings(df)))
     failed = df[df["status"] != "ok"][["key", "status", "error"]]
     sections.append(("Cases that did not finish", failed))
     return [(title, _drop_blank(table)) for title, table in sections]
+
+
+def _warnings(df: pd.DataFrame) -> pd.DataFrame:
+    """Each Case's recorded doubts (noisy windows, too few windows, oversubscribed cores), beside its key."""
+    if "warnings" not in df:
+        return pd.DataFrame(columns=["key", "warnings"])
+    has = df["warnings"].map(lambda w: isinstance(w, list) and len(w) > 0)
+    return pd.DataFrame({"key": df.loc[has, "key"], "warnings": df.loc[has, "warnings"].map("; ".join)})
 
 
 @dataclass
@@ -146,7 +155,6 @@ def build_report(run_dirs: list[Path], out_dir: Path) -> Report:
     images = {}
     for name, _, fig in figures:
         fig.savefig(out_dir / name, dpi=110)
-        plt.close(fig)
         images[name] = base64.b64encode((out_dir / name).read_bytes()).decode()
     write_csv(out_dir, [r for run in runs for r in load_results(run.path)])
     datasets = ", ".join(sorted(df["dataset"].dropna().unique()))

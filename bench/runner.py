@@ -40,8 +40,10 @@ def _nothing() -> None:
     pass
 
 
-def _kill_tree(pid: int) -> None:
+def _kill_tree(pid: int | None) -> None:
     """Kills a worker and its children (DataLoader workers), leaving nothing behind."""
+    if pid is None:  # never started: psutil.Process(None) would be this process
+        return
     try:
         parent = psutil.Process(pid)
         procs = parent.children(recursive=True) + [parent]
@@ -70,11 +72,11 @@ def run_one(case: Case, ctx=None, on_progress: Callable[[dict], None] | None = N
 
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=worker.child_main, args=(asdict(case), sender, time.time()), name=f"bench-{case.key}")
-    proc.start()
-    sender.close()
-    deadline = time.monotonic() + case.time_limit_s
     result = None
-    try:
+    try:  # from the start: an interrupt arriving just after the fork must still take the child down
+        proc.start()
+        sender.close()
+        deadline = time.monotonic() + case.time_limit_s
         while result is None:
             if receiver.poll(POLL_S):
                 try:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 import bench
+from bench.schema import SweepSpec
 
 
 def test_sweep_spec_takes_the_cli_options_as_keywords_and_validates_them_the_same_way():
@@ -15,10 +16,27 @@ def test_sweep_spec_takes_the_cli_options_as_keywords_and_validates_them_the_sam
     assert spec.modes == ["train"] and spec.download is False and spec.max_seconds == 0.8  # --quick's budget
     with pytest.raises(ValueError, match=r"^--batch-sizes: '0' is not a positive integer"):
         bench.sweep_spec(batch_sizes=[0])
-    with pytest.raises(ValueError, match=r"^unrecognized arguments: --batch-size 4"):
+    with pytest.raises(ValueError, match=r"^unknown option 'batch_size' \(expected one of .*batch_sizes"):
         bench.sweep_spec(batch_size=4)
     with pytest.raises(ValueError, match=r"^--cuda-graphs: CUDA graphs need a CUDA device"):
         bench.sweep_spec(devices=["cpu"], cuda_graphs=True)
+
+
+def test_every_keyword_means_what_it_says_false_and_zero_included():
+    spec = bench.sweep_spec(download=False, verify=False, dataset="synthetic")
+    assert spec.download is False and spec.verify is False and spec.dataset == "synthetic"
+    spec = bench.sweep_spec(download=True, verify=True, cuda_graphs=False, quick=False, max_seconds=0, seed=0)
+    assert spec.download is True and spec.verify is True and spec.cuda_graphs is False
+    assert spec.max_seconds is None and spec.seed == 0 and spec.epochs == 2  # 0 s: every epoch in full
+    assert bench.sweep_spec(no_download=True).download is False  # the CLI's word for it
+    assert bench.sweep_spec(window=0.05).window_s == bench.sweep_spec(window_s=0.05).window_s == 0.05
+    assert bench.sweep_spec().time_limit_s == 600.0 == SweepSpec.__dataclass_fields__["time_limit_s"].default
+    with pytest.raises(ValueError, match=r"^download: 'no' is not True or False$"):
+        bench.sweep_spec(download="no")
+    with pytest.raises(ValueError, match=r"^--seed: 'x' is not an integer"):
+        bench.sweep_spec(seed="x")
+    with pytest.raises(ValueError, match=r"^--dataset: invalid choice: 'imagenet'"):
+        bench.sweep_spec(dataset="imagenet")
 
 
 def test_run_sweep_writes_the_run_folder_and_returns_its_results_and_the_report_its_verdict(tmp_path: Path):

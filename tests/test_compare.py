@@ -51,12 +51,12 @@ def test_a_lower_is_better_metric_without_a_spread_uses_the_threshold_alone():
     assert c.loc["b", "verdict"] == "same"
 
 
-def _run(folder: Path, rates: dict[int, float], latency: bool = False) -> Path:
+def _run(folder: Path, rates: dict[int, float], latency: bool = False, dataset: str = "synthetic") -> Path:
     """A run folder with Results whose images/s are set by hand, as bench run writes them."""
     spec = SweepSpec(devices=["cpu"], batch_sizes=sorted(rates), threads=[2], pipelines=["resident"],
                      widths=[1.0], modes=["train"])
     folder.mkdir(parents=True)
-    for case in plan_cases(spec, data_cache="/c", dataset="synthetic", run_id=folder.name):
+    for case in plan_cases(spec, data_cache="/c", dataset=dataset, run_id=folder.name):
         rate = rates[case.batch_size]
         append_result(folder, Result(case=case, images_per_s=rate, images_per_s_p25=0.98 * rate,
                                      images_per_s_p75=1.02 * rate, images_per_s_spread_pct=4.0,
@@ -143,3 +143,36 @@ def test_a_real_slowdown_is_caught_the_same_sweep_confined_to_one_cpu(tmp_path: 
     proc = run_bench("compare", str(tmp_path / "base"), str(tmp_path / "confined"))
     assert proc.returncode == 1, proc.stdout
     assert "train/cpu/resident/b128/t2/w1/r0" in proc.stdout and "REGRESSION" in proc.stdout
+
+
+def test_runs_that_differ_are_refused_naming_what_differs_and_force_compares_them(tmp_path: Path):
+    base = _run(tmp_path / "base", {4: 1000.0, 128: 6000.0})
+    real = _run(tmp_path / "real", {4: 1000.0, 128: 3000.0}, dataset="cifar10")
+    proc = run_bench("compare", str(base), str(real))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == ("bench: compare: the runs are not comparable: data set: synthetic vs cifar10 "
+                                   "(expected two runs of the same sweep on the same software; --force compares "
+                                   "anyway)")
+    forced = run_bench("compare", str(base), str(real), "--force")
+    assert forced.returncode == 1, forced.stderr  # compared: batch 128 is half as fast
+    assert forced.stdout.startswith("bench: comparing anyway (--force); the runs differ in: data set: synthetic "
+                                    "vs cifar10\n")
+    assert "REGRESSION" in forced.stdout
+
+
+def test_budget_torch_devices_and_case_settings_must_match():
+    from bench.compare import differences
+
+    def frame(**kw):
+        row = {"key": "k", "dataset": "synthetic", "epochs": 2, "max_steps": None, "max_seconds": 12.0,
+               "device": "cpu", "lr": 0.001, "warmup_steps": 10}
+        return pd.DataFrame([{**row, **kw}])
+
+    env = {"torch": "2.14.1"}
+    assert differences(frame(), frame(), env, env) == []
+    assert differences(frame(), frame(max_seconds=4.0), env, env) == ["budget max_seconds: 12 vs 4"]
+    assert differences(frame(), frame(), env, {"torch": "2.15.0"}) == ["torch: 2.14.1 vs 2.15.0"]
+    assert differences(frame(), frame(device="cuda:0", key="k2"), env, env) == ["devices: cpu vs cuda:0"]
+    assert differences(frame(), frame(lr=0.01, warmup_steps=5), env, env) == [
+        "Case setting lr: 0.001 vs 0.01 (e.g. k)", "Case setting warmup_steps: 10 vs 5 (e.g. k)"]
+    assert differences(frame(), frame(), {}, env) == []  # a run without environment.json: torch unknown

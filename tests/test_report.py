@@ -172,3 +172,42 @@ def test_html_report_in_a_real_browser(tmp_path: Path):
         assert errors == []
     finally:
         driver.quit()
+
+
+def test_each_cases_warnings_appear_in_the_report_beside_its_key(tmp_path: Path):
+    run = _fake_run(tmp_path / "laptop", "laptop", gpu=False)
+    case = plan_cases(SweepSpec(devices=["cpu"], batch_sizes=[8], threads=[1], pipelines=["resident"],
+                                widths=[1.0], modes=["train"]), "/c", "synthetic")[0]
+    append_result(run, Result(case=case, images_per_s=100.0, images_per_s_p25=80.0, images_per_s_p75=120.0,
+                              windows_s=[1.0], windows_images=[100],
+                              warnings=["throughput varied: IQR is 40% of the median over 2 windows",
+                                        "only 2 timed window(s): the spread is not meaningful"]))
+    md = report.build_report([run], run).markdown.read_text()
+    assert ("| train/cpu/resident/b8/t1/w1/r0 | throughput varied: IQR is 40% of the median over 2 windows; only 2 "
+            "timed window(s): the spread is not meaningful |") in md
+
+
+def test_the_speedup_chart_title_says_what_the_data_show():
+    import pandas as pd
+
+    def frame(speedups):
+        return pd.DataFrame([{"machine": "m", "device": "cuda:0", "pipeline": "resident", "variant": "eager",
+                              "width": 1.0, "mode": "train", "batch_size": b, "speedup": x, "low": x, "high": x}
+                             for b, x in zip([4, 32, 512], speedups)])
+
+    assert charts.speedup_vs_batch(frame([1.0, 3.0, 9.0])).axes[0].get_title().startswith(
+        "The GPU's lead grows with batch size: up to 9.0x at batch 512")
+    assert charts.speedup_vs_batch(frame([5.0, 2.0, 1.5])).axes[0].get_title().startswith(
+        "The GPU's lead shrinks as the batch grows: up to 5.0x at batch 4")
+    mixed = pd.concat([frame([1.0, 3.0, 9.0]), frame([5.0, 2.0, 1.5]).assign(pipeline="tutorial")], ignore_index=True)
+    assert charts.speedup_vs_batch(mixed).axes[0].get_title().startswith("Speed-up over the best CPU by batch size")
+
+
+def test_importing_the_charts_and_report_leaves_a_notebooks_matplotlib_backend_alone():
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import bench.charts, bench.report, bench; "
+            "print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "svg"

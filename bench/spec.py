@@ -1,0 +1,164 @@
+"""The spec stage: a sweep's options, from argv (cli.py) or from keywords (api.py), become one validated
+SweepSpec here, with every default defined once.
+
+`build_spec(values, n_cuda)` takes values already converted (argparse's `type=` converters, or
+`spec_from_keywords`, which runs the same converters on Python values); an option left out or None
+takes its default. Errors are SpecError (a ValueError) with the one-line message the CLI prints.
+"""
+from __future__ import annotations
+
+import argparse
+
+import psutil
+
+from bench import converters
+from bench.devices import cuda_index
+from bench.schema import AMP, MEMORY_FORMATS, MODES, PIPELINES, SweepSpec
+
+DATASETS = ("auto", "cifar10", "synthetic")
+LR_SCALINGS = ("none", "linear", "sqrt")
+BUDGET = {"epochs": 2, "max_steps": None, "max_seconds": 12.0, "warmup_steps": 10, "window_s": 0.5,
+          "latency_batches": 200}
+QUICK = {"epochs": 1, "max_steps": 300, "max_seconds": 0.8, "warmup_steps": 5, "window_s": 0.2,
+         "latency_batches": 30}
+DEFAULTS = {"devices": None, "batch_sizes": [4, 32, 128, 512], "threads": None, "pipelines": list(PIPELINES),
+            "widths": [1.0], "modes": list(MODES), "repeats": 1, "world_sizes": [1], "amp": ["off"],
+            "memory_formats": ["contiguous"], "cuda_graphs": False, "time_limit": 600.0, "quick": False,
+            "lr": 0.001, "lr_scaling": "none", "target_accuracy_pct": 50.0, "seed": 0, "num_workers": 2,
+            "dataset": "auto", "data_dir": "data", "no_verify": False, "no_download": False,
+            **{k: None for k in BUDGET}}
+# the converter of each option that takes a value (flags: bools), for argv and keywords alike
+CONVERTERS = {
+    "devices": converters.devices, "batch_sizes": converters.batch_sizes, "threads": converters.thread_counts,
+    "pipelines": converters.choices(PIPELINES), "widths": converters.widths, "modes": converters.choices(MODES),
+    "repeats": converters.positive_int, "world_sizes": converters.world_sizes, "amp": converters.choices(AMP),
+    "memory_formats": converters.choices(MEMORY_FORMATS), "epochs": converters.positive_int,
+    "max_steps": converters.positive_int, "max_seconds": converters.seconds_or_zero,
+    "time_limit": converters.positive_float, "warmup_steps": converters.non_negative_int,
+    "window_s": converters.positive_float, "latency_batches": converters.positive_int,
+    "lr": converters.positive_float, "lr_scaling": converters.one_of(LR_SCALINGS),
+    "target_accuracy_pct": converters.accuracy_pct, "seed": converters.integer,
+    "num_workers": converters.non_negative_int, "dataset": converters.one_of(DATASETS), "data_dir": str,
+}
+FLAGS = ("cuda_graphs", "quick", "no_verify", "no_download")
+# what the CLI calls an option where its name differs from the keyword's
+CLI_NAMES = {"window_s": "window", "target_accuracy_pct": "target-accuracy"}
+# keywords that say the same as an option, in the SweepSpec's own words
+ALIASES = {"window": "window_s", "target_accuracy": "target_accuracy_pct", "time_limit_s": "time_limit"}
+
+
+class SpecError(ValueError):
+    """Bad input: one line naming the option, what was wrong and what is accepted."""
+
+
+def flag(name: str) -> str:
+    return "--" + CLI_NAMES.get(name, name.replace("_", "-"))
+
+
+def spec_from_keywords(options: dict, n_cuda: int) -> SweepSpec:
+    """A SweepSpec from Python keywords (batch_sizes=[4, 32], download=False, ...), each value checked by
+    the converter the CLI uses for it; `False` and `0` mean what they say."""
+    values = {}
+    for name, value in options.items():
+        if name in ("download", "verify"):  # the SweepSpec's positive words for --no-download, --no-verify
+            if not isinstance(value, bool):
+                raise SpecError(f"{name}: {value!r} is not True or False")
+            values[f"no_{name}"] = not value
+            continue
+        name = ALIASES.get(name, name)
+        if name in FLAGS:
+            if not isinstance(value, bool):
+                raise SpecError(f"{flag(name)}: {value!r} is not True or False")
+            values[name] = value
+        elif name in CONVERTERS:
+            values[name] = None if value is None else _convert(name, value)
+        else:
+            known = sorted([*CONVERTERS, *FLAGS, "download", "verify"])
+            raise SpecError(f"unknown option '{name}' (expected one of {', '.join(known)})")
+    return build_spec(values, n_cuda)
+
+
+def _convert(name: str, value) -> object:
+    text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+    try:
+        return CONVERTERS[name](text)
+    except argparse.ArgumentTypeError as e:
+        raise SpecError(f"{flag(name)}: {e}") from None
+
+
+def build_spec(values: dict, n_cuda: int) -> SweepSpec:
+    """The SweepSpec of converted option values (missing or None: the default), checked against this
+    machine's `n_cuda` GPUs."""
+    v = {**DEFAULTS, **{k: x for k, x in values.items() if x is not None and k in DEFAULTS}}
+    preset = QUICK if v["quick"] else BUDGET
+    budget = {k: (v[k] if v[k] is not None else preset[k]) for k in BUDGET}
+    if budget["max_seconds"] == 0.0:
+        budget["max_seconds"] = None
+    devices_, skipped = resolve_devices(v["devices"], n_cuda)
+    if v["cuda_graphs"]:
+        _check_cuda_graphs(v, devices_ + list(skipped))
+    _check_world_sizes(v, devices_, n_cuda)
+    threads = v["threads"] or sorted({1, psutil.cpu_count(logical=False) or 1})
+    return SweepSpec(devices=devices_, batch_sizes=v["batch_sizes"], threads=threads, pipelines=v["pipelines"],
+                     widths=v["widths"], modes=v["modes"], time_limit_s=v["time_limit"], repeats=v["repeats"],
+                     seed=v["seed"], lr=v["lr"], lr_scaling=v["lr_scaling"],
+                     target_accuracy_pct=v["target_accuracy_pct"], num_workers=v["num_workers"],
+                     dataset=v["dataset"], data_dir=v["data_dir"], verify=not v["no_verify"],
+                     download=not v["no_download"], skipped_devices=skipped, amp=v["amp"],
+                     memory_formats=v["memory_formats"], cuda_graphs=v["cuda_graphs"],
+                     world_sizes=v["world_sizes"], **budget)
+
+
+def resolve_devices(requested: list[str] | None, n_cuda: int) -> tuple[list[str], dict[str, str]]:
+    """(devices to run, {skipped device: why}), every CUDA device indexed: `cuda` names cuda:0, the
+    device a fresh process uses (asking torch for its current device would create a CUDA context
+    in this process). A CUDA device on a machine without CUDA is skipped, and an error when it is
+    the only one asked for; an index past this machine's devices is an error."""
+    if requested is None:
+        return (["cpu", "cuda:0"] if n_cuda else ["cpu"]), {}
+    usable, skipped, asked = [], {}, {}
+    for text in requested:
+        device = "cuda:0" if text == "cuda" else text
+        if device in asked:
+            continue
+        asked[device] = text
+        if device.startswith("cuda") and n_cuda == 0:
+            skipped[device] = "CUDA is not available on this machine"
+        elif device.startswith("cuda") and cuda_index(device) >= n_cuda:
+            raise SpecError(f"--devices: '{text}' is not available: this machine has {n_cuda} CUDA device(s) "
+                            f"(expected {', '.join(f'cuda:{i}' for i in range(n_cuda))})")
+        else:
+            usable.append(device)
+    if not usable:
+        first = next(iter(skipped))
+        raise SpecError(f"--devices: '{asked[first]}' is not available: {skipped[first]} (expected e.g. cpu)")
+    return usable, skipped
+
+
+def _check_cuda_graphs(v: dict, devices_: list[str]) -> None:
+    """Graphs capture the resident training step on a GPU; asked for where none applies, refuse."""
+    if not any(d.startswith("cuda") for d in devices_):
+        raise SpecError("--cuda-graphs: CUDA graphs need a CUDA device, and --devices has none "
+                        "(expected e.g. --devices cpu,cuda)")
+    if "resident" not in v["pipelines"] or "train" not in v["modes"]:
+        raise SpecError("--cuda-graphs: graphs capture the resident pipeline's training step "
+                        "(expected --pipelines to include resident and --modes to include train)")
+
+
+def _check_world_sizes(v: dict, devices_: list[str], n_cuda: int) -> None:
+    """Data-parallel Cases train with DDP; refuse what that path cannot honour, before any Case runs."""
+    top = max(v["world_sizes"])
+    if top == 1:
+        return
+    if "train" not in v["modes"]:
+        raise SpecError("--world-sizes: data-parallel Cases train (expected --modes to include train)")
+    if v["cuda_graphs"]:
+        raise SpecError("--world-sizes: CUDA graphs are not captured around DDP's all-reduce here "
+                        "(expected --world-sizes 1 with --cuda-graphs)")
+    named = [d for d in devices_ if d.startswith("cuda") and cuda_index(d) != 0]
+    if named:
+        raise SpecError(f"--world-sizes: a data-parallel Case's ranks use cuda:0..cuda:N-1, one GPU each, so "
+                        f"'{named[0]}' cannot name them (expected --devices cuda, or --world-sizes 1 with {named[0]})")
+    if any(d.startswith("cuda") for d in devices_) and top > n_cuda:
+        raise SpecError(f"--world-sizes: {top} ranks need {top} GPUs (one per rank) and this machine has {n_cuda} "
+                        f"(expected at most {n_cuda}, or --devices cpu)")
