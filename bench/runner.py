@@ -46,6 +46,9 @@ def _kill_tree(pid: int | None) -> None:
         return
     try:
         parent = psutil.Process(pid)
+        # Stopped first: a Case that is starting DataLoader workers could otherwise fork one after the
+        # list of its children is taken, and that worker would outlive it (holding our stderr open).
+        parent.suspend()
         procs = parent.children(recursive=True) + [parent]
     except psutil.NoSuchProcess:
         return
