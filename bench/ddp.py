@@ -14,11 +14,10 @@ its images are all ranks' together. Gradient all-reduce is timed by a DDP commun
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import time
 import uuid
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from datetime import timedelta
 
 import torch
@@ -29,9 +28,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bench import devices, measure
 from bench.schema import Case, Result
-from bench.worker import case_meter, monitor_gpu, prepare_cuda, record_gpu_usage, record_windows, set_threads
-from cnn import data, loops
-from cnn.model import Net
+from bench.training import Ranks, prepare_cuda, record_windows, set_threads, train
+from cnn import data
 
 
 def param_digest(net: torch.nn.Module) -> str:
@@ -91,7 +89,7 @@ def rank_main(case_fields: dict, progress=None, started: float | None = None) ->
     device = rank_device(case, local)
     cuda = device.type == "cuda"
     set_threads(case)
-    gpu = Result(case=case)
+    gpu = Result(case=case)  # this rank's own figures, filled by the training path
     if cuda:
         prepare_cuda(device, gpu)  # before the process group: NCCL binds the rank to the current device
     backend = "nccl" if cuda else "gloo"
@@ -155,75 +153,35 @@ def _timed_allreduce(meter: measure.StepMeter, spans: list):
 
 
 def _train_rank(case: Case, device: torch.device, rank: int, world: int, progress, started: float,
-                gpu: Result) -> dict:
-    """One rank's training; `gpu` collects what this rank's GPU did (nothing on a CPU)."""
+                result: Result) -> dict:
+    """One rank's part of the Case on the one training path (bench.training.train), with what a rank
+    adds: DDP around the model with its all-reduce timed, agreement on windows, a barrier while rank 0
+    evaluates. Returns the rank's record for rank 0 to gather."""
     arrays = data.load_arrays(case.data_cache)
-    memory_format = torch.channels_last if case.memory_format == "channels_last" else torch.contiguous_format
-    torch.manual_seed(case.seed)
-    compute = devices.placement(device)
-    net = Net(case.width, len(arrays.classes)).to(compute, memory_format=memory_format)
-    initial = param_digest(net)
-    model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.SGD(model.parameters(), lr=case.lr, momentum=0.9)
-    step = loops.eager_step(model, optimizer, torch.bfloat16 if case.amp == "bf16" else None)
-    shard = (rank, world)
-    if case.pipeline == "tutorial":
-        cuda = device.type == "cuda"
-        loader = loops.tutorial_loader(arrays.train_x, arrays.train_y, arrays.classes, case.batch_size,
-                                       num_workers=case.num_workers, pin_memory=cuda, seed=case.seed, shard=shard)
+    spans, initial = [], {}
 
-        def epoch_batches(epoch: int):
-            loader.sampler.set_epoch(epoch)
-            return loops.tutorial_batches(meter.batches(loader), compute, non_blocking=cuda,
-                                          memory_format=memory_format)
-        steps_per_epoch, item = len(loader), True
-    else:
-        x, y = loops.resident_tensors(arrays.train_x, arrays.train_y, compute)
-        x = x.contiguous(memory_format=memory_format)
-        generator = torch.Generator(device=compute).manual_seed(case.seed)  # the same permutation on every rank
+    def wrap(net: torch.nn.Module, meter: measure.StepMeter) -> torch.nn.Module:
+        initial["digest"] = param_digest(net)
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        model.register_comm_hook(None, _timed_allreduce(meter, spans))
+        return model
 
-        def epoch_batches(epoch: int):
-            return loops.resident_batches(x, y, case.batch_size, generator, shard=shard)
-        steps_per_epoch, item = math.ceil(len(y) // world / case.batch_size), False
-    # ranks agree on the window length at the warm-up's end, so there must be one
-    meter = case_meter(replace(case, warmup_steps=max(case.warmup_steps, 1)), device, steps_per_epoch, progress,
-                       agree=_agree(compute))
-    sampler, monitored = monitor_gpu(device, gpu)
-    spans = []
-    model.register_comm_hook(None, _timed_allreduce(meter, spans))
-    test_x = test_y = None
-    if rank == 0:
-        test_x, test_y = loops.resident_tensors(arrays.test_x, arrays.test_y, compute)
-    out = {"startup_s": time.time() - started, "epoch_accuracy_pct": [], "time_to_target_s": None, "eval_s": 0.0}
-    for epoch in range(case.epochs):
-        meter.start_epoch()
-        with monitored():
-            out["loss"] = loops.train_epoch(model, optimizer, epoch_batches(epoch), item_every_step=item,
-                                            on_step=meter.on_step, step=step)
-            meter.end_epoch()
-        if rank == 0:  # evaluation outside the timed windows, while the other ranks wait at the barrier
-            t0 = time.perf_counter()
-            accuracy, per_class = loops.evaluate(net, test_x, test_y, len(arrays.classes))
-            out["eval_s"] += time.perf_counter() - t0
-            out["epoch_accuracy_pct"].append(accuracy)
-            out.update(test_accuracy_pct=accuracy, class_accuracy_pct=dict(zip(arrays.classes, per_class)))
-            if out["time_to_target_s"] is None and accuracy >= case.target_accuracy_pct:
-                out["time_to_target_s"] = meter.train_s
-        dist.barrier()
-        if meter.stopped_by:
-            break
+    ranks = Ranks(rank, world, wrap=wrap, agree=_agree(devices.placement(device)), barrier=dist.barrier)
+    net, meter = train(case, arrays, device, result, started, progress, ranks)
     meter.clock.sync()
     allreduce_s = sum(meter.clock.seconds(a, b) for a, b in spans)
-    record_gpu_usage(gpu, sampler, len(arrays.train_y) // world, meter.images)
-    return {**out, "windows_s": meter.windows_s, "windows_images": meter.windows_images, "step_s": meter.step_s,
-            "warmup_s": meter.warmup_s, "train_s": meter.train_s, "epoch_s": meter.epoch_s, "steps": meter.steps,
-            "images": meter.images, "stopped_by": meter.stopped_by or "epochs", "allreduce_s": allreduce_s,
-            "timed_s": sum(meter.windows_s), "param_digest": param_digest(net), "initial_digest": initial,
+    own = {k: v for k, v in result.to_dict().items() if k in RANK_FIELDS}
+    return {**own, "step_s": meter.step_s, "allreduce_s": allreduce_s, "timed_s": sum(meter.windows_s),
+            "param_digest": param_digest(net), "initial_digest": initial["digest"],
             "train_images": len(arrays.train_y), "test_images": len(arrays.test_y),
-            "peak_rss_mb": measure.peak_rss_mb(), "peak_device_mem_mb": measure.peak_device_mem_mb(device),
-            "new_shape_steps": meter.new_shape_steps, "cudnn_benchmark": gpu.cudnn_benchmark,
-            "gpu_monitor": gpu.gpu_monitor, "gpu_util_pct": gpu.gpu_util_pct, "gpu_power_w": gpu.gpu_power_w,
-            "gpu_energy_j_per_epoch": gpu.gpu_energy_j_per_epoch}
+            "peak_rss_mb": measure.peak_rss_mb(), "peak_device_mem_mb": measure.peak_device_mem_mb(device)}
+
+
+# what each rank's Result holds that rank 0 gathers (accuracy fields are filled on rank 0 only)
+RANK_FIELDS = ("startup_s", "warmup_s", "train_s", "epoch_s", "eval_s", "loss", "test_accuracy_pct",
+               "class_accuracy_pct", "epoch_accuracy_pct", "time_to_target_s", "stopped_by", "steps", "images",
+               "windows_s", "windows_images", "new_shape_steps", "cudnn_benchmark", "gpu_monitor", "gpu_util_pct",
+               "gpu_power_w", "gpu_energy_j_per_epoch")
 
 
 def _result(case: Case, records: list[dict], backend: str, started: float) -> Result:

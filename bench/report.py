@@ -9,7 +9,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 import pandas as pd
 
-from bench import analysis, charts
+from bench import analysis, charts, findings
 from bench.results import Run, load_results, load_run, write_csv
 
 
@@ -134,7 +134,7 @@ class Report:
 
     markdown: Path
     html: Path
-    verdict: analysis.Verdict
+    verdict: findings.Verdict
     charts: dict[str, Path]  # file name -> path, in the report's order
     captions: dict[str, str]
 
@@ -149,7 +149,7 @@ def build_report(run_dirs: list[Path], out_dir: Path) -> Report:
     df = combined_frame(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped = {d: why for r in runs for d, why in r.environment.get("skipped_devices", {}).items()}
-    verdict = analysis.verdict(df, skipped)
+    verdict = findings.verdict(df, skipped)
     train_images = int(df["train_images"].dropna().max()) if df["train_images"].notna().any() else 50000
     figures = _figures(df, train_images)
     images = {}

@@ -38,7 +38,7 @@ def test_a_case_runs_in_its_own_process_with_its_threads(case):
 
 
 def test_gpu_energy_per_epoch_scales_the_monitored_energy_to_an_epochs_images(case):
-    from bench import worker
+    from bench import training
     from bench.gpu_monitor import GpuUsage
     from bench.schema import Result
 
@@ -47,9 +47,9 @@ def test_gpu_energy_per_epoch_scales_the_monitored_energy_to_an_epochs_images(ca
             return GpuUsage(util_pct=75.0, power_w=200.0, energy_j=50.0, seconds=0.25, samples=3)
 
     result = Result(case=case)
-    worker.record_gpu_usage(result, Sampler(), epoch_images=50000, images=10000)
+    training.record_gpu_usage(result, Sampler(), epoch_images=50000, images=10000)
     assert (result.gpu_util_pct, result.gpu_power_w, result.gpu_energy_j_per_epoch) == (75.0, 200.0, 250.0)
-    worker.record_gpu_usage(none := Result(case=case), None, epoch_images=50000, images=10000)
+    training.record_gpu_usage(none := Result(case=case), None, epoch_images=50000, images=10000)
     assert none.gpu_energy_j_per_epoch is None
 
 
