@@ -10,6 +10,7 @@ pool or CUDA context exists to be inherited.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from multiprocessing import forkserver
 import signal
 import time
@@ -44,6 +45,10 @@ def _kill_tree(pid: int | None) -> None:
     """Kills a worker and its children (DataLoader workers), leaving nothing behind."""
     if pid is None:  # never started: psutil.Process(None) would be this process
         return
+    try:  # the Case leads its own process group (worker.child_main): this reaches every descendant at once
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # not a group leader yet (interrupted right after the fork): its tree, below
     try:
         parent = psutil.Process(pid)
         # Stopped first: a Case that is starting DataLoader workers could otherwise fork one after the

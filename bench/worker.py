@@ -92,6 +92,9 @@ def _run_distributed(case: Case, progress: Progress | None, started: float) -> R
 
 def child_main(case_fields: dict, conn, started: float) -> None:
     """Entry point in a fork-server child: progress and the Result go back through `conn`."""
+    # A process group of its own: the runner kills the Case with all it started (DataLoader workers,
+    # DDP ranks), even a worker forked a moment before, and a terminal's Ctrl-C reaches the runner only.
+    os.setpgrp()
     # A fork-server child inherits "forkserver" as its start method; give the Case the platform's
     # default (fork on Linux), as in a plain `python train.py`, so DataLoader workers start as usual.
     multiprocessing.set_start_method(multiprocessing.get_all_start_methods()[0], force=True)
