@@ -1,40 +1,20 @@
 """Pure functions from the results table to the tables that answer: speed-ups, crossover, scaling, gaps.
 
 Every function takes a DataFrame of Results (one row per Case, as `results_frame` makes) and
-returns a DataFrame or plain data; nothing here draws or writes. The verdict's sentences are made
-from these tables in bench/findings.py.
+returns a DataFrame or plain data; nothing here draws or writes. `analyse` computes every table a
+report needs once; the verdict (bench/findings.py), the charts and the report read that object.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from bench.compute import achieved_gflops
+from bench.rows import CONFIG, PLAIN, ok_rows
+
 SPREAD_WARN_PCT = 10.0
-CONFIG = ["machine", "mode", "device", "pipeline", "variant", "world_size", "width", "batch_size"]
-PLAIN = "eager"  # the tutorial's own step: no graphs, fp32, contiguous
-
-
-def step_variant(df: pd.DataFrame) -> pd.Series:
-    """How each Case ran its step, e.g. "eager", "eager+bf16", "graphs+channels-last"."""
-    def column(name, default):
-        return df[name].fillna(default) if name in df else pd.Series(default, index=df.index)
-
-    base = column("cuda_graphs", False).map(lambda g: "graphs" if g else PLAIN)
-    amp = column("amp", "off").map(lambda a: "" if a == "off" else f"+{a}")
-    layout = column("memory_format", "contiguous").map(lambda m: "+channels-last" if m == "channels_last" else "")
-    return base + amp + layout
-
-
-def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The Cases that measured something, with a `machine` label (one per run's host) if absent
-    and the step `variant` they ran."""
-    out = df[df["status"] == "ok"].copy()
-    if "machine" not in out:
-        out["machine"] = ""
-    out["variant"] = step_variant(out)
-    out["world_size"] = (out["world_size"].fillna(1) if "world_size" in out else pd.Series(1, index=out.index)).astype(int)
-    return out
 
 
 def best_throughput(df: pd.DataFrame) -> pd.DataFrame:
@@ -136,56 +116,7 @@ def inference_table(df: pd.DataFrame) -> pd.DataFrame:
     ok = ok[ok["mode"] == "infer"]
     cols = ["machine", "device", "pipeline", "variant", "width", "batch_size", "threads", "images_per_s",
             "latency_ms_p50", "latency_ms_p99"]
-    return ok[cols].sort_values(["machine", "device", "pipeline", "batch_size"]).reset_index(drop=True)
-
-
-# the precision of a Case's float32 matrix products, by its process's float32 matmul precision setting
-FLOAT32_MATMUL = {"highest": "fp32", "high": "tf32", "medium": "bf16"}
-
-
-def matmul_precision(df: pd.DataFrame, float32_setting: str | None = "highest") -> pd.Series:
-    """The precision each Case's matrix products ran in: bf16 under `amp=bf16`, else what the float32
-    matmul precision setting its process ran with makes of float32 ('highest': strict fp32)."""
-    float32 = FLOAT32_MATMUL.get(float32_setting or "highest", "fp32")
-    amp = df["amp"].fillna("off") if "amp" in df else pd.Series("off", index=df.index)
-    return amp.map(lambda a: "bf16" if a == "bf16" else float32)
-
-
-def with_ceilings(frame: pd.DataFrame, environment: dict) -> pd.DataFrame:
-    """A run's rows with what its environment.json says they compare against: the model's FLOPs per
-    image, the precision of each Case's matmuls and its device's measured matmul rate in that precision
-    (`ceiling_gflops`, NaN when not measured, with the reason in `ceiling_missing`)."""
-    flops = environment.get("model_flops_per_image") or {}
-    kind = frame["mode"].map({"train": "train_step", "infer": "forward"})
-    per_image = [flops.get(f"{w:g}", {}).get(k) for w, k in zip(frame["width"], kind)]
-    ceilings = environment.get("ceilings") or {}
-    rates, missing = ceilings.get("matmul_gflops") or {}, ceilings.get("matmul_missing") or {}
-    precision = matmul_precision(frame, environment.get("float32_matmul_precision"))
-    gflops = [rates.get(d, {}).get(p) for d, p in zip(frame["device"], precision)]
-    why = [None if g is not None else missing.get(d, {}).get(p) or ceilings.get("worker_error")
-           or "not measured in this run" for d, p, g in zip(frame["device"], precision, gflops)]
-    numbers = dict(index=frame.index, dtype=object)
-    return frame.assign(flops_per_image=pd.to_numeric(pd.Series(per_image, **numbers)),
-                        ceiling_precision=precision,
-                        ceiling_gflops=pd.to_numeric(pd.Series(gflops, **numbers)).astype(float),
-                        ceiling_missing=why)
-
-
-def achieved_gflops(df: pd.DataFrame) -> pd.DataFrame:
-    """Per Case: model FLOPs per image x images/s, and its share of its device's measured matmul rate in
-    the precision the Case ran in (an amp=bf16 Case against bf16, never fp32; NaN when that one is unknown).
-
-    Needs the columns `with_ceilings` adds from each run's environment.json; without them the table is empty.
-    """
-    cols = CONFIG + ["threads", "images_per_s", "gflops", "ceiling_precision", "ceiling_gflops", "pct_of_ceiling",
-                     "ceiling_missing"]
-    ok = ok_rows(df)
-    if "flops_per_image" not in ok or ok["flops_per_image"].isna().all():
-        return pd.DataFrame(columns=cols)
-    ok = ok.dropna(subset=["images_per_s", "flops_per_image"]).copy()
-    ok["gflops"] = ok["flops_per_image"] * ok["images_per_s"] / 1e9
-    ok["pct_of_ceiling"] = 100 * ok["gflops"] / ok["ceiling_gflops"]
-    return ok[cols].sort_values(CONFIG).reset_index(drop=True)
+    return ok[[c for c in cols if c in ok]].sort_values(["machine", "device", "pipeline", "batch_size"]).reset_index(drop=True)
 
 
 def variant_gain(df: pd.DataFrame) -> pd.DataFrame:
@@ -277,3 +208,47 @@ def noisy_cases(df: pd.DataFrame) -> pd.DataFrame:
     """Cases whose throughput spread (IQR) exceeds 10% of the median."""
     ok = ok_rows(df)
     return ok[ok["images_per_s_spread_pct"] > SPREAD_WARN_PCT][["key", "images_per_s_spread_pct"]]
+
+
+def case_warnings(df: pd.DataFrame) -> pd.DataFrame:
+    """Each Case's recorded doubts (noisy windows, too few windows, oversubscribed cores), beside its key."""
+    if "warnings" not in df:
+        return pd.DataFrame(columns=["key", "warnings"])
+    has = df["warnings"].map(lambda w: isinstance(w, list) and len(w) > 0)
+    return pd.DataFrame({"key": df.loc[has, "key"], "warnings": df.loc[has, "warnings"].map("; ".join)})
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Every table a report needs, each computed once from one results frame."""
+
+    frame: pd.DataFrame  # every Case, finished or not
+    ok: pd.DataFrame
+    best: pd.DataFrame
+    speedups: pd.DataFrame
+    crossover: pd.DataFrame
+    thread_scaling: pd.DataFrame
+    pipeline_gap: pd.DataFrame
+    accuracy: pd.DataFrame
+    inference: pd.DataFrame
+    variant_gain: pd.DataFrame
+    data_parallel: pd.DataFrame
+    achieved_gflops: pd.DataFrame
+    gpu_usage: pd.DataFrame
+    outside_windows: pd.DataFrame
+    noisy: pd.DataFrame
+    warnings: pd.DataFrame
+    unfinished: pd.DataFrame
+
+
+def analyse(df: pd.DataFrame) -> Analysis:
+    """The tables behind the verdict, the charts and the report, from a results frame (with the
+    columns `bench.compute.with_ceilings` adds where the compute shares are wanted)."""
+    sp = speedups(df)
+    return Analysis(frame=df, ok=ok_rows(df), best=best_throughput(df), speedups=sp,
+                    crossover=crossover_batch_size(sp), thread_scaling=thread_scaling(df),
+                    pipeline_gap=pipeline_gap(df), accuracy=accuracy_by_batch(df), inference=inference_table(df),
+                    variant_gain=variant_gain(df), data_parallel=data_parallel_scaling(df),
+                    achieved_gflops=achieved_gflops(df), gpu_usage=gpu_usage(df),
+                    outside_windows=time_outside_windows(df), noisy=noisy_cases(df), warnings=case_warnings(df),
+                    unfinished=df[df["status"] != "ok"][["key", "status", "error"]])

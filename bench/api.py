@@ -11,7 +11,6 @@ means the same in both and a bad value gives the same one-line message (as a Val
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import asdict, replace
@@ -51,14 +50,24 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, resume: bool = Fal
     Returns the run's results (one row per Case); `.attrs["run_dir"]` is the folder. Raises
     ValueError for an unusable folder or data set.
     """
+    from bench.run_folder import RunFolder
+
+    warn = warn or (lambda text: print(f"bench: WARNING: {text}", file=sys.stderr, flush=True))
+    run_dir, run_id = new_run_dir(out, reports_dir)
+    folder = RunFolder(run_dir)
+    folder.prepare(resume)
+    with folder.locked():
+        return _sweep(spec, folder, run_id, resume, display, warn)
+
+
+def _sweep(spec: SweepSpec, folder, run_id: str, resume: bool, display, warn) -> pd.DataFrame:
+    """run_sweep's work, with the run folder prepared and locked."""
     from bench import ceilings, environment
     from bench.plan import oversubscription_warnings, plan_cases
     from bench.progress import Display
-    from bench.results import append_result, load_results, results_frame, write_csv
+    from bench.run_folder import results_frame
     from bench.runner import run_cases
-    warn = warn or (lambda text: print(f"bench: WARNING: {text}", file=sys.stderr, flush=True))
-    run_dir, run_id = new_run_dir(out, reports_dir)
-    check_run_dir(run_dir, resume)
+
     prepared = prepare_data(spec)
     if prepared.warning:
         warn(prepared.warning)
@@ -66,7 +75,7 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, resume: bool = Fal
         warn(f"skipping device {device}: {why}; running the other devices")
     all_devices = replace(spec, devices=spec.devices + list(spec.skipped_devices))
     cases = plan_cases(all_devices, str(prepared.cache_dir), prepared.name, run_id)
-    done = {r.case.key for r in load_results(run_dir) if r.status in ("ok", "skipped")} if resume else set()
+    done = {r.case.key for r in folder.results() if r.status in ("ok", "skipped")} if resume else set()
     todo = [c for c in cases if c.device not in spec.skipped_devices and c.key not in done]
     for text in oversubscription_warnings(todo, psutil.cpu_count(logical=False) or 1):
         warn(f"{text} (recorded in those Cases' warnings)")
@@ -77,21 +86,21 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, resume: bool = Fal
             warn(f"the {precision} matmul ceiling of {device} was not measured ({reason}); the report says so")
     env.update(run_id=run_id, dataset=prepared.name, dataset_source=prepared.source,
                dataset_warning=prepared.warning, skipped_devices=spec.skipped_devices, spec=asdict(spec))
-    (run_dir / "environment.json").write_text(json.dumps(env, indent=2))
+    folder.write_environment(env)
     for case in cases:
         if case.device in spec.skipped_devices and case.key not in done:
-            append_result(run_dir, Result(case=case, status="skipped", error=spec.skipped_devices[case.device]))
-    print(f"bench: {len(todo)} Cases on {prepared.name} data ({prepared.source}) -> {run_dir}"
+            folder.append(Result(case=case, status="skipped", error=spec.skipped_devices[case.device]))
+    print(f"bench: {len(todo)} Cases on {prepared.name} data ({prepared.source}) -> {folder.path}"
           + (f" ({len(done)} already done)" if done else ""), flush=True)
     display = display or Display(len(todo))
     try:
-        run_cases(todo, run_dir, display)
+        run_cases(todo, folder.path, display)
     finally:
         display.close()
-    results = load_results(run_dir)
-    write_csv(run_dir, results)
+    results = folder.results()
+    folder.write_csv(results)
     frame = results_frame(results)
-    frame.attrs["run_dir"] = str(run_dir)
+    frame.attrs["run_dir"] = str(folder.path)
     return frame
 
 
@@ -104,23 +113,6 @@ def prepare_data(spec: SweepSpec):
         return prepare_dataset(spec.dataset, spec.data_dir, verify=spec.verify, download=spec.download)
     except DataError as e:
         raise ValueError(f"--data-dir: {e}") from None
-
-
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuses an output folder that cannot be written, or one holding results without resume."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"--out: '{run_dir}' is not a folder (expected a folder to write the run into)")
-    if resume and not (run_dir / "results.jsonl").exists():
-        raise ValueError(f"--resume: '{run_dir}' holds no results.jsonl to resume (expected a previous run's folder)")
-    if not resume and (run_dir / "results.jsonl").exists():
-        raise ValueError(f"--out: '{run_dir}' already holds results (pass --resume, or choose another folder)")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"--out: '{run_dir}' cannot be written ({e.strerror or e})") from None
 
 
 def make_report(runs: str | Path | list[str | Path], out: str | Path | None = None):

@@ -13,9 +13,9 @@ import psutil
 from bench.compare import METRICS
 from bench.converters import devices, percentage
 from bench.devices import cuda_device_count
+from bench.options import add_sweep_args
 from bench.schema import SweepSpec
-from bench.spec import (CONVERTERS, DATASETS, LR_SCALINGS, QUICK, SpecError,  # noqa: F401 (QUICK: the presets)
-                        resolve_devices)
+from bench.spec import QUICK, SpecError, resolve_devices  # noqa: F401 (QUICK: the presets)
 from bench import spec as spec_stage
 
 
@@ -31,72 +31,14 @@ class Parser(argparse.ArgumentParser):
         raise CliError(message.removeprefix("argument "))
 
 
-# --------------------------------------------------------------------------- parser
-
-
-def _add_sweep_args(p: argparse.ArgumentParser) -> None:
-    axes = p.add_argument_group("sweep axes")
-    axes.add_argument("--devices", type=CONVERTERS["devices"], help="cpu, cuda, cuda:N (default: cpu, plus cuda when available)")
-    axes.add_argument("--batch-sizes", type=CONVERTERS["batch_sizes"], help="default 4,32,128,512")
-    axes.add_argument("--threads", type=CONVERTERS["threads"],
-                      help="CPU threads per Case (default: 1 and all physical cores)")
-    axes.add_argument("--pipelines", type=CONVERTERS["pipelines"], help="tutorial,resident")
-    axes.add_argument("--widths", type=CONVERTERS["widths"], help="conv channel multiplier (default 1)")
-    axes.add_argument("--modes", type=CONVERTERS["modes"], help="train,infer")
-    axes.add_argument("--repeats", type=CONVERTERS["repeats"], help="runs of each Case (default 1)")
-    axes.add_argument("--world-sizes", type=CONVERTERS["world_sizes"],
-                      help="data-parallel ranks per training Case, e.g. 1,2 (default 1); --batch-sizes and "
-                           "--threads are per rank; on CUDA one GPU per rank")
-    variants = p.add_argument_group("step variants (each recorded in the Case)")
-    variants.add_argument("--amp", type=CONVERTERS["amp"],
-                          help="off, bf16 (autocast), or both: off,bf16 (default off)")
-    variants.add_argument("--memory-formats", type=CONVERTERS["memory_formats"],
-                          help="contiguous, channels_last, or both (default contiguous)")
-    variants.add_argument("--cuda-graphs", action="store_true",
-                          help="also run the resident training step captured in a CUDA graph (CUDA devices only)")
-    budget = p.add_argument_group("per-Case budget")
-    budget.add_argument("--epochs", type=CONVERTERS["epochs"], help="epochs per Case (default 2, the tutorial's)")
-    budget.add_argument("--max-steps", type=CONVERTERS["max_steps"], help="stop a Case after this many steps")
-    budget.add_argument("--max-seconds", type=CONVERTERS["max_seconds"],
-                        help="stop a Case after this much training time (default 12; 0: run every epoch)")
-    budget.add_argument("--time-limit", type=CONVERTERS["time_limit"],
-                        help="kill a Case after this many seconds; it is recorded as a timeout (default 600)")
-    budget.add_argument("--quick", action="store_true",
-                        help="a fast look: 1 epoch, at most 300 steps or 0.8 s of training per Case")
-    budget.add_argument("--warmup-steps", type=CONVERTERS["warmup_steps"], help="steps excluded from throughput (default 10)")
-    budget.add_argument("--window", type=CONVERTERS["window_s"], dest="window_s", help="timed window, s (default 0.5)")
-    budget.add_argument("--latency-batches", type=CONVERTERS["latency_batches"],
-                        help="inference batches timed one by one for latency (default 200)")
-    train = p.add_argument_group("training")
-    train.add_argument("--lr", type=CONVERTERS["lr"], help="learning rate at batch 4 (default 0.001)")
-    train.add_argument("--lr-scaling", choices=LR_SCALINGS,
-                       help="scale the lr with batch size relative to 4: none, linear, sqrt")
-    train.add_argument("--target-accuracy", type=CONVERTERS["target_accuracy_pct"], dest="target_accuracy_pct",
-                       help="test accuracy, %%, whose time to reach is recorded (default 50)")
-    train.add_argument("--seed", type=CONVERTERS["seed"], help="default 0")
-    train.add_argument("--num-workers", type=CONVERTERS["num_workers"],
-                       help="DataLoader workers of the tutorial pipeline (default 2, the tutorial's)")
-    data = p.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS,
-                      help="auto: real CIFAR-10 when present or downloadable, else synthetic")
-    data.add_argument("--data-dir", help="where CIFAR-10 is or goes (default ./data)")
-    data.add_argument("--no-verify", action="store_true",
-                      help="accept a custom folder in the CIFAR-10 format (skip the official MD5s)")
-    data.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
-    out = p.add_argument_group("output")
-    out.add_argument("--out", help="run folder (default reports/<run-id>, or $BENCH_REPORTS_DIR/<run-id>)")
-    out.add_argument("--resume", action="store_true", help="re-run only the Cases not already ok in --out")
-    out.add_argument("--no-report", action="store_true", help="do not build the report at the end")
-
-
 def get_parser() -> Parser:
     parser = Parser(prog="bench", description="Does a GPU help the PyTorch CIFAR-10 tutorial CNN? Measure it.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     run = sub.add_parser("run", help="sweep the Cases and write reports/<run-id>/")
-    _add_sweep_args(run)
+    add_sweep_args(run)
     run.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     plan = sub.add_parser("plan", help="list the Cases a run would make, with an estimated duration")
-    _add_sweep_args(plan)
+    add_sweep_args(plan)
     plan.add_argument("--write-cases", metavar="DIR",
                       help="also prepare the data and write each Case as DIR/NNN.json, for `python -m bench.worker` "
                            "(e.g. under torchrun on every node of a cluster)")
@@ -124,15 +66,9 @@ def get_parser() -> Parser:
     return parser
 
 
-# --------------------------------------------------------------------------- the spec stage
-
-
 def build_spec(args: argparse.Namespace, n_cuda: int) -> SweepSpec:
     """The run's SweepSpec from parsed argv (bench/spec.py owns the defaults and the checks)."""
     return spec_stage.build_spec(vars(args), n_cuda)
-
-
-# --------------------------------------------------------------------------- commands
 
 
 def _print_plan(cases, spec: SweepSpec, dataset: str) -> None:
@@ -193,7 +129,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return cmd_plan(args)
     from bench import api
-    from bench.results import load_results, summary_table
+    from bench.results import summary_table
+    from bench.run_folder import RunFolder
 
     spec = build_spec(args, cuda_device_count())
     run_dir, _ = api.new_run_dir(args.out)
@@ -203,10 +140,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CliError(str(e)) from None
     except KeyboardInterrupt:
-        print(f"\nbench: interrupted; finished Cases are kept in {run_dir / 'results.jsonl'}. "
+        print(f"\nbench: interrupted; finished Cases are kept in {RunFolder(run_dir).results_path}. "
               f"Resume with: python -m bench run --resume --out {run_dir} (and the same options)", file=sys.stderr)
         return 130
-    results = load_results(run_dir)
+    results = RunFolder(run_dir).results()
     print(summary_table(results))
     if results and results[0].case.dataset == "synthetic":
         print("bench: measured on SYNTHETIC data: throughput is representative, accuracy is not CIFAR-10's")
@@ -246,11 +183,11 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from bench.report import build_report
-    from bench.results import RunError
+    from bench.run_folder import RunError, RunFolder
 
     runs = [Path(r) for r in args.runs]
     for run in runs:
-        if not (run / "results.jsonl").is_file():
+        if not RunFolder(run).has_results():
             raise CliError(f"report: '{run}' holds no results.jsonl (expected a folder written by bench run)")
     if args.out is None and len(runs) > 1:
         raise CliError("report: --out is needed with several run folders (expected e.g. --out reports/compare)")
@@ -267,10 +204,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _load(path: str, what: str):
-    from bench.results import RunError, load_run
+    from bench.run_folder import RunError, RunFolder
 
     try:
-        return load_run(Path(path))
+        return RunFolder(path).load()
     except RunError as e:
         raise CliError(f"{what}: {e}") from None
 

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest_benchmark
 from pytest_benchmark.stats import Stats
 
-from bench.analysis import step_variant
-from bench.results import Run
+from bench.rows import step_variant
+from bench.run_folder import Run
 
 
 def _benchmark(row: pd.Series, variant: str, run_id: str) -> dict:

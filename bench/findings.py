@@ -1,6 +1,6 @@
 """The report's opening sentences, each made from the analysis tables (bench/analysis.py): the headline
 at the tutorial's settings, the best settings, the crossover, what limits each device, and the caveats.
-Pure: a DataFrame in, a Verdict out.
+Pure: an Analysis in, a Verdict out.
 """
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from bench.analysis import PLAIN, SPREAD_WARN_PCT, accuracy_by_batch, achieved_gflops, crossover_batch_size, data_parallel_scaling, gpu_usage, noisy_cases, ok_rows, pipeline_gap, speedups, thread_scaling, variant_gain
+from bench.analysis import SPREAD_WARN_PCT, Analysis
+from bench.rows import PLAIN
 
 
 @dataclass
@@ -25,64 +26,76 @@ def _fmt(x: float) -> str:
     return f"{x:.2f}x" if x < 10 else f"{x:.0f}x"
 
 
-def verdict(df: pd.DataFrame, skipped_devices: dict[str, str] | None = None) -> Verdict:
+def verdict(a: Analysis, skipped_devices: dict[str, str] | None = None) -> Verdict:
     """Plain-language answer: the tutorial's own settings, the best settings, the crossover, the limits."""
-    ok = ok_rows(df)
-    findings, caveats = [], []
-    train = ok[ok["mode"] == "train"]
-    sp = speedups(df)
-    sp_train = sp[sp["mode"] == "train"]
+    sp_train = a.speedups[a.speedups["mode"] == "train"]
+    train = a.ok[a.ok["mode"] == "train"]
     if not sp_train.empty:
-        tut = sp_train[(sp_train["batch_size"] == 4) & (sp_train["pipeline"] == "tutorial") & (sp_train["width"] == 1)
-                       & (sp_train["variant"] == PLAIN) & (sp_train["world_size"] == 1)]
-        best = sp_train.loc[sp_train["speedup"].idxmax()]
-        if not tut.empty:
-            t = tut.iloc[0]
-            word = "faster" if t["low"] > 1 else ("slower" if t["high"] < 1 else "no faster, within the noise,")
-            headline = (f"At the tutorial's own settings (batch 4, tutorial pipeline) the {t['device']} trains "
-                        f"{_fmt(t['speedup'])} as fast as the best CPU configuration: {word}.")
-        else:
-            headline = f"The best GPU speed-up measured is {_fmt(best['speedup'])}."
-        findings.append(f"Best speed-up: {_fmt(best['speedup'])} ({best['device']}, {best['pipeline']} pipeline, "
-                        f"{_step(best['variant'])[2:] or 'eager step'}, batch {int(best['batch_size'])}, "
-                        f"width {best['width']:g}; "
-                        f"{best['device_images_per_s']:.0f} vs {best['cpu_images_per_s']:.0f} images/s).")
-        for _, c in crossover_batch_size(sp_train).iterrows():
-            where = (f"from batch {int(c['crossover_batch_size'])}" if not np.isnan(c["crossover_batch_size"])
-                     else "at no batch size measured")
-            findings.append(f"Crossover ({c['device']}, {c['pipeline']} pipeline{_step(c['variant'])}, "
-                            f"width {c['width']:g}): "
-                            f"faster than the CPU beyond the noise {where}.")
+        headline, findings = _gpu_answer(sp_train, a.crossover[a.crossover["mode"] == "train"])
     elif not train.empty:
-        devices = sorted(train["device"].unique())
-        headline = (f"Only {', '.join(devices)} was measured, so this run cannot say whether a GPU helps; "
-                    f"it answers what the CPU can: threads, input pipeline and batch size.")
-        best = train.loc[train["images_per_s"].idxmax()]
-        findings.append(f"Fastest training configuration: {best['pipeline']} pipeline{_step(best['variant'])}, batch "
-                        f"{int(best['batch_size'])}, {_threads(best['threads'])}: {best['images_per_s']:.0f} images/s.")
-        tut = train[(train["batch_size"] == 4) & (train["pipeline"] == "tutorial") & (train["width"] == 1)
-                    & (train["variant"] == PLAIN) & (train["world_size"] == 1)]
-        if not tut.empty:
-            t = tut.loc[tut["images_per_s"].idxmax()]
-            findings.append(f"At the tutorial's own settings (batch 4, tutorial pipeline): {t['images_per_s']:.0f} "
-                            f"images/s ({_threads(t['threads'])}).")
+        headline, findings = _cpu_only_answer(train)
     else:
-        headline = "No training Case finished, so there is nothing to compare."
-    findings.extend(_cpu_findings(df))
-    findings.extend(_variant_findings(df))
-    findings.extend(_scaling_findings(df))
-    if set(ok.get("dataset", pd.Series(dtype=str)).unique()) & {"synthetic"}:
+        headline, findings = "No training Case finished, so there is nothing to compare.", []
+    findings += _cpu_findings(a) + _variant_findings(a) + _scaling_findings(a)
+    return Verdict(headline, findings, _caveats(a, skipped_devices or {}))
+
+
+def _tutorial_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows at the tutorial's own settings: batch 4, its pipeline, width 1, the eager step, one process."""
+    return frame[(frame["batch_size"] == 4) & (frame["pipeline"] == "tutorial") & (frame["width"] == 1)
+                 & (frame["variant"] == PLAIN) & (frame["world_size"] == 1)]
+
+
+def _gpu_answer(sp_train: pd.DataFrame, crossover: pd.DataFrame) -> tuple[str, list[str]]:
+    tut = _tutorial_rows(sp_train)
+    best = sp_train.loc[sp_train["speedup"].idxmax()]
+    if not tut.empty:
+        t = tut.iloc[0]
+        word = "faster" if t["low"] > 1 else ("slower" if t["high"] < 1 else "no faster, within the noise,")
+        headline = (f"At the tutorial's own settings (batch 4, tutorial pipeline) the {t['device']} trains "
+                    f"{_fmt(t['speedup'])} as fast as the best CPU configuration: {word}.")
+    else:
+        headline = f"The best GPU speed-up measured is {_fmt(best['speedup'])}."
+    findings = [f"Best speed-up: {_fmt(best['speedup'])} ({best['device']}, {best['pipeline']} pipeline, "
+                f"{_step(best['variant'])[2:] or 'eager step'}, batch {int(best['batch_size'])}, "
+                f"width {best['width']:g}; "
+                f"{best['device_images_per_s']:.0f} vs {best['cpu_images_per_s']:.0f} images/s)."]
+    for _, c in crossover.iterrows():
+        where = (f"from batch {int(c['crossover_batch_size'])}" if not np.isnan(c["crossover_batch_size"])
+                 else "at no batch size measured")
+        findings.append(f"Crossover ({c['device']}, {c['pipeline']} pipeline{_step(c['variant'])}, "
+                        f"width {c['width']:g}): "
+                        f"faster than the CPU beyond the noise {where}.")
+    return headline, findings
+
+
+def _cpu_only_answer(train: pd.DataFrame) -> tuple[str, list[str]]:
+    devices = sorted(train["device"].unique())
+    headline = (f"Only {', '.join(devices)} was measured, so this run cannot say whether a GPU helps; "
+                f"it answers what the CPU can: threads, input pipeline and batch size.")
+    best = train.loc[train["images_per_s"].idxmax()]
+    findings = [f"Fastest training configuration: {best['pipeline']} pipeline{_step(best['variant'])}, batch "
+                f"{int(best['batch_size'])}, {_threads(best['threads'])}: {best['images_per_s']:.0f} images/s."]
+    tut = _tutorial_rows(train)
+    if not tut.empty:
+        t = tut.loc[tut["images_per_s"].idxmax()]
+        findings.append(f"At the tutorial's own settings (batch 4, tutorial pipeline): {t['images_per_s']:.0f} "
+                        f"images/s ({_threads(t['threads'])}).")
+    return headline, findings
+
+
+def _caveats(a: Analysis, skipped_devices: dict[str, str]) -> list[str]:
+    caveats = []
+    if set(a.ok.get("dataset", pd.Series(dtype=str)).unique()) & {"synthetic"}:
         caveats.append("Measured on SYNTHETIC data: throughput is representative of CIFAR-10, accuracy is not.")
-    for device, why in (skipped_devices or {}).items():
+    for device, why in skipped_devices.items():
         caveats.append(f"Device {device} was skipped: {why}.")
-    noisy = noisy_cases(df)
-    if not noisy.empty:
-        caveats.append(f"{len(noisy)} of {len(ok)} Cases varied by more than {SPREAD_WARN_PCT:.0f}% (IQR over "
+    if not a.noisy.empty:
+        caveats.append(f"{len(a.noisy)} of {len(a.ok)} Cases varied by more than {SPREAD_WARN_PCT:.0f}% (IQR over "
                        f"median) between timed windows; their figures are less certain.")
-    bad = df[df["status"] != "ok"]
-    for status, group in bad.groupby("status"):
+    for status, group in a.unfinished.groupby("status"):
         caveats.append(f"{len(group)} Case(s) ended as {status}: e.g. {group.iloc[0]['key']}: {group.iloc[0]['error']}")
-    return Verdict(headline, findings, caveats)
+    return caveats
 
 
 def _step(variant: str) -> str:
@@ -94,9 +107,9 @@ def _threads(t) -> str:
     return "default threads" if pd.isna(t) else f"{int(t)} thread{'s' if t != 1 else ''}"
 
 
-def _cpu_findings(df: pd.DataFrame) -> list[str]:
+def _cpu_findings(a: Analysis) -> list[str]:
     out = []
-    gap = pipeline_gap(df)
+    gap = a.pipeline_gap
     gap = gap[(gap["mode"] == "train") & (gap["variant"] == PLAIN) & (gap["world_size"] == 1)]
     for device, g in gap.groupby("device"):
         small = g.loc[g["batch_size"].idxmin()]
@@ -105,7 +118,7 @@ def _cpu_findings(df: pd.DataFrame) -> list[str]:
                    f"tutorial's at batch {int(small['batch_size'])} ({_threads(small['threads'])}), so about "
                    f"{share:.0f}% of the tutorial's training time there goes to its input pipeline, not the "
                    f"model; {_fmt(g['gap'].min())}-{_fmt(g['gap'].max())} across the batch sizes.")
-    scaling = thread_scaling(df)
+    scaling = a.thread_scaling
     scaling = scaling[(scaling["mode"] == "train") & (scaling["threads"] > 1) & (scaling["variant"] == PLAIN)
                       & (scaling["world_size"] == 1)]
     scaling = scaling.dropna(subset=["speedup"])  # no 1-thread Case to compare with
@@ -115,8 +128,8 @@ def _cpu_findings(df: pd.DataFrame) -> list[str]:
         out.append(f"Threads ({pipeline} pipeline): {int(top)} threads give {g['speedup'].min():.2f}x-"
                    f"{g['speedup'].max():.2f}x of 1 thread (parallel efficiency "
                    f"{100 * g['efficiency'].min():.0f}-{100 * g['efficiency'].max():.0f}%).")
-    out.extend(_compute_findings(df))
-    acc = accuracy_by_batch(df).dropna(subset=["test_accuracy_pct"])
+    out.extend(_compute_findings(a.achieved_gflops))
+    acc = a.accuracy.dropna(subset=["test_accuracy_pct"])
     if acc["batch_size"].nunique() > 1:
         by_batch = acc.groupby("batch_size")["test_accuracy_pct"].max()
         out.append("Accuracy after the same budget by batch size: "
@@ -125,11 +138,10 @@ def _cpu_findings(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def _compute_findings(df: pd.DataFrame) -> list[str]:
+def _compute_findings(gf: pd.DataFrame) -> list[str]:
     """Per device and precision, the fastest training Case's GFLOP/s against the matmul ceiling of
     that precision, or why there is none to compare with."""
     out = []
-    gf = achieved_gflops(df)
     for (device, precision), g in gf[gf["mode"] == "train"].groupby(["device", "ceiling_precision"]):
         top = g.loc[g["gflops"].idxmax()]
         where = f"batch {int(top['batch_size'])}, {top['pipeline']} pipeline{_step(top['variant'])}"
@@ -149,16 +161,16 @@ def _compute_findings(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def _variant_findings(df: pd.DataFrame) -> list[str]:
+def _variant_findings(a: Analysis) -> list[str]:
     out = []
-    gain = variant_gain(df)
+    gain = a.variant_gain
     for (device, pipeline, variant), g in gain[gain["mode"] == "train"].groupby(["device", "pipeline", "variant"]):
         small = g.loc[g["batch_size"].idxmin()]
         word = "faster" if small["low"] > 1 else ("slower" if small["high"] < 1 else "the same within the noise")
         out.append(f"Step variant {variant} ({device}, {pipeline} pipeline): {_fmt(small['gain'])} the eager step's "
                    f"training speed at batch {int(small['batch_size'])} ({word}); {_fmt(g['gain'].min())}-"
                    f"{_fmt(g['gain'].max())} across the batch sizes.")
-    usage = gpu_usage(df)
+    usage = a.gpu_usage
     usage = usage[usage["mode"] == "train"].dropna(subset=["gpu_energy_j_per_epoch"])
     for device, g in usage.groupby("device"):
         top = g.loc[g["images_per_s"].idxmax()]
@@ -168,13 +180,12 @@ def _variant_findings(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def _scaling_findings(df: pd.DataFrame) -> list[str]:
+def _scaling_findings(a: Analysis) -> list[str]:
     """Whether more processes (or GPUs) help this model: the best multi-process Case against the best
     single process at the same global batch (else at the same per-rank batch), and the all-reduce
     share as the reason."""
-    sc = data_parallel_scaling(df)
-    sc = sc[sc["world_size"] > 1]
-    ok = ok_rows(df)
+    sc = a.data_parallel[a.data_parallel["world_size"] > 1]
+    ok = a.ok
     one = ok[(ok["mode"] == "train") & (ok["world_size"] == 1)]
     out = []
     for device, g in sc.groupby("device"):

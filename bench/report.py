@@ -10,7 +10,8 @@ from matplotlib.figure import Figure
 import pandas as pd
 
 from bench import analysis, charts, findings
-from bench.results import Run, load_results, load_run, write_csv
+from bench.compute import with_ceilings
+from bench.run_folder import Run, RunFolder
 
 
 def machine_label(env: dict) -> str:
@@ -24,7 +25,7 @@ def combined_frame(runs: list[Run]) -> pd.DataFrame:
     with its machine."""
     labels = [machine_label(r.environment) for r in runs]
     several = len(set(labels)) > 1
-    frames = [analysis.with_ceilings(r.frame, r.environment).assign(machine=label if several else "")
+    frames = [with_ceilings(r.frame, r.environment).assign(machine=label if several else "")
               for r, label in zip(runs, labels)]
     return pd.concat(frames, ignore_index=True)
 
@@ -66,66 +67,50 @@ def _drop_blank(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _figures(df: pd.DataFrame, train_images: int) -> list[tuple[str, str, Figure]]:
-    best = analysis.best_throughput(df)
+def _figures(a: analysis.Analysis, train_images: int) -> list[tuple[str, str, Figure]]:
+    best, trains = a.best, not a.best.empty and (a.best["mode"] == "train").any()
     figs = []
-    if not best.empty and (best["mode"] == "train").any():
+    if trains:
         figs.append(("throughput_train.png", "Training throughput by batch size", charts.throughput_vs_batch(best)))
-    sp = analysis.speedups(df)
-    if not sp.empty:
-        figs.append(("speedup.png", "GPU speed-up over the best CPU", charts.speedup_vs_batch(sp)))
-    scaling = analysis.thread_scaling(df)
-    if scaling["threads"].nunique() > 1:
-        figs.append(("thread_scaling.png", "CPU thread scaling", charts.thread_scaling(scaling)))
-    if not best.empty and (best["mode"] == "train").any():
+    if not a.speedups.empty:
+        figs.append(("speedup.png", "GPU speed-up over the best CPU", charts.speedup_vs_batch(a.speedups)))
+    if a.thread_scaling["threads"].nunique() > 1:
+        figs.append(("thread_scaling.png", "CPU thread scaling", charts.thread_scaling(a.thread_scaling)))
+    if trains:
         figs.append(("epoch_time.png", "Time per epoch", charts.epoch_time(best, train_images)))
-    accuracy = analysis.accuracy_by_batch(df)
-    if not accuracy.empty:
-        figs.append(("accuracy.png", "Accuracy and time to target", charts.accuracy_vs_batch(accuracy)))
-    inference = analysis.inference_table(df)
-    if not inference.empty:
+    if not a.accuracy.empty:
+        figs.append(("accuracy.png", "Accuracy and time to target", charts.accuracy_vs_batch(a.accuracy)))
+    if not a.inference.empty:
         figs.append(("throughput_infer.png", "Inference throughput by batch size",
                      charts.throughput_vs_batch(best, mode="infer")))
-        figs.append(("latency.png", "Inference latency", charts.inference_latency(inference)))
-    scaling = analysis.data_parallel_scaling(df)
-    if not scaling.empty:
-        figs.append(("scaling.png", "Data-parallel scaling", charts.data_parallel_scaling(scaling)))
-    if df["width"].nunique() > 1:
+        figs.append(("latency.png", "Inference latency", charts.inference_latency(a.inference)))
+    if not a.data_parallel.empty:
+        figs.append(("scaling.png", "Data-parallel scaling", charts.data_parallel_scaling(a.data_parallel)))
+    if a.frame["width"].nunique() > 1:
         figs.append(("width.png", "Throughput by model width", charts.throughput_vs_width(best)))
     return figs
 
 
-def _sections(df: pd.DataFrame, ceilings: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    best = analysis.best_throughput(df)
-    sections = [("Best throughput per configuration (over thread counts)", best),
-                ("GPU speed-up over the best CPU", analysis.speedups(df)),
-                ("Crossover batch size", analysis.crossover_batch_size(analysis.speedups(df))),
-                ("CPU thread scaling", analysis.thread_scaling(df)),
-                ("Input pipeline gap (resident / tutorial)", analysis.pipeline_gap(df)),
-                ("Accuracy and time to target", analysis.accuracy_by_batch(df)),
-                ("Inference", analysis.inference_table(df)),
-                ("Step variants against the eager step", analysis.variant_gain(df)),
-                ("Data-parallel scaling (DDP): global images/s, efficiency, all-reduce share",
-                 analysis.data_parallel_scaling(df)),
+def _sections(a: analysis.Analysis, ceilings: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    sections = [("Best throughput per configuration (over thread counts)", a.best),
+                ("GPU speed-up over the best CPU", a.speedups),
+                ("Crossover batch size", a.crossover),
+                ("CPU thread scaling", a.thread_scaling),
+                ("Input pipeline gap (resident / tutorial)", a.pipeline_gap),
+                ("Accuracy and time to target", a.accuracy),
+                ("Inference", a.inference),
+                ("Step variants against the eager step", a.variant_gain),
+                ("Data-parallel scaling (DDP): global images/s, efficiency, all-reduce share", a.data_parallel),
                 ("Matmul ceilings measured per device and precision (GFLOP/s)", ceilings),
                 ("Achieved GFLOP/s and share of the matmul ceiling in each Case's own precision",
-                 analysis.achieved_gflops(df).drop(columns="ceiling_missing")),
-                ("GPU utilisation, power and energy (NVML)", analysis.gpu_usage(df)),
+                 a.achieved_gflops.drop(columns="ceiling_missing")),
+                ("GPU utilisation, power and energy (NVML)", a.gpu_usage),
                 ("Time outside the timed windows, medians: start-up (process, data, model, CUDA context, graph "
                  "capture; outside the --max-seconds budget, paid once by a whole job) and warm-up (first steps, "
-                 "cuDNN autotuning; inside the budget, on every device alike)", analysis.time_outside_windows(df))]
-    sections.append(("Warnings recorded with each Case", _warnings(df)))
-    failed = df[df["status"] != "ok"][["key", "status", "error"]]
-    sections.append(("Cases that did not finish", failed))
+                 "cuDNN autotuning; inside the budget, on every device alike)", a.outside_windows),
+                ("Warnings recorded with each Case", a.warnings),
+                ("Cases that did not finish", a.unfinished)]
     return [(title, _drop_blank(table)) for title, table in sections]
-
-
-def _warnings(df: pd.DataFrame) -> pd.DataFrame:
-    """Each Case's recorded doubts (noisy windows, too few windows, oversubscribed cores), beside its key."""
-    if "warnings" not in df:
-        return pd.DataFrame(columns=["key", "warnings"])
-    has = df["warnings"].map(lambda w: isinstance(w, list) and len(w) > 0)
-    return pd.DataFrame({"key": df.loc[has, "key"], "warnings": df.loc[has, "warnings"].map("; ".join)})
 
 
 @dataclass
@@ -145,21 +130,22 @@ class Report:
 
 def build_report(run_dirs: list[Path], out_dir: Path) -> Report:
     """Writes the report files into out_dir."""
-    runs = [load_run(Path(p)) for p in run_dirs]
+    runs = [RunFolder(p).load() for p in run_dirs]
     df = combined_frame(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped = {d: why for r in runs for d, why in r.environment.get("skipped_devices", {}).items()}
-    verdict = findings.verdict(df, skipped)
+    tables = analysis.analyse(df)
+    verdict = findings.verdict(tables, skipped)
     train_images = int(df["train_images"].dropna().max()) if df["train_images"].notna().any() else 50000
-    figures = _figures(df, train_images)
+    figures = _figures(tables, train_images)
     images = {}
     for name, _, fig in figures:
         fig.savefig(out_dir / name, dpi=110)
         images[name] = base64.b64encode((out_dir / name).read_bytes()).decode()
-    write_csv(out_dir, [r for run in runs for r in load_results(run.path)])
+    RunFolder(out_dir).write_csv([r for run in runs for r in RunFolder(run.path).results()])
     datasets = ", ".join(sorted(df["dataset"].dropna().unique()))
     title = "Does a GPU help the CIFAR-10 tutorial CNN?"
-    sections = _sections(df, _ceilings(runs))
+    sections = _sections(tables, _ceilings(runs))
     md = _markdown(title, verdict, runs, datasets, figures, sections)
     (out_dir / "report.md").write_text(md)
     (out_dir / "report.html").write_text(_html(title, verdict, runs, datasets, figures, images, sections))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.results import append_result
+from bench.run_folder import RunFolder
 from bench.schema import Case, Result
 
 POLL_S = 0.1
@@ -116,11 +116,12 @@ def run_one(case: Case, ctx=None, on_progress: Callable[[dict], None] | None = N
 def run_cases(cases: list[Case], run_dir: Path, display) -> list[Result]:
     """Runs the Cases in order, appending each Result to results.jsonl as it ends."""
     ctx = _context()
+    folder = RunFolder(run_dir)
     results = []
     for case in cases:
         display.case_started(case)
         result = run_one(case, ctx, on_progress=display.case_progress)
-        append_result(run_dir, result)
+        folder.append(result)
         results.append(result)
         display.case_finished(result)
     return results

@@ -172,11 +172,10 @@ class Result:
 
     @classmethod
     def from_dict(cls, data: dict) -> Result:
-        """Reads a record written by any schema version so far (unknown fields are ignored)."""
+        """Reads a record of the current schema (unknown fields are ignored; bench/run_folder.py upgrades
+        older ones)."""
         case_names = {f.name for f in fields(Case)}
         own_names = {f.name for f in fields(cls)} - {"case"}
         case_fields = {k: v for k, v in data.items() if k in case_names}
-        if case_fields.get("device") == "cuda":  # written before device names were indexed at the spec stage
-            case_fields["device"] = "cuda:0"
         case = Case(**case_fields)
         return cls(case=case, **{k: v for k, v in data.items() if k in own_names})

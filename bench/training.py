@@ -20,7 +20,8 @@ import torch.nn as nn
 
 from bench import devices, gpu_monitor, measure
 from bench.schema import Case, Result
-from cnn import data, loops
+from cnn import loops
+from cnn.cifar_files import CifarArrays
 from cnn.model import Net
 
 Progress = Callable[[dict], None]
@@ -168,7 +169,7 @@ def record_throughput(result: Result, meter: measure.StepMeter) -> None:
         result.data_wait_pct = 100.0 * meter.data_wait_s / window_total if window_total else None
 
 
-def train(case: Case, arrays: data.CifarArrays, device: torch.device, result: Result, started: float,
+def train(case: Case, arrays: CifarArrays, device: torch.device, result: Result, started: float,
           progress: Progress | None, ranks: Ranks = SINGLE) -> tuple[nn.Module, measure.StepMeter]:
     """Trains the Case (one rank's part of it with `ranks`), accuracy measured on rank 0 after every
     epoch outside the timed windows; returns the model (unwrapped) and the meter."""
@@ -215,7 +216,7 @@ def train(case: Case, arrays: data.CifarArrays, device: torch.device, result: Re
     return net, meter
 
 
-def infer(case: Case, arrays: data.CifarArrays, device: torch.device, result: Result, started: float,
+def infer(case: Case, arrays: CifarArrays, device: torch.device, result: Result, started: float,
           progress: Progress | None) -> None:
     """Runs the Case's inference loop, then times the model alone for latency."""
     compute = devices.placement(device)

@@ -131,10 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         from pathlib import Path
 
-        from bench.results import append_result
+        from bench.run_folder import RunFolder
 
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        append_result(Path(args.out), result)
+        RunFolder(args.out).append(result)
     print(result.to_json(), flush=True)
     return 0 if result.status == "ok" else 1
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import analysis
+from bench import analysis, compute
 from bench import findings as sentences
 
 
@@ -71,7 +71,7 @@ def test_pipeline_gap(table):
 
 
 def test_verdict_with_a_gpu_names_tutorial_settings_crossover_and_failures(table):
-    v = sentences.verdict(table, skipped_devices={})
+    v = sentences.verdict(analysis.analyse(table), skipped_devices={})
     assert "batch 4" in v.headline and "0.90x" in v.headline and "slower" in v.headline
     assert any("from batch 32" in f for f in v.findings)
     assert any("Best speed-up: 33x" in f for f in v.findings)
@@ -81,7 +81,7 @@ def test_verdict_with_a_gpu_names_tutorial_settings_crossover_and_failures(table
 
 def test_verdict_with_only_a_cpu_says_so_and_answers_what_it_can(table):
     cpu = table[table.device == "cpu"]
-    v = sentences.verdict(cpu, skipped_devices={"cuda": "CUDA is not available on this machine"})
+    v = sentences.verdict(analysis.analyse(cpu), skipped_devices={"cuda": "CUDA is not available on this machine"})
     assert "Only cpu was measured" in v.headline
     assert any(f.startswith("Input pipeline (cpu): the resident pipeline trains 2.00x") for f in v.findings)
     assert any(f.startswith("Threads (tutorial pipeline): 2 threads give 0.80x-") for f in v.findings)
@@ -92,7 +92,7 @@ def test_noisy_cases_are_flagged(table):
     noisy = table.copy()
     noisy.loc[0, "images_per_s_spread_pct"] = 25.0
     assert analysis.noisy_cases(noisy).key.tolist() == [noisy.loc[0, "key"]]
-    assert any("varied by more than 10%" in c for c in sentences.verdict(noisy).caveats)
+    assert any("varied by more than 10%" in c for c in sentences.verdict(analysis.analyse(noisy)).caveats)
     assert analysis.speedups(table[table.device == "cpu"]).empty
 
 
@@ -117,7 +117,7 @@ def test_step_variants_are_kept_apart_and_compared_with_the_eager_step(variants)
     assert gain.loc[("cuda", "graphs", 4), "low"] == pytest.approx(3000 * 0.98 / (1000 * 1.02))
     assert gain.loc[("cuda", "eager+bf16", 512), "gain"] == pytest.approx(1.5)
     assert gain.loc[("cpu", "eager+bf16", 4), "gain"] == pytest.approx(900 / 500)
-    v = sentences.verdict(variants)
+    v = sentences.verdict(analysis.analyse(variants))
     assert any(f.startswith("Step variant graphs (cuda, resident pipeline): 3.00x the eager step's training speed "
                             "at batch 4 (faster)") for f in v.findings)
     assert any("1.01x-3.00x" in f for f in v.findings)
@@ -130,7 +130,7 @@ def test_the_gpu_is_compared_with_the_best_cpu_over_variants_but_the_headline_us
     assert tut4.speedup == pytest.approx(450 / 900)
     graphs = sp[(sp.variant == "graphs") & (sp.batch_size == 4)].iloc[0]
     assert graphs.cpu_variant == "eager" and graphs.speedup == pytest.approx(3000 / 800)
-    assert "0.50x" in sentences.verdict(variants).headline
+    assert "0.50x" in sentences.verdict(analysis.analyse(variants)).headline
 
 
 def test_gpu_usage_gives_power_energy_and_images_per_joule(table):
@@ -142,13 +142,13 @@ def test_gpu_usage_gives_power_energy_and_images_per_joule(table):
     assert list(usage.index) == [4, 128]  # only the sampled Cases
     assert usage.loc[128, "images_per_j"] == pytest.approx(200.0)
     assert any(f == "Energy (cuda): the fastest training Case draws 250 W at 90% utilisation, 260 J per epoch "
-                    "(GPU board only, from NVML)." for f in sentences.verdict(df).findings)
+                    "(GPU board only, from NVML)." for f in sentences.verdict(analysis.analyse(df)).findings)
     assert analysis.gpu_usage(table).empty
 
 
 def test_without_a_one_thread_case_there_is_no_thread_finding_rather_than_nan(variants):
     two_threads = variants[(variants.device == "cpu") & (variants.threads != 1)]
-    findings = sentences.verdict(two_threads).findings
+    findings = sentences.verdict(analysis.analyse(two_threads)).findings
     assert not any("nan" in f for f in findings)
     assert not any(f.startswith("Threads") for f in findings)
 
@@ -157,7 +157,7 @@ def test_the_fastest_cpu_configuration_names_its_step_variant(table):
     fast = pd.DataFrame([_row("cpu", "resident", 64, 1000, threads=2),
                          _row("cpu", "resident", 64, 1100, threads=2, memory_format="channels_last")])
     assert ("Fastest training configuration: resident pipeline, eager+channels-last step, batch 64, 2 threads: "
-            "1100 images/s.") in sentences.verdict(fast).findings
+            "1100 images/s.") in sentences.verdict(analysis.analyse(fast)).findings
 
 
 def test_data_parallel_scaling_weak_strong_and_against_the_best_single_process():
@@ -172,7 +172,7 @@ def test_data_parallel_scaling_weak_strong_and_against_the_best_single_process()
     assert two.loc[64, "strong_efficiency"] == pytest.approx(1500 / (2 * 1200))  # same global batch 128, 1 thread
     assert two.loc[64, "vs_best_one_process"] == pytest.approx(1500 / 2000)  # best at batch 128: 2 threads
     assert np.isnan(two.loc[128, "vs_best_one_process"])  # no single process at global batch 256
-    v = sentences.verdict(pd.DataFrame(rows))
+    v = sentences.verdict(analysis.analyse(pd.DataFrame(rows)))
     assert ("Data parallelism (cpu): at best, 2 processes x 1 thread train 0.75x as fast as the best single process "
             "at the same global batch 128 (resident pipeline; weak-scaling efficiency 75%); the gradient all-reduce "
             "is in flight for 30% of the timed step time, so more processes do not help this model here."
@@ -184,7 +184,7 @@ def test_data_parallel_scaling_weak_strong_and_against_the_best_single_process()
 def test_without_a_single_process_at_the_global_batch_the_finding_compares_at_the_per_rank_batch():
     rows = [_row("cpu", "resident", 64, 1000, threads=1), _row("cpu", "resident", 64, 1600, threads=2),
             _row("cpu", "resident", 64, 1500, threads=1, world_size=2, allreduce_pct=30.0)]
-    findings = sentences.verdict(pd.DataFrame(rows)).findings
+    findings = sentences.verdict(analysis.analyse(pd.DataFrame(rows))).findings
     assert any(f.startswith("Data parallelism (cpu): at best, 2 processes x 1 thread train 0.94x as fast as the best "
                             "single process at the same per-rank batch 64 (no single process ran at the global "
                             "batch 128)") for f in findings), findings
@@ -208,7 +208,7 @@ def precisions() -> pd.DataFrame:
 
 
 def test_each_case_is_held_against_the_matmul_ceiling_of_its_own_precision(precisions):
-    gf = analysis.achieved_gflops(analysis.with_ceilings(precisions, CEILINGS_ENV)).set_index(["device", "variant"])
+    gf = compute.achieved_gflops(compute.with_ceilings(precisions, CEILINGS_ENV)).set_index(["device", "variant"])
     assert gf.loc[("cpu", "eager"), ["gflops", "ceiling_precision", "ceiling_gflops", "pct_of_ceiling"]].tolist() \
         == pytest.approx([3.0, "fp32", 100.0, 3.0])
     assert gf.loc[("cpu", "eager+bf16"), ["gflops", "ceiling_precision", "ceiling_gflops", "pct_of_ceiling"]].tolist() \
@@ -217,7 +217,7 @@ def test_each_case_is_held_against_the_matmul_ceiling_of_its_own_precision(preci
     bf16 = gf.loc[("cuda:0", "eager+bf16")]  # its ceiling timed out: unknown, and never the fp32 one
     assert bf16.ceiling_precision == "bf16" and np.isnan(bf16.ceiling_gflops) and np.isnan(bf16.pct_of_ceiling)
     assert bf16.ceiling_missing == "the ceiling worker exceeded its time limit of 120 s"
-    findings = sentences.verdict(analysis.with_ceilings(precisions, CEILINGS_ENV)).findings
+    findings = sentences.verdict(analysis.analyse(compute.with_ceilings(precisions, CEILINGS_ENV))).findings
     assert ("Compute (cpu): the fastest fp32 training Case does 3.0 GFLOP/s, 3% of this device's measured fp32 "
             "matmul ceiling (100 GFLOP/s; batch 64, resident pipeline).") in findings
     assert ("Compute (cpu): the fastest bf16 training Case does 6.0 GFLOP/s, 30% of this device's measured bf16 "
@@ -230,7 +230,7 @@ def test_each_case_is_held_against_the_matmul_ceiling_of_its_own_precision(preci
 def test_a_case_above_its_ceiling_says_the_ceiling_bounds_nothing(precisions):
     slow_bf16 = {**CEILINGS_ENV, "ceilings": {**CEILINGS_ENV["ceilings"],
                                               "matmul_gflops": {"cpu": {"fp32": 100.0, "bf16": 1.2}}}}
-    findings = sentences.verdict(analysis.with_ceilings(precisions, slow_bf16)).findings
+    findings = sentences.verdict(analysis.analyse(compute.with_ceilings(precisions, slow_bf16))).findings
     assert ("Compute (cpu): the fastest bf16 training Case does 6.0 GFLOP/s, 500% of this device's measured bf16 "
             "matmul ceiling (1.2 GFLOP/s; batch 64, resident pipeline, eager+bf16 step); above 100%: the bf16 matrix "
             "multiply is slower here than the model's own kernels, so it bounds nothing.") in findings
@@ -238,7 +238,7 @@ def test_a_case_above_its_ceiling_says_the_ceiling_bounds_nothing(precisions):
 
 def test_a_process_that_allows_tf32_is_held_against_the_tf32_ceiling(precisions):
     env = {**CEILINGS_ENV, "float32_matmul_precision": "high"}
-    gf = analysis.achieved_gflops(analysis.with_ceilings(precisions, env)).set_index(["device", "variant"])
+    gf = compute.achieved_gflops(compute.with_ceilings(precisions, env)).set_index(["device", "variant"])
     assert gf.loc[("cuda:0", "eager"), "ceiling_precision"] == "tf32"
     assert gf.loc[("cuda:0", "eager"), "pct_of_ceiling"] == pytest.approx(100 * 300 / 200000)
     assert gf.loc[("cuda:0", "eager+bf16"), "ceiling_precision"] == "bf16"
@@ -248,11 +248,11 @@ def test_a_process_that_allows_tf32_is_held_against_the_tf32_ceiling(precisions)
 
 
 def test_without_ceilings_recorded_the_table_is_empty_or_unknown_not_a_crash(precisions):
-    assert analysis.achieved_gflops(analysis.with_ceilings(precisions, {})).empty
+    assert compute.achieved_gflops(compute.with_ceilings(precisions, {})).empty
     failed = {"model_flops_per_image": CEILINGS_ENV["model_flops_per_image"],
               "ceilings": {"worker_error": "the ceiling worker died from SIGKILL", "matmul_gflops": {},
                            "matmul_missing": {}}}
-    gf = analysis.achieved_gflops(analysis.with_ceilings(precisions, failed))
+    gf = compute.achieved_gflops(compute.with_ceilings(precisions, failed))
     assert gf["pct_of_ceiling"].isna().all()
     assert set(gf["ceiling_missing"]) == {"the ceiling worker died from SIGKILL"}
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import bench
-from bench import analysis, ceilings, environment, report
+from bench import ceilings, compute, environment, report
 from bench.plan import plan_cases
-from bench.results import append_result, load_run
+from bench.run_folder import RunFolder
 from bench.schema import Result, SweepSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def _run_folder(folder: Path, env: dict, amp: list[str]) -> Path:
                      modes=["train"], amp=amp)
     for case in plan_cases(spec, "/c", "synthetic", folder.name):
         rate = 1000.0 if case.amp == "off" else 2000.0
-        append_result(folder, Result(case=case, images_per_s=rate, images_per_s_p25=rate, images_per_s_p75=rate,
+        RunFolder(folder).append(Result(case=case, images_per_s=rate, images_per_s_p25=rate, images_per_s_p75=rate,
                                      images_per_s_spread_pct=0.0))
     (folder / "environment.json").write_text(json.dumps(env))
     return folder
@@ -100,14 +100,14 @@ def _run_folder(folder: Path, env: dict, amp: list[str]) -> Path:
 def test_an_old_environment_loads_as_fp32_ceilings(tmp_path: Path):
     old = {"matmul_gflops": {"cpu": 123.4, "cuda": 5000.0}, "matmul_n": {"cpu": 1024, "cuda": 8192},
            "model_flops_per_image": {"1": {"forward": 1e6, "train_step": 3e6}}}
-    run = load_run(_run_folder(tmp_path / "old", old, ["off"]))
+    run = RunFolder(_run_folder(tmp_path / "old", old, ["off"])).load()
     assert run.environment["ceilings"]["matmul_gflops"] == {"cpu": {"fp32": 123.4}, "cuda:0": {"fp32": 5000.0}}
     assert run.environment["ceilings"]["matmul_n"] == {"cpu": {"fp32": 1024}, "cuda:0": {"fp32": 8192}}
     assert "matmul_gflops" not in run.environment and run.environment["float32_matmul_precision"] == "highest"
-    gf = analysis.achieved_gflops(report.combined_frame([run]))
+    gf = compute.achieved_gflops(report.combined_frame([run]))
     assert gf["ceiling_precision"].tolist() == ["fp32"] and gf["pct_of_ceiling"].iloc[0] == pytest.approx(
         100 * 3e6 * 1000 / 1e9 / 123.4)
-    sample = load_run(ROOT / "reports" / "sample-cpu").environment
+    sample = RunFolder(ROOT / "reports" / "sample-cpu").load().environment
     assert sample["ceilings"]["matmul_gflops"] == {"cpu": {"fp32": pytest.approx(58.88653362988638)}}
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from bench.compare import compare_runs
 from bench.plan import plan_cases
-from bench.results import append_result
+from bench.run_folder import RunFolder
 from bench.schema import Result, SweepSpec
 from conftest import ROOT, run_bench
 
@@ -58,7 +58,7 @@ def _run(folder: Path, rates: dict[int, float], latency: bool = False, dataset: 
     folder.mkdir(parents=True)
     for case in plan_cases(spec, data_cache="/c", dataset=dataset, run_id=folder.name):
         rate = rates[case.batch_size]
-        append_result(folder, Result(case=case, images_per_s=rate, images_per_s_p25=0.98 * rate,
+        RunFolder(folder).append(Result(case=case, images_per_s=rate, images_per_s_p25=0.98 * rate,
                                      images_per_s_p75=1.02 * rate, images_per_s_spread_pct=4.0,
                                      windows_s=[0.5, 0.5, 0.5],
                                      windows_images=[int(rate / 2 / case.batch_size) * case.batch_size] * 3,

@@ -15,36 +15,36 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnn import data
+from cnn import cifar_files, data
 
 
-def _equal(a: data.CifarArrays, b: data.CifarArrays) -> None:
+def _equal(a: cifar_files.CifarArrays, b: cifar_files.CifarArrays) -> None:
     for key in ("train_x", "train_y", "test_x", "test_y"):
         np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
     assert a.classes == b.classes
 
 
 def test_python_binary_and_archive_layouts_give_the_same_real_images(mini: Path, tmp_path: Path):
-    py = data.read_python_folder(mini / data.PY_FOLDER)
-    binary = data.read_binary_folder(mini / data.BIN_FOLDER)
+    py = cifar_files.read_python_folder(mini / cifar_files.PY_FOLDER)
+    binary = cifar_files.read_binary_folder(mini / cifar_files.BIN_FOLDER)
     assert py.train_x.shape == (820, 32, 32, 3) and py.test_x.shape == (164, 32, 32, 3)
     assert py.train_x.dtype == np.uint8 and set(np.unique(py.train_y)) == set(range(10))
     assert py.classes[:3] == ("airplane", "automobile", "bird")
     _equal(py, binary)
     only_archive = tmp_path / "archive-only"
     only_archive.mkdir()
-    (only_archive / data.ARCHIVE).write_bytes((mini / data.ARCHIVE).read_bytes())
+    (only_archive / cifar_files.ARCHIVE).write_bytes((mini / cifar_files.ARCHIVE).read_bytes())
     prepared = data.prepare_cifar10(only_archive, verify=False, download=False)
     assert prepared.name == "cifar10-unverified"
     _equal(py, data.load_arrays(prepared.cache_dir))
 
 
-@pytest.mark.parametrize("layout", [data.PY_FOLDER, data.BIN_FOLDER, data.ARCHIVE])
+@pytest.mark.parametrize("layout", [cifar_files.PY_FOLDER, cifar_files.BIN_FOLDER, cifar_files.ARCHIVE])
 def test_the_mini_set_is_refused_as_official_without_no_verify(mini: Path, tmp_path: Path, layout: str):
     root = tmp_path / "one"
     root.mkdir()
     os.rename(mini / layout, root / layout)
-    with pytest.raises(data.DataError, match="--no-verify") as err:
+    with pytest.raises(cifar_files.DataError, match="--no-verify") as err:
         data.prepare_cifar10(root, verify=True, download=False)
     assert layout in str(err.value)
     assert data.prepare_cifar10(root, verify=False, download=False).name == "cifar10-unverified"
@@ -57,10 +57,10 @@ def test_an_unpickler_payload_is_refused_not_run(mini: Path, tmp_path: Path):
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    batch = mini / data.PY_FOLDER / "data_batch_2"
+    batch = mini / cifar_files.PY_FOLDER / "data_batch_2"
     batch.write_bytes(pickle.dumps({"data": Evil(), "labels": []}, protocol=2))
-    with pytest.raises(data.DataError, match="data_batch_2.*refused to load 'posix.system'"):
-        data.read_python_folder(mini / data.PY_FOLDER)
+    with pytest.raises(cifar_files.DataError, match="data_batch_2.*refused to load 'posix.system'"):
+        cifar_files.read_python_folder(mini / cifar_files.PY_FOLDER)
     assert not marker.exists()
 
 
@@ -69,25 +69,25 @@ def test_an_unpickler_payload_is_refused_not_run(mini: Path, tmp_path: Path):
     (lambda b: b"garbage" + b, "not a valid CIFAR-10 batch"),
 ])
 def test_truncated_or_corrupt_batch_names_the_file(mini: Path, damage, message):
-    batch = mini / data.PY_FOLDER / "test_batch"
+    batch = mini / cifar_files.PY_FOLDER / "test_batch"
     batch.write_bytes(damage(batch.read_bytes()))
-    with pytest.raises(data.DataError, match=f"test_batch: {message}"):
-        data.read_python_folder(mini / data.PY_FOLDER)
+    with pytest.raises(cifar_files.DataError, match=f"test_batch: {message}"):
+        cifar_files.read_python_folder(mini / cifar_files.PY_FOLDER)
 
 
 def test_bad_labels_and_shapes_are_named(mini: Path):
-    folder = mini / data.PY_FOLDER
+    folder = mini / cifar_files.PY_FOLDER
     good = pickle.loads((folder / "data_batch_1").read_bytes(), encoding="latin1")
     (folder / "data_batch_1").write_bytes(pickle.dumps({**good, "labels": [12] * len(good["labels"])}))
-    with pytest.raises(data.DataError, match="data_batch_1: labels must be 0..9"):
-        data.read_python_folder(folder)
+    with pytest.raises(cifar_files.DataError, match="data_batch_1: labels must be 0..9"):
+        cifar_files.read_python_folder(folder)
     (folder / "data_batch_1").write_bytes(pickle.dumps({**good, "data": good["data"][:, :100]}))
-    with pytest.raises(data.DataError, match=r"data_batch_1: 'data' must be a uint8 array of shape \(N, 3072\)"):
-        data.read_python_folder(folder)
-    binary = mini / data.BIN_FOLDER / "data_batch_3.bin"
+    with pytest.raises(cifar_files.DataError, match=r"data_batch_1: 'data' must be a uint8 array of shape \(N, 3072\)"):
+        cifar_files.read_python_folder(folder)
+    binary = mini / cifar_files.BIN_FOLDER / "data_batch_3.bin"
     binary.write_bytes(binary.read_bytes()[:-10])
-    with pytest.raises(data.DataError, match=r"data_batch_3.bin: .*\(truncated\?\)"):
-        data.read_binary_folder(mini / data.BIN_FOLDER)
+    with pytest.raises(cifar_files.DataError, match=r"data_batch_3.bin: .*\(truncated\?\)"):
+        cifar_files.read_binary_folder(mini / cifar_files.BIN_FOLDER)
 
 
 def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
@@ -126,8 +126,8 @@ def test_archive_extraction_refuses_escapes_links_and_devices(tmp_path: Path, me
     archive = _tar(tmp_path / "evil.tar.gz", [_file("cifar-10-batches-py/ok.txt"), member])
     dest = tmp_path / "dest"
     dest.mkdir()
-    with pytest.raises(data.DataError, match=reason):
-        data.extract_archive(archive, dest)
+    with pytest.raises(cifar_files.DataError, match=reason):
+        cifar_files.extract_archive(archive, dest)
     assert list(dest.iterdir()) == []  # nothing is extracted when any member is refused
     assert not (tmp_path / "escape.txt").exists()
 
@@ -154,13 +154,13 @@ def test_download_over_http_checks_md5_then_extracts_and_parses(mini: Path, tmp_
     served, base = http_root
     archive = _tar(served / "cifar.tar.gz", [])  # replaced below by a real archive of the mini python folder
     with tarfile.open(archive, "w:gz") as tar:
-        tar.add(mini / data.PY_FOLDER, arcname=data.PY_FOLDER)
+        tar.add(mini / cifar_files.PY_FOLDER, arcname=cifar_files.PY_FOLDER)
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     root = tmp_path / "fresh"
-    path = data.download_archive(root, url=f"{base}/cifar.tar.gz", md5=md5, timeout_s=10)
-    assert path == root / data.ARCHIVE and path.read_bytes() == archive.read_bytes()
+    path = cifar_files.download_archive(root, url=f"{base}/cifar.tar.gz", md5=md5, timeout_s=10)
+    assert path == root / cifar_files.ARCHIVE and path.read_bytes() == archive.read_bytes()
     prepared = data.prepare_cifar10(root, verify=False, download=False)
-    assert (root / data.PY_FOLDER / "data_batch_1").is_file()
+    assert (root / cifar_files.PY_FOLDER / "data_batch_1").is_file()
     assert data.load_arrays(prepared.cache_dir).train_x.shape == (820, 32, 32, 3)
 
 
@@ -168,18 +168,18 @@ def test_a_download_with_the_wrong_md5_is_refused_and_removed(tmp_path: Path, ht
     served, base = http_root
     (served / "cifar.tar.gz").write_bytes(b"not the archive")
     root = tmp_path / "fresh"
-    with pytest.raises(data.DataError, match="does not match the official MD5"):
-        data.download_archive(root, url=f"{base}/cifar.tar.gz", timeout_s=10)
-    assert not (root / data.ARCHIVE).exists()
-    with pytest.raises(data.DataError, match="could not download"):
-        data.download_archive(root, url=f"{base}/missing.tar.gz", timeout_s=10)
+    with pytest.raises(cifar_files.DataError, match="does not match the official MD5"):
+        cifar_files.download_archive(root, url=f"{base}/cifar.tar.gz", timeout_s=10)
+    assert not (root / cifar_files.ARCHIVE).exists()
+    with pytest.raises(cifar_files.DataError, match="could not download"):
+        cifar_files.download_archive(root, url=f"{base}/missing.tar.gz", timeout_s=10)
 
 
 def test_auto_falls_back_to_synthetic_with_a_warning_when_nothing_can_be_had(tmp_path: Path, http_root):
     _, base = http_root
     prepared = data.prepare_dataset("auto", tmp_path / "empty", url=f"{base}/missing.tar.gz")
     assert prepared.name == "synthetic" and "SYNTHETIC" in prepared.warning
-    with pytest.raises(data.DataError, match="could not download"):
+    with pytest.raises(cifar_files.DataError, match="could not download"):
         data.prepare_dataset("cifar10", tmp_path / "empty", url=f"{base}/missing.tar.gz")
 
 
@@ -196,9 +196,9 @@ def test_cache_is_reused_and_a_stale_or_corrupt_one_is_rebuilt(mini: Path):
         f.write(b"\xff\x00\xff\x00\xff")
     assert data.read_manifest(first.cache_dir) is None
     rebuilt = data.load_arrays(data.prepare_cifar10(mini, verify=False, download=False).cache_dir)
-    np.testing.assert_array_equal(rebuilt.test_x, data.read_python_folder(mini / data.PY_FOLDER).test_x)
+    np.testing.assert_array_equal(rebuilt.test_x, cifar_files.read_python_folder(mini / cifar_files.PY_FOLDER).test_x)
     # a changed source file makes the cache stale
-    batch = mini / data.PY_FOLDER / "test_batch"
+    batch = mini / cifar_files.PY_FOLDER / "test_batch"
     good = pickle.loads(batch.read_bytes(), encoding="latin1")
     batch.write_bytes(pickle.dumps({**good, "labels": [0] * len(good["labels"])}))
     assert set(data.load_arrays(data.prepare_cifar10(mini, verify=False, download=False).cache_dir).test_y) == {0}

@@ -21,6 +21,7 @@ import torch
 import bench
 from bench import cli, worker
 from bench.plan import plan_cases
+from bench.run_folder import RunFolder
 from bench.schema import Case, Result, SweepSpec
 from cnn import data
 from conftest import ROOT
@@ -204,10 +205,11 @@ def test_a_case_with_a_bare_cuda_fails_as_it_would_on_a_gpu(fake, small):
     assert "Expected a torch.device with a specified index" in result.error
 
 
-def test_results_written_with_a_bare_cuda_load_as_cuda_0(small):
-    record = Result(case=_case(small, device="cuda")).to_dict()
-    assert record["key"].startswith("train/cuda/")
-    loaded = Result.from_dict(record)  # so --resume matches the Cases of an older run folder
+def test_results_written_with_a_bare_cuda_load_as_cuda_0(small, tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.append(Result(case=_case(small, device="cuda")))
+    assert '"key": "train/cuda/' in folder.results_path.read_text()
+    [loaded] = folder.results()  # so --resume matches the Cases of an older run folder
     assert loaded.case.device == "cuda:0" and loaded.case.key.startswith("train/cuda:0/")
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from bench import analysis, charts, report
 from bench.plan import plan_cases
-from bench.results import append_result, load_run
+from bench.run_folder import RunFolder
 from bench.schema import Result, SweepSpec
 
 
@@ -34,15 +34,15 @@ def _fake_run(folder: Path, host: str, gpu: bool, scale: float = 1.0, env: dict 
             result.time_to_target_s = 100.0 / case.batch_size ** 0.5
         else:
             result.latency_ms_p50, result.latency_ms_p99 = case.batch_size / 10, case.batch_size / 5
-        append_result(folder, result)
+        RunFolder(folder).append(result)
     case = plan_cases(replace(spec, batch_sizes=[512, 1024, 2048], modes=["train"], pipelines=["tutorial"],
                               threads=[2], devices=["cpu"]), "/c", "synthetic")
     for c, (status, error) in zip(case, [("oom", "OutOfMemoryError: CUDA out of memory"), ("timeout", "time limit"),
                                          ("failed", "worker died from SIGSEGV")]):
-        append_result(folder, Result(case=c, status=status, error=error))
+        RunFolder(folder).append(Result(case=c, status=status, error=error))
     skipped = {} if gpu else {"cuda": "CUDA is not available on this machine"}
     for c in plan_cases(replace(spec, devices=list(skipped), batch_sizes=[4]), "/c", "synthetic"):
-        append_result(folder, Result(case=c, status="skipped", error=skipped[c.device]))
+        RunFolder(folder).append(Result(case=c, status="skipped", error=skipped[c.device]))
     env = {"run_id": folder.name, "hostname": host, "cpu_model": f"{host} CPU", "cpu_logical_cores": 2,
            "gpus": [{"name": "H100"}] if gpu else [], "torch": "2.x", "dataset": "synthetic",
            "skipped_devices": skipped, "float32_matmul_precision": "highest",
@@ -104,7 +104,7 @@ def test_a_run_whose_ceiling_worker_failed_reports_the_ceilings_as_unknown_with_
 
 
 def test_charts_render_without_warnings(tmp_path: Path):
-    df = report.combined_frame([load_run(_fake_run(tmp_path / "gpu", "box", gpu=True))])
+    df = report.combined_frame([RunFolder(_fake_run(tmp_path / "gpu", "box", gpu=True)).load()])
     best = analysis.best_throughput(df)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -178,7 +178,7 @@ def test_each_cases_warnings_appear_in_the_report_beside_its_key(tmp_path: Path)
     run = _fake_run(tmp_path / "laptop", "laptop", gpu=False)
     case = plan_cases(SweepSpec(devices=["cpu"], batch_sizes=[8], threads=[1], pipelines=["resident"],
                                 widths=[1.0], modes=["train"]), "/c", "synthetic")[0]
-    append_result(run, Result(case=case, images_per_s=100.0, images_per_s_p25=80.0, images_per_s_p75=120.0,
+    RunFolder(run).append(Result(case=case, images_per_s=100.0, images_per_s_p25=80.0, images_per_s_p75=120.0,
                               windows_s=[1.0], windows_images=[100],
                               warnings=["throughput varied: IQR is 40% of the median over 2 windows",
                                         "only 2 timed window(s): the spread is not meaningful"]))

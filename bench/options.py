@@ -1,0 +1,67 @@
+"""The sweep's options as argv: the argparse groups `bench run` and `bench plan` share. Values are
+converted by the spec stage's own converters (bench/spec.py), which owns the defaults."""
+from __future__ import annotations
+
+import argparse
+
+from bench.spec import CONVERTERS, DATASETS, LR_SCALINGS
+
+
+def add_sweep_args(p: argparse.ArgumentParser) -> None:
+    """The options `run` and `plan` share: sweep axes and step variants here, the rest below."""
+    axes = p.add_argument_group("sweep axes")
+    axes.add_argument("--devices", type=CONVERTERS["devices"], help="cpu, cuda, cuda:N (default: cpu, plus cuda when available)")
+    axes.add_argument("--batch-sizes", type=CONVERTERS["batch_sizes"], help="default 4,32,128,512")
+    axes.add_argument("--threads", type=CONVERTERS["threads"],
+                      help="CPU threads per Case (default: 1 and all physical cores)")
+    axes.add_argument("--pipelines", type=CONVERTERS["pipelines"], help="tutorial,resident")
+    axes.add_argument("--widths", type=CONVERTERS["widths"], help="conv channel multiplier (default 1)")
+    axes.add_argument("--modes", type=CONVERTERS["modes"], help="train,infer")
+    axes.add_argument("--repeats", type=CONVERTERS["repeats"], help="runs of each Case (default 1)")
+    axes.add_argument("--world-sizes", type=CONVERTERS["world_sizes"],
+                      help="data-parallel ranks per training Case, e.g. 1,2 (default 1); --batch-sizes and "
+                           "--threads are per rank; on CUDA one GPU per rank")
+    variants = p.add_argument_group("step variants (each recorded in the Case)")
+    variants.add_argument("--amp", type=CONVERTERS["amp"],
+                          help="off, bf16 (autocast), or both: off,bf16 (default off)")
+    variants.add_argument("--memory-formats", type=CONVERTERS["memory_formats"],
+                          help="contiguous, channels_last, or both (default contiguous)")
+    variants.add_argument("--cuda-graphs", action="store_true",
+                          help="also run the resident training step captured in a CUDA graph (CUDA devices only)")
+    _add_budget_and_data_args(p)
+
+
+def _add_budget_and_data_args(p: argparse.ArgumentParser) -> None:
+    budget = p.add_argument_group("per-Case budget")
+    budget.add_argument("--epochs", type=CONVERTERS["epochs"], help="epochs per Case (default 2, the tutorial's)")
+    budget.add_argument("--max-steps", type=CONVERTERS["max_steps"], help="stop a Case after this many steps")
+    budget.add_argument("--max-seconds", type=CONVERTERS["max_seconds"],
+                        help="stop a Case after this much training time (default 12; 0: run every epoch)")
+    budget.add_argument("--time-limit", type=CONVERTERS["time_limit"],
+                        help="kill a Case after this many seconds; it is recorded as a timeout (default 600)")
+    budget.add_argument("--quick", action="store_true",
+                        help="a fast look: 1 epoch, at most 300 steps or 0.8 s of training per Case")
+    budget.add_argument("--warmup-steps", type=CONVERTERS["warmup_steps"], help="steps excluded from throughput (default 10)")
+    budget.add_argument("--window", type=CONVERTERS["window_s"], dest="window_s", help="timed window, s (default 0.5)")
+    budget.add_argument("--latency-batches", type=CONVERTERS["latency_batches"],
+                        help="inference batches timed one by one for latency (default 200)")
+    train = p.add_argument_group("training")
+    train.add_argument("--lr", type=CONVERTERS["lr"], help="learning rate at batch 4 (default 0.001)")
+    train.add_argument("--lr-scaling", choices=LR_SCALINGS,
+                       help="scale the lr with batch size relative to 4: none, linear, sqrt")
+    train.add_argument("--target-accuracy", type=CONVERTERS["target_accuracy_pct"], dest="target_accuracy_pct",
+                       help="test accuracy, %%, whose time to reach is recorded (default 50)")
+    train.add_argument("--seed", type=CONVERTERS["seed"], help="default 0")
+    train.add_argument("--num-workers", type=CONVERTERS["num_workers"],
+                       help="DataLoader workers of the tutorial pipeline (default 2, the tutorial's)")
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS,
+                      help="auto: real CIFAR-10 when present or downloadable, else synthetic")
+    data.add_argument("--data-dir", help="where CIFAR-10 is or goes (default ./data)")
+    data.add_argument("--no-verify", action="store_true",
+                      help="accept a custom folder in the CIFAR-10 format (skip the official MD5s)")
+    data.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", help="run folder (default reports/<run-id>, or $BENCH_REPORTS_DIR/<run-id>)")
+    out.add_argument("--resume", action="store_true", help="re-run only the Cases not already ok in --out")
+    out.add_argument("--no-report", action="store_true", help="do not build the report at the end")

@@ -1,0 +1,30 @@
+"""The rows of a results table that the analysis counts, and how each Case ran its step: shared by
+the analysis, the compute shares, the run's summary table and the export."""
+from __future__ import annotations
+
+import pandas as pd
+
+CONFIG = ["machine", "mode", "device", "pipeline", "variant", "world_size", "width", "batch_size"]
+PLAIN = "eager"  # the tutorial's own step: no graphs, fp32, contiguous
+
+
+def step_variant(df: pd.DataFrame) -> pd.Series:
+    """How each Case ran its step, e.g. "eager", "eager+bf16", "graphs+channels-last"."""
+    def column(name, default):
+        return df[name].fillna(default) if name in df else pd.Series(default, index=df.index)
+
+    base = column("cuda_graphs", False).map(lambda g: "graphs" if g else PLAIN)
+    amp = column("amp", "off").map(lambda a: "" if a == "off" else f"+{a}")
+    layout = column("memory_format", "contiguous").map(lambda m: "+channels-last" if m == "channels_last" else "")
+    return base + amp + layout
+
+
+def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The Cases that measured something, with a `machine` label (one per run's host) if absent
+    and the step `variant` they ran."""
+    out = df[df["status"] == "ok"].copy()
+    if "machine" not in out:
+        out["machine"] = ""
+    out["variant"] = step_variant(out)
+    out["world_size"] = (out["world_size"].fillna(1) if "world_size" in out else pd.Series(1, index=out.index)).astype(int)
+    return out

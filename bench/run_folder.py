@@ -1,0 +1,167 @@
+"""The one owner of a run folder (STYLE.md #18): it names, writes, locks and loads `results.jsonl`,
+`environment.json` and `results.csv`, and upgrades what older versions wrote, in one place.
+Nothing else opens those files by path.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from bench.schema import Result
+
+RESULTS, ENVIRONMENT, CSV, LOCK = "results.jsonl", "environment.json", "results.csv", ".bench.lock"
+
+
+class RunError(Exception):
+    """A run folder that cannot be read or written: missing, empty, unwritable, or in use."""
+
+
+@dataclass
+class Run:
+    path: Path
+    environment: dict
+    frame: pd.DataFrame
+
+
+def upgrade_record(record: dict) -> dict:
+    """A Result line as the current schema reads it, from whatever version wrote it."""
+    if record.get("device") == "cuda":  # written before device names were indexed at the spec stage
+        record = {**record, "device": "cuda:0"}  # the key is derived from the Case again
+    return record
+
+
+def upgrade_environment(environment: dict) -> dict:
+    """environment.json as the current version reads it."""
+    if "matmul_gflops" in environment and "ceilings" not in environment:
+        # before ceilings named their precision: one flat fp32 rate per device, measured and run at
+        # torch's default float32 matmul precision, which the harness never changed; and before device
+        # names were indexed
+        def fp32(by_device: dict) -> dict:
+            return {("cuda:0" if d == "cuda" else d): {"fp32": v} for d, v in by_device.items()}
+
+        environment = dict(environment)
+        environment["ceilings"] = {"matmul_gflops": fp32(environment.pop("matmul_gflops")),
+                                   "matmul_n": fp32(environment.pop("matmul_n", {}))}
+        environment.setdefault("float32_matmul_precision", "highest")
+    return environment
+
+
+class RunFolder:
+    """A folder written by `bench run` (or being written)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def results_path(self) -> Path:
+        return self.path / RESULTS
+
+    def has_results(self) -> bool:
+        return self.results_path.is_file()
+
+    def prepare(self, resume: bool) -> None:
+        """Refuses a folder that cannot be written, or one holding results without resume (ValueError,
+        one line naming the option)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"--out: '{self.path}' is not a folder (expected a folder to write the run into)")
+        if resume and not self.results_path.exists():
+            raise ValueError(f"--resume: '{self.path}' holds no {RESULTS} to resume (expected a previous run's folder)")
+        if not resume and self.results_path.exists():
+            raise ValueError(f"--out: '{self.path}' already holds results (pass --resume, or choose another folder)")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise ValueError(f"--out: '{self.path}' cannot be written ({e.strerror or e})") from None
+
+    @contextmanager
+    def locked(self):
+        """Held for a whole sweep: a second `bench run` (or a resume) into the same folder is refused
+        while the first is alive; the lock goes with the process, however it ends."""
+        with open(self.path / LOCK, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "?"
+                raise ValueError(f"--out: '{self.path}' is in use by another bench run (pid {holder}); "
+                                 f"wait for it to end, or choose another folder") from None
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            yield
+
+    def append(self, result: Result) -> None:
+        """Appends one complete line and forces it to disk, so an interrupted sweep loses nothing
+        finished; appends from several processes (ranks, nodes) never interleave."""
+        with open(self.results_path, "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0, os.SEEK_END)
+            if f.tell():
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a line cut short by a crash: start a fresh one
+                    f.write(b"\n")
+            f.write((result.to_json() + "\n").encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def results(self) -> list[Result]:
+        """The Results, the latest line winning for a key (a resumed Case replaces its failure)."""
+        if not self.results_path.exists():
+            return []
+        latest: dict[str, Result] = {}
+        with open(self.results_path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    try:
+                        result = Result.from_dict(upgrade_record(json.loads(line)))
+                    except (ValueError, TypeError):
+                        continue  # a line cut short by a crash while writing; its Case will be re-run
+                    latest[result.case.key] = result
+        return list(latest.values())
+
+    def environment(self) -> dict:
+        """environment.json, upgraded; {} when absent."""
+        path = self.path / ENVIRONMENT
+        return upgrade_environment(json.loads(path.read_text())) if path.exists() else {}
+
+    def write_environment(self, environment: dict) -> None:
+        """Written once; a resume keeps the first record and appends its own under `resumes`."""
+        path = self.path / ENVIRONMENT
+        if path.exists():
+            first = json.loads(path.read_text())
+            first.setdefault("resumes", []).append(environment)
+            environment = first
+        path.write_text(json.dumps(environment, indent=2))
+
+    def write_csv(self, results: list[Result] | None = None) -> Path:
+        """results.csv: one row per Case; lists and dicts as JSON text, so it reads back with pandas alone."""
+        frame = results_frame(self.results() if results is None else results)
+        for column in frame.columns:
+            if frame[column].map(lambda v: isinstance(v, (list, dict))).any():
+                frame[column] = frame[column].map(json.dumps)
+        frame.to_csv(self.path / CSV, index=False)
+        return self.path / CSV
+
+    def load(self) -> Run:
+        """The Results as a frame, with the environment."""
+        if not self.path.is_dir():
+            raise RunError(f"'{self.path}' is not a folder (expected a folder written by bench run)")
+        results = self.results()
+        if not results:
+            raise RunError(f"'{self.path}' holds no {RESULTS} with any Case (expected a folder written by bench run)")
+        return Run(self.path, self.environment(), results_frame(results))
+
+
+def results_frame(results: list[Result]) -> pd.DataFrame:
+    """One tidy row per Case."""
+    return pd.DataFrame([r.to_dict() for r in results])

@@ -1,0 +1,227 @@
+"""CIFAR-10's official files: read, verified and fetched safely.
+
+The official layouts: `cifar-10-batches-py/` (pickled batches), `cifar-10-python.tar.gz` (the
+official archive) and `cifar-10-batches-bin/` (the binary version). Pickles are read by a restricted
+unpickler that admits only numpy arrays, so a tampered file cannot run code; downloads go through
+torchvision's own code and are checked against the official MD5.
+"""
+from __future__ import annotations
+
+import pickle
+import socket
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torchvision.datasets import CIFAR10
+from torchvision.datasets.utils import calculate_md5, download_url
+
+PY_FOLDER = CIFAR10.base_folder  # "cifar-10-batches-py"
+ARCHIVE = CIFAR10.filename  # "cifar-10-python.tar.gz"
+BIN_FOLDER = "cifar-10-batches-bin"
+URL = CIFAR10.url
+ARCHIVE_MD5 = CIFAR10.tgz_md5
+TRAIN_FILES = [name for name, _ in CIFAR10.train_list]
+TEST_FILES = [name for name, _ in CIFAR10.test_list]
+OFFICIAL_MD5 = {name: md5 for name, md5 in CIFAR10.train_list + CIFAR10.test_list}
+OFFICIAL_MD5[CIFAR10.meta["filename"]] = CIFAR10.meta["md5"]
+BIN_TRAIN_FILES = [f"{name}.bin" for name in TRAIN_FILES]
+BIN_TEST_FILES = [f"{name}.bin" for name in TEST_FILES]
+BIN_RECORD = 1 + 3072
+# The binary release publishes no per-file MD5s; its files have a fixed size.
+BIN_OFFICIAL_SIZE = 10000 * BIN_RECORD
+NO_VERIFY_HINT = "pass --no-verify to accept a custom folder in the CIFAR-10 format"
+
+
+class DataError(Exception):
+    """A data file or folder is missing, corrupt, tampered with or not official."""
+
+
+@dataclass(frozen=True)
+class CifarArrays:
+    """Decoded images (N, 32, 32, 3) uint8 as torchvision's CIFAR10.data, labels int64."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: tuple[str, ...]
+    name: str  # "cifar10", "cifar10-unverified" or "synthetic"
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Admits only what CIFAR batches hold: numpy arrays and dtypes (numpy 1 or 2 names)."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load '{module}.{name}' (only numpy arrays are allowed)")
+        if name == "_reconstruct":
+            return np.ndarray.__reduce__(np.empty(0))[0]  # _reconstruct under numpy 1 and 2 alike
+        return getattr(np, name)
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = _BatchUnpickler(f, encoding="latin1").load()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    except Exception as e:  # any unpickling failure means a corrupt, truncated or tampered file
+        raise DataError(f"{path}: not a valid CIFAR-10 batch ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: not a valid CIFAR-10 batch (expected a dict, found {type(obj).__name__})")
+    return obj
+
+
+def _checked_batch(path: Path, data, labels) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        shape = getattr(data, "shape", None)
+        dtype = getattr(data, "dtype", type(data).__name__)
+        raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), found {dtype} {shape}")
+    try:
+        y = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: 'labels' must be integers 0..9") from None
+    if y.ndim != 1 or len(y) != len(data):
+        raise DataError(f"{path}: {len(data)} images but {y.size} labels")
+    if len(y) == 0:
+        raise DataError(f"{path}: holds no images")
+    if y.min() < 0 or y.max() > 9:
+        raise DataError(f"{path}: labels must be 0..9, found {y.min()}..{y.max()}")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y
+
+
+def _read_py_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    batch = _unpickle(path)
+    if "data" not in batch or "labels" not in batch:
+        raise DataError(f"{path}: not a CIFAR-10 batch (needs 'data' and 'labels', found {sorted(batch)})")
+    return _checked_batch(path, batch["data"], batch["labels"])
+
+
+def _checked_classes(path: Path, names) -> tuple[str, ...]:
+    if not isinstance(names, list) or len(names) != 10 or not all(isinstance(n, str) and n for n in names):
+        raise DataError(f"{path}: expected 10 class names, found {names!r:.80}")
+    return tuple(names)
+
+
+def _require_files(folder: Path, names: list[str]) -> None:
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise DataError(f"{folder / missing[0]}: missing (the folder needs {', '.join(names)})")
+
+
+def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def read_python_folder(folder: Path, name: str = "cifar10") -> CifarArrays:
+    """Parses the official "python version" folder (`cifar-10-batches-py/`)."""
+    meta = CIFAR10.meta["filename"]
+    _require_files(folder, TRAIN_FILES + TEST_FILES + [meta])
+    classes = _checked_classes(folder / meta, _unpickle(folder / meta).get("label_names"))
+    train = _concat([_read_py_batch(folder / n) for n in TRAIN_FILES])
+    test = _concat([_read_py_batch(folder / n) for n in TEST_FILES])
+    return CifarArrays(*train, *test, classes, name)
+
+
+def _read_bin_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % BIN_RECORD:
+        raise DataError(f"{path}: {raw.size} bytes is not a whole number of {BIN_RECORD}-byte records (truncated?)")
+    records = raw.reshape(-1, BIN_RECORD)
+    return _checked_batch(path, records[:, 1:], records[:, 0])
+
+
+def read_binary_folder(folder: Path, name: str = "cifar10") -> CifarArrays:
+    """Parses the official "binary version" folder (`cifar-10-batches-bin/`)."""
+    meta = folder / "batches.meta.txt"
+    _require_files(folder, BIN_TRAIN_FILES + BIN_TEST_FILES + ["batches.meta.txt"])
+    names = [line.strip() for line in meta.read_text(encoding="ascii", errors="replace").splitlines() if line.strip()]
+    classes = _checked_classes(meta, names)
+    train = _concat([_read_bin_batch(folder / n) for n in BIN_TRAIN_FILES])
+    test = _concat([_read_bin_batch(folder / n) for n in BIN_TEST_FILES])
+    return CifarArrays(*train, *test, classes, name)
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def verify_python_folder(folder: Path) -> None:
+    """Checks every file against the official MD5s (the ones torchvision checks)."""
+    for fname, md5 in OFFICIAL_MD5.items():
+        path = folder / fname
+        if not path.is_file():
+            raise DataError(f"{path}: missing (the official folder has {', '.join(OFFICIAL_MD5)})")
+        actual = calculate_md5(str(path))
+        if actual != md5:
+            raise DataError(f"{path}: MD5 {actual} is not the official {md5}; {NO_VERIFY_HINT}")
+
+
+def verify_binary_folder(folder: Path) -> None:
+    """Checks each batch has the official size (the binary release publishes no MD5s)."""
+    for fname in BIN_TRAIN_FILES + BIN_TEST_FILES:
+        path = folder / fname
+        size = path.stat().st_size if path.is_file() else None
+        if size != BIN_OFFICIAL_SIZE:
+            found = "missing" if size is None else f"{size} bytes"
+            raise DataError(f"{path}: {found}, the official batch has {BIN_OFFICIAL_SIZE} bytes; {NO_VERIFY_HINT}")
+
+
+def verify_archive(path: Path, md5: str = ARCHIVE_MD5) -> None:
+    actual = calculate_md5(str(path))
+    if actual != md5:
+        raise DataError(f"{path}: MD5 {actual} is not the official {md5}; {NO_VERIFY_HINT}")
+
+
+# --------------------------------------------------------------------------- archive and download
+
+
+def extract_archive(archive: Path, dest: Path) -> None:
+    """Extracts a tar archive, refusing links, devices and members that would land outside `dest`."""
+    dest = dest.resolve()
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for m in members:
+                if not (m.isfile() or m.isdir()):
+                    raise DataError(f"{archive}: member '{m.name}' is a link or special file; refusing to extract")
+                target = (dest / m.name).resolve()
+                if target != dest and dest not in target.parents:
+                    raise DataError(f"{archive}: member '{m.name}' would land outside {dest}; refusing to extract")
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(dest, members=members, **safe)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise DataError(f"{archive}: not a readable tar.gz archive ({type(e).__name__}: {e})") from None
+
+
+def download_archive(root: Path, url: str = URL, md5: str | None = ARCHIVE_MD5, timeout_s: float = 30.0) -> Path:
+    """Downloads the archive with torchvision's `download_url`, which checks the MD5.
+
+    A failed or corrupt download is removed so the next try starts clean.
+    """
+    path = root / ARCHIVE
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)  # torchvision's urlopen has no timeout of its own
+    try:
+        download_url(url, str(root), filename=ARCHIVE, md5=md5)
+    except RuntimeError:
+        path.unlink(missing_ok=True)
+        raise DataError(f"{path}: the download from {url} does not match the official MD5 {md5}") from None
+    except OSError as e:  # URLError, HTTPError and socket timeouts are OSErrors
+        path.unlink(missing_ok=True)
+        raise DataError(f"could not download {url} ({getattr(e, 'reason', None) or e})") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+    return path
