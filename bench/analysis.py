@@ -12,9 +12,12 @@ import numpy as np
 import pandas as pd
 
 from bench.compute import achieved_gflops
+from bench.cost import cost_table
 from bench.rows import CONFIG, PLAIN, ok_rows
+from bench.schema import JOB
 
 SPREAD_WARN_PCT = 10.0
+LEARNT_PCT = 20.0  # twice chance on ten classes: below it a Case did not train long enough to learn
 
 
 def best_throughput(df: pd.DataFrame) -> pd.DataFrame:
@@ -25,6 +28,7 @@ def best_throughput(df: pd.DataFrame) -> pd.DataFrame:
         return ok
     idx = ok.groupby(CONFIG, dropna=False)["images_per_s"].idxmax()
     cols = CONFIG + ["threads", "images_per_s", "images_per_s_p25", "images_per_s_p75", "images_per_s_spread_pct"]
+    cols += ["compile_s"] * ("compile_s" in ok)
     return ok.loc[idx, cols].sort_values(CONFIG).reset_index(drop=True)
 
 
@@ -102,12 +106,44 @@ def pipeline_gap(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def accuracy_by_batch(df: pd.DataFrame) -> pd.DataFrame:
-    """Training Cases: test accuracy, epochs done and time to the target accuracy by batch size."""
+    """Training Cases: test accuracy, epochs done and time to the target accuracy by batch size;
+    `comparable` marks the Cases that ran every planned epoch (their accuracies compare: the same
+    epochs, not the same seconds), `learnt` those above twice chance."""
     ok = ok_rows(df)
     ok = ok[ok["mode"] == "train"]
     cols = ["machine", "device", "pipeline", "variant", "width", "batch_size", "threads", "epochs_completed",
-            "test_accuracy_pct", "time_to_target_s", "target_accuracy_pct", "train_s"]
+            "test_accuracy_pct", "time_to_target_s", "target_accuracy_pct", "train_s", "comparable", "learnt"]
+    stopped = ok["stopped_by"] if "stopped_by" in ok else pd.Series("epochs", index=ok.index)
+    ok = ok.assign(comparable=stopped.fillna("epochs").eq("epochs"),
+                   learnt=ok["test_accuracy_pct"].ge(LEARNT_PCT) if "test_accuracy_pct" in ok else False)
     return ok[[c for c in cols if c in ok]].sort_values(["machine", "device", "pipeline", "batch_size"])
+
+
+def job_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The tutorial's job per machine and device: wall time and its parts, measured or projected, and the
+    test accuracy reached after the part measured."""
+    cols = ["machine", "device", "threads_used", "job_s", "job_startup_s", "job_data_s", "job_compute_s",
+            "job_eval_s", "job_fraction", "job_projected", "epochs_completed", "test_accuracy_pct"]
+    ok = ok_rows(df)
+    if "job_s" not in ok:
+        return pd.DataFrame(columns=cols)
+    ok = ok[(ok["mode"] == JOB) & ok["job_s"].notna()]
+    return ok[[c for c in cols if c in ok]].sort_values(["machine", "device"]).reset_index(drop=True)
+
+
+def time_to_target(df: pd.DataFrame) -> pd.DataFrame:
+    """Per machine and device, the Case that reached the target accuracy in the least training time
+    (time-to-accuracy, as DAWNBench ranks), the tutorial's job included; none where no Case reached it."""
+    cols = ["machine", "device", "mode", "pipeline", "variant", "batch_size", "threads", "target_accuracy_pct",
+            "time_to_target_s"]
+    ok = ok_rows(df)
+    if "time_to_target_s" not in ok:
+        return pd.DataFrame(columns=cols)
+    ok = ok[ok["mode"].isin(["train", JOB]) & ok["time_to_target_s"].notna()]
+    if ok.empty:
+        return pd.DataFrame(columns=cols)
+    idx = ok.groupby(["machine", "device", "target_accuracy_pct"])["time_to_target_s"].idxmin()
+    return ok.loc[idx, cols].reset_index(drop=True)
 
 
 def inference_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -120,10 +156,13 @@ def inference_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def variant_gain(df: pd.DataFrame) -> pd.DataFrame:
-    """Each step variant (graphs, bf16, channels-last) over the plain eager step of the same
-    configuration, best over threads, with the noise band from the spreads."""
+    """Each step variant (graphs, bf16, channels-last, torch.compile) over the plain eager step of the same
+    configuration, best over threads, with the noise band from the spreads; a compiled step's
+    compilation time, and after how many steps it pays for itself (`break_even_steps`; NaN when the
+    compiled step is no faster)."""
     keys = ["machine", "mode", "device", "pipeline", "world_size", "width", "batch_size"]
-    columns = keys + ["variant", "images_per_s", "eager_images_per_s", "gain", "low", "high"]
+    columns = keys + ["variant", "images_per_s", "eager_images_per_s", "gain", "low", "high", "compile_s",
+                      "break_even_steps"]
     best = best_throughput(df)
     if best.empty:
         return pd.DataFrame(columns=columns)
@@ -134,7 +173,11 @@ def variant_gain(df: pd.DataFrame) -> pd.DataFrame:
         if key not in plain.index:
             continue
         e = plain.loc[key]
+        compile_s = pd.to_numeric(r.get("compile_s"), errors="coerce")  # None where the Case did not compile
+        saved_per_step = r["batch_size"] / e["images_per_s"] - r["batch_size"] / r["images_per_s"]
         rows.append({**{k: r[k] for k in keys}, "variant": r["variant"], "images_per_s": r["images_per_s"],
+                     "compile_s": compile_s,
+                     "break_even_steps": compile_s / saved_per_step if saved_per_step > 0 else np.nan,
                      "eager_images_per_s": e["images_per_s"], "gain": r["images_per_s"] / e["images_per_s"],
                      "low": r["images_per_s_p25"] / e["images_per_s_p75"],
                      "high": r["images_per_s_p75"] / e["images_per_s_p25"]})
@@ -223,7 +266,10 @@ class Analysis:
     """Every table a report needs, each computed once from one results frame."""
 
     frame: pd.DataFrame  # every Case, finished or not
-    ok: pd.DataFrame
+    ok: pd.DataFrame  # the finished Cases, the tutorial's job left out (it has its own tables)
+    jobs: pd.DataFrame
+    time_to_target: pd.DataFrame
+    costs: pd.DataFrame
     best: pd.DataFrame
     speedups: pd.DataFrame
     crossover: pd.DataFrame
@@ -244,11 +290,15 @@ class Analysis:
 def analyse(df: pd.DataFrame) -> Analysis:
     """The tables behind the verdict, the charts and the report, from a results frame (with the
     columns `bench.compute.with_ceilings` adds where the compute shares are wanted)."""
-    sp = speedups(df)
-    return Analysis(frame=df, ok=ok_rows(df), best=best_throughput(df), speedups=sp,
-                    crossover=crossover_batch_size(sp), thread_scaling=thread_scaling(df),
-                    pipeline_gap=pipeline_gap(df), accuracy=accuracy_by_batch(df), inference=inference_table(df),
-                    variant_gain=variant_gain(df), data_parallel=data_parallel_scaling(df),
-                    achieved_gflops=achieved_gflops(df), gpu_usage=gpu_usage(df),
-                    outside_windows=time_outside_windows(df), noisy=noisy_cases(df), warnings=case_warnings(df),
+    cases = df[df["mode"] != JOB]  # the throughput tables are of the sweep's Cases
+    sp, best, jobs, to_target = speedups(cases), best_throughput(cases), job_table(df), time_to_target(df)
+    ok = ok_rows(cases)
+    return Analysis(frame=df, ok=ok, jobs=jobs, time_to_target=to_target,
+                    costs=cost_table(ok_rows(df), jobs, best, to_target), best=best, speedups=sp,
+                    crossover=crossover_batch_size(sp), thread_scaling=thread_scaling(cases),
+                    pipeline_gap=pipeline_gap(cases), accuracy=accuracy_by_batch(cases),
+                    inference=inference_table(cases), variant_gain=variant_gain(cases),
+                    data_parallel=data_parallel_scaling(cases), achieved_gflops=achieved_gflops(cases),
+                    gpu_usage=gpu_usage(cases), outside_windows=time_outside_windows(df), noisy=noisy_cases(df),
+                    warnings=case_warnings(df),
                     unfinished=df[df["status"] != "ok"][["key", "status", "error"]])

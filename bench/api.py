@@ -85,7 +85,8 @@ def _sweep(spec: SweepSpec, folder, run_id: str, resume: bool, display, warn) ->
         for precision, reason in reasons.items():
             warn(f"the {precision} matmul ceiling of {device} was not measured ({reason}); the report says so")
     env.update(run_id=run_id, dataset=prepared.name, dataset_source=prepared.source,
-               dataset_warning=prepared.warning, skipped_devices=spec.skipped_devices, spec=asdict(spec))
+               dataset_warning=prepared.warning, skipped_devices=spec.skipped_devices, spec=asdict(spec),
+               price_usd_per_hour=spec.price)
     folder.write_environment(env)
     for case in cases:
         if case.device in spec.skipped_devices and case.key not in done:

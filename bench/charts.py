@@ -137,25 +137,30 @@ def epoch_time(best: pd.DataFrame, train_images: int) -> Figure:
 
 
 def accuracy_vs_batch(accuracy: pd.DataFrame) -> Figure:
-    """Test accuracy reached, and time to the target accuracy, against batch size."""
-    fig, (left, right) = _figure(ncols=2, size=(9.5, 4.0))
+    """Test accuracy reached against batch size, and the training time to the target accuracy beside it
+    when some Case reached it."""
+    targets = accuracy["time_to_target_s"].notna().any()
+    fig, axes = _figure(ncols=2 if targets else 1, size=(9.5, 4.0) if targets else SIZE)
+    left, right = (axes[0], axes[1]) if targets else (axes, None)
     group_by = ["machine", "device", "pipeline", "variant"]
     for key, g in accuracy.groupby(group_by, dropna=False):
         g = g.groupby("batch_size", as_index=False).agg(test_accuracy_pct=("test_accuracy_pct", "max"),
                                                           time_to_target_s=("time_to_target_s", "min"))
         label = _series_label(key, group_by)
         left.plot(g["batch_size"], g["test_accuracy_pct"], marker="o", label=label)
-        right.plot(g["batch_size"], g["time_to_target_s"], marker="o", label=label)
-    for ax in (left, right):
+        if right is not None:
+            right.plot(g["batch_size"], g["time_to_target_s"], marker="o", label=label)
+    for ax in (left, right) if right is not None else (left,):
         _batch_axis(ax, accuracy["batch_size"])
         ax.grid(True, alpha=0.3)
-    left.set_ylabel("test accuracy at the end (%)")
-    right.set_ylabel("training time to target accuracy (s)")
+    left.set_ylim(0, 100)  # the whole scale: a few points of noise must not read as a trend
+    left.set_ylabel("test accuracy after the same epochs (%)")
+    if right is not None:
+        right.set_ylabel("training time to target accuracy (s)")
     left.legend(fontsize=7)
-    if not accuracy.empty and accuracy["test_accuracy_pct"].notna().any():
-        best = accuracy.loc[accuracy["test_accuracy_pct"].idxmax()]
-        fig.suptitle(f"Best accuracy {best['test_accuracy_pct']:.1f}% at batch {int(best['batch_size'])}; "
-                     f"a gap on the right means the target was not reached")
+    best = accuracy.loc[accuracy["test_accuracy_pct"].idxmax()]
+    fig.suptitle(f"Best accuracy {best['test_accuracy_pct']:.1f}% at batch {int(best['batch_size'])}"
+                 + ("; a gap on the right means the target was not reached" if right is not None else ""))
     return fig
 
 
@@ -219,4 +224,47 @@ def data_parallel_scaling(scaling: pd.DataFrame) -> Figure:
         top = multi.loc[multi["vs_best_one_process"].idxmax()]
         fig.suptitle(f"{int(top['world_size'])} ranks reach {top['vs_best_one_process']:.2f}x the best single process "
                      f"at global batch {int(top['global_batch_size'])}")
+    return fig
+
+
+def job_time(jobs: pd.DataFrame) -> Figure:
+    """The tutorial's job per device as stacked parts (start-up, data wait, compute, test pass); hatched
+    where projected from a measured part."""
+    fig, ax = _figure(size=(7.0, 1.6 + 0.6 * len(jobs)))
+    parts = [("job_startup_s", "start-up"), ("job_data_s", "waiting for data"), ("job_compute_s", "training compute"),
+             ("job_eval_s", "test pass")]
+    labels = [_series_label((m, d), ["machine", "device"]) + (" (projected)" if p else "")
+              for m, d, p in zip(jobs["machine"], jobs["device"], jobs["job_projected"])]
+    left = pd.Series(0.0, index=jobs.index)
+    for column, name in parts:
+        ax.barh(labels, jobs[column], left=left, label=name,
+                hatch=["//" if p else "" for p in jobs["job_projected"]])
+        left = left + jobs[column]
+    ax.set_xlabel("wall time of the tutorial's job: 2 epochs at batch 4, then the test pass (s)")
+    ax.set_ylabel("device")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35 - 0.1 / len(jobs)), ncols=4)
+    ax.grid(True, axis="x", alpha=0.3)
+    fast = jobs.loc[jobs["job_s"].idxmin()]
+    took = f"{fast['job_s']:.0f} s" if fast["job_s"] < 120 else f"{fast['job_s'] / 60:.1f} min"
+    ax.set_title(f"The tutorial's job takes {'about ' * bool(fast['job_projected'])}{took} at best, on "
+                 f"{fast['device']}")
+    return fig
+
+
+def cost(costs: pd.DataFrame) -> Figure:
+    """USD per device for the tutorial's job, an epoch at the fastest configuration, and the target accuracy."""
+    fig, ax = _figure()
+    kinds = [("job_usd", "tutorial's job"), ("epoch_usd", "one epoch, fastest configuration"),
+             ("target_usd", "to the target accuracy")]
+    kinds = [(c, n) for c, n in kinds if costs[c].notna().any()]
+    labels = [_series_label((m, d), ["machine", "device"]) for m, d in zip(costs["machine"], costs["device"])]
+    width = 0.8 / max(len(kinds), 1)
+    for i, (column, name) in enumerate(kinds):
+        ax.bar([x + i * width for x in range(len(costs))], costs[column], width=width, label=name)
+    ax.set_xticks([x + width * (len(kinds) - 1) / 2 for x in range(len(costs))], labels)
+    ax.set_yscale("log")
+    ax.set_ylabel("cost (USD, at each run's --price)")
+    ax.legend(fontsize=7)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.set_title("What the time costs per device")
     return fig

@@ -117,6 +117,29 @@ def one_of(allowed: tuple[str, ...]):
     return convert
 
 
+def price(text: str) -> dict[str, float]:
+    """'0.10' (one hourly price for every device) -> {"*": 0.1}; 'cpu=0.10,cuda=0.90' -> per device
+    (cpu, cuda for every GPU, or cuda:N)."""
+    expected = "(expected USD per hour, e.g. 0.10, or per device, e.g. cpu=0.10,cuda=0.90)"
+    items = _items(text, "cpu=0.10,cuda=0.90")
+    if len(items) == 1 and "=" not in items[0]:
+        items = [f"*={items[0]}"]
+    prices = {}
+    for item in items:
+        device, _, value = item.partition("=")
+        device = device.strip()
+        if device != "*" and not DEVICE_RE.match(device):
+            raise argparse.ArgumentTypeError(f"'{item}' does not name a device {expected}")
+        try:
+            usd = float(value)
+        except ValueError:
+            usd = -1.0
+        if not 0 <= usd < float("inf") or device in prices:
+            raise argparse.ArgumentTypeError(f"'{item}' is not a price, or names a device twice {expected}")
+        prices[device] = usd
+    return prices
+
+
 def integer(text: str) -> int:
     if not re.fullmatch(r"\s*[-+]?\d+\s*", text):
         raise argparse.ArgumentTypeError(f"'{text}' is not an integer (expected e.g. 0)")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from bench import answer
 from bench.analysis import SPREAD_WARN_PCT, Analysis
 from bench.rows import PLAIN
 
@@ -36,7 +37,11 @@ def verdict(a: Analysis, skipped_devices: dict[str, str] | None = None) -> Verdi
         headline, findings = _cpu_only_answer(train)
     else:
         headline, findings = "No training Case finished, so there is nothing to compare.", []
-    findings += _cpu_findings(a) + _variant_findings(a) + _scaling_findings(a)
+    if not a.jobs.empty:  # the asker's own job first, then the throughput answer
+        findings = ([headline] if sp_train.size or train.size else []) + findings
+        headline = answer.job_headline(a.jobs)
+    findings = (answer.job_findings(a.jobs, a.time_to_target, a.ok) + answer.cost_findings(a.costs) + findings
+                + _cpu_findings(a) + _variant_findings(a) + _scaling_findings(a))
     return Verdict(headline, findings, _caveats(a, skipped_devices or {}))
 
 
@@ -129,12 +134,8 @@ def _cpu_findings(a: Analysis) -> list[str]:
                    f"{g['speedup'].max():.2f}x of 1 thread (parallel efficiency "
                    f"{100 * g['efficiency'].min():.0f}-{100 * g['efficiency'].max():.0f}%).")
     out.extend(_compute_findings(a.achieved_gflops))
-    acc = a.accuracy.dropna(subset=["test_accuracy_pct"])
-    if acc["batch_size"].nunique() > 1:
-        by_batch = acc.groupby("batch_size")["test_accuracy_pct"].max()
-        out.append("Accuracy after the same budget by batch size: "
-                   + ", ".join(f"batch {int(b)} {a:.1f}%" for b, a in by_batch.items())
-                   + " (larger batches take fewer steps per epoch at the same learning rate).")
+    synthetic = "synthetic" in set(a.frame.get("dataset", pd.Series(dtype=str)).dropna())
+    out.extend(answer.accuracy_findings(a.accuracy, synthetic))
     return out
 
 
@@ -169,7 +170,8 @@ def _variant_findings(a: Analysis) -> list[str]:
         word = "faster" if small["low"] > 1 else ("slower" if small["high"] < 1 else "the same within the noise")
         out.append(f"Step variant {variant} ({device}, {pipeline} pipeline): {_fmt(small['gain'])} the eager step's "
                    f"training speed at batch {int(small['batch_size'])} ({word}); {_fmt(g['gain'].min())}-"
-                   f"{_fmt(g['gain'].max())} across the batch sizes.")
+                   f"{_fmt(g['gain'].max())} across the batch sizes."
+                   + ("" if pd.isna(small.get("compile_s", np.nan)) else _pays_off(small)))
     usage = a.gpu_usage
     usage = usage[usage["mode"] == "train"].dropna(subset=["gpu_energy_j_per_epoch"])
     for device, g in usage.groupby("device"):
@@ -178,6 +180,14 @@ def _variant_findings(a: Analysis) -> list[str]:
                    f"{top['gpu_util_pct']:.0f}% utilisation, {top['gpu_energy_j_per_epoch']:.0f} J per epoch "
                    f"(GPU board only, from NVML).")
     return out
+
+
+def _pays_off(row) -> str:
+    """When a compiled step repays its compilation, in steps of its batch size."""
+    spent = f" Compiling took {row['compile_s']:.1f} s"
+    if pd.isna(row["break_even_steps"]):
+        return spent + ", and it never pays for itself: the compiled step is no faster."
+    return spent + f", repaid after {row['break_even_steps']:,.0f} steps at batch {int(row['batch_size'])}."
 
 
 def _scaling_findings(a: Analysis) -> list[str]:

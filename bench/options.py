@@ -26,6 +26,11 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
                           help="off, bf16 (autocast), or both: off,bf16 (default off)")
     variants.add_argument("--memory-formats", type=CONVERTERS["memory_formats"],
                           help="contiguous, channels_last, or both (default contiguous)")
+    variants.add_argument("--compile", type=CONVERTERS["compile"],
+                          help="torch.compile the step: off, on, or both: off,on (default off)")
+    variants.add_argument("--compile-modes", "--compile-mode", type=CONVERTERS["compile_modes"], dest="compile_modes",
+                          help="torch.compile modes when --compile has on: default, reduce-overhead, max-autotune, "
+                               "max-autotune-no-cudagraphs (default: default)")
     variants.add_argument("--cuda-graphs", action="store_true",
                           help="also run the resident training step captured in a CUDA graph (CUDA devices only)")
     _add_budget_and_data_args(p)
@@ -51,6 +56,12 @@ def _add_budget_and_data_args(p: argparse.ArgumentParser) -> None:
                        help="scale the lr with batch size relative to 4: none, linear, sqrt")
     train.add_argument("--target-accuracy", type=CONVERTERS["target_accuracy_pct"], dest="target_accuracy_pct",
                        help="test accuracy, %%, whose time to reach is recorded (default 50)")
+    train.add_argument("--no-job", action="store_true",
+                       help="leave out the tutorial's job (2 epochs at batch 4 with its DataLoader, then the test "
+                            "pass) per device, which the report opens with")
+    train.add_argument("--price", type=CONVERTERS["price"],
+                       help="the machine's price in USD per hour, e.g. 0.10, or per device: cpu=0.10,cuda=0.90; "
+                            "the report adds cost per epoch, of the tutorial's job and to the target accuracy")
     train.add_argument("--seed", type=CONVERTERS["seed"], help="default 0")
     train.add_argument("--num-workers", type=CONVERTERS["num_workers"],
                        help="DataLoader workers of the tutorial pipeline (default 2, the tutorial's)")

@@ -1,11 +1,13 @@
 """SweepSpec -> the list of Cases, and how long they may take."""
 from __future__ import annotations
 
+import itertools
 import math
 
-from bench.schema import Case, SweepSpec
+from bench.schema import JOB, Case, SweepSpec
 
 STARTUP_S = 1.5  # a Case's own start, data and model set-up, measured on a 2-core machine
+COMPILE_S = 20.0  # torch.compile's first compilation of the step on a 2-core CPU (0.1-36 s measured)
 
 
 def effective_lr(lr: float, scaling: str, batch_size: int) -> float:
@@ -18,45 +20,50 @@ def effective_lr(lr: float, scaling: str, batch_size: int) -> float:
 
 
 def plan_cases(spec: SweepSpec, data_cache: str, dataset: str, run_id: str = "") -> list[Case]:
-    """Every point of the sweep, devices outer, batch sizes inner; CPU threads only on CPUs."""
+    """Every point of the sweep, devices outer, batch sizes inner; CPU threads only on CPUs; each
+    device's block opens with the tutorial's job unless the spec leaves it out."""
+    common = dict(time_limit_s=spec.time_limit_s, seed=spec.seed, target_accuracy_pct=spec.target_accuracy_pct,
+                  warmup_steps=spec.warmup_steps, window_s=spec.window_s, latency_batches=spec.latency_batches,
+                  dataset=dataset, data_cache=data_cache, run_id=run_id, max_steps=spec.max_steps,
+                  max_seconds=spec.max_seconds)
     cases = []
     for device in spec.devices:
+        if spec.job:
+            cases.append(job_case(device, common))
         threads_axis = spec.threads if device == "cpu" else [None]
-        for mode in spec.modes:
-            for pipeline in spec.pipelines:
-                for width in spec.widths:
-                    for threads in threads_axis:
-                        for batch_size in spec.batch_sizes:
-                            for repeat, amp, memory_format, graphs, world in _variants(spec, device, mode,
-                                                                                       pipeline):
-                                cases.append(Case(
-                                    mode=mode, device=device, pipeline=pipeline, batch_size=batch_size,
-                                    threads=threads, width=width, repeat=repeat, epochs=spec.epochs,
-                                    max_steps=spec.max_steps, max_seconds=spec.max_seconds,
-                                    time_limit_s=spec.time_limit_s,
-                                    lr=effective_lr(spec.lr, spec.lr_scaling, batch_size * world),
-                                    seed=spec.seed, world_size=world,
-                                    target_accuracy_pct=spec.target_accuracy_pct, num_workers=spec.num_workers,
-                                    warmup_steps=spec.warmup_steps, window_s=spec.window_s,
-                                    latency_batches=spec.latency_batches, dataset=dataset,
-                                    data_cache=data_cache, run_id=run_id, amp=amp,
-                                    memory_format=memory_format, cuda_graphs=graphs))
+        for mode, pipeline, width, threads, batch_size in itertools.product(
+                spec.modes, spec.pipelines, spec.widths, threads_axis, spec.batch_sizes):
+            for repeat, amp, memory_format, graphs, world, compile_mode in _variants(spec, device, mode, pipeline):
+                cases.append(Case(
+                    mode=mode, device=device, pipeline=pipeline, batch_size=batch_size, threads=threads,
+                    width=width, repeat=repeat, epochs=spec.epochs,
+                    lr=effective_lr(spec.lr, spec.lr_scaling, batch_size * world), world_size=world,
+                    num_workers=spec.num_workers, amp=amp, memory_format=memory_format, cuda_graphs=graphs,
+                    compile_mode=compile_mode, **common))
     return cases
 
 
+def job_case(device: str, common: dict) -> Case:
+    """The tutorial's job on a device, exactly its settings: 2 epochs at batch 4 through its DataLoader
+    (2 workers), SGD lr 0.001 momentum 0.9, width 1, torch's default threads, the eager fp32 step;
+    within the spec's budget (the rest is projected, see bench/job.py)."""
+    return Case(mode=JOB, device=device, pipeline="tutorial", batch_size=4, threads=None, width=1.0, repeat=0,
+                epochs=2, lr=0.001, num_workers=2, **common)
+
+
 def _variants(spec: SweepSpec, device: str, mode: str, pipeline: str):
-    """(repeat, amp, memory format, CUDA graphs, world size) for one point; each only where it applies:
-    graphs on the resident pipeline's eager training step on a CUDA device, beside it; world sizes
-    above 1 (data-parallel training) in train mode, without graphs."""
+    """(repeat, amp, memory format, CUDA graphs, world size, compile mode) for one point; each only where
+    it applies: graphs on the resident pipeline's eager training step on a CUDA device, beside it; world
+    sizes above 1 (data-parallel training) in train mode, without graphs; torch.compile on one process."""
     graphs = [False, True] if spec.cuda_graphs and device.startswith("cuda") and pipeline == "resident" \
         and mode == "train" else [False]
     worlds = spec.world_sizes if mode == "train" else [1]
-    for repeat in range(spec.repeats):
-        for amp in spec.amp:
-            for memory_format in spec.memory_formats:
-                for world in worlds:
-                    for g in graphs if world == 1 else [False]:
-                        yield repeat, amp, memory_format, g, world
+    compiled = [None] * ("off" in spec.compile) + (spec.compile_modes if "on" in spec.compile else [])
+    for repeat, amp, memory_format, world in itertools.product(range(spec.repeats), spec.amp, spec.memory_formats,
+                                                               worlds):
+        for g in graphs if world == 1 else [False]:
+            for compile_mode in compiled if world == 1 and not g else [None] * ("off" in spec.compile):
+                yield repeat, amp, memory_format, g, world, compile_mode
 
 
 def oversubscription(case: Case, physical_cores: int) -> str | None:
@@ -81,6 +88,8 @@ def estimate_seconds(cases: list[Case]) -> tuple[float, bool]:
     for case in cases:
         if case.max_seconds is not None:
             evals = 1 if case.mode == "infer" else case.epochs
+            if case.compile_mode is not None:
+                total += COMPILE_S
             total += STARTUP_S * case.world_size + case.max_seconds + 0.5 * evals
         else:
             bounded = False

@@ -11,6 +11,7 @@ import pandas as pd
 
 from bench import analysis, charts, findings
 from bench.compute import with_ceilings
+from bench.cost import with_prices
 from bench.run_folder import Run, RunFolder
 
 
@@ -25,7 +26,7 @@ def combined_frame(runs: list[Run]) -> pd.DataFrame:
     with its machine."""
     labels = [machine_label(r.environment) for r in runs]
     several = len(set(labels)) > 1
-    frames = [with_ceilings(r.frame, r.environment).assign(machine=label if several else "")
+    frames = [with_prices(with_ceilings(r.frame, r.environment), r.environment).assign(machine=label if several else "")
               for r, label in zip(runs, labels)]
     return pd.concat(frames, ignore_index=True)
 
@@ -67,9 +68,29 @@ def _drop_blank(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _figures(a: analysis.Analysis, train_images: int) -> list[tuple[str, str, Figure]]:
+CHARTS = {"job.png", "cost.png", "throughput_train.png", "speedup.png", "thread_scaling.png", "epoch_time.png",
+          "accuracy.png", "throughput_infer.png", "latency.png", "scaling.png", "width.png"}
+
+
+def _accuracy_figure(accuracy: pd.DataFrame, figs: list, left_out: list[str]) -> None:
+    """The accuracy chart, only of Cases that ran the same full epochs and learnt; else why there is none."""
+    shown = accuracy[accuracy["comparable"] & accuracy["learnt"]].dropna(subset=["test_accuracy_pct"])
+    if shown["batch_size"].nunique() > 1 and shown["epochs_completed"].astype(float).round(3).nunique() == 1:
+        figs.append(("accuracy.png", "Accuracy after the same epochs, and time to target",
+                     charts.accuracy_vs_batch(shown)))
+    elif not accuracy.empty:
+        left_out.append("accuracy.png: no two batch sizes both trained the same full epochs and learnt (above "
+                        f"{analysis.LEARNT_PCT:.0f}%), so there is no accuracy to compare (see the accuracy table)")
+
+
+def _figures(a: analysis.Analysis, train_images: int) -> tuple[list[tuple[str, str, Figure]], list[str]]:
+    """(the charts there is something to show in, why each other one is left out)."""
     best, trains = a.best, not a.best.empty and (a.best["mode"] == "train").any()
-    figs = []
+    figs, left_out = [], []
+    if not a.jobs.empty:
+        figs.append(("job.png", "The tutorial's job per device", charts.job_time(a.jobs)))
+    if not a.costs.empty:
+        figs.append(("cost.png", "Cost per device", charts.cost(a.costs)))
     if trains:
         figs.append(("throughput_train.png", "Training throughput by batch size", charts.throughput_vs_batch(best)))
     if not a.speedups.empty:
@@ -78,8 +99,7 @@ def _figures(a: analysis.Analysis, train_images: int) -> list[tuple[str, str, Fi
         figs.append(("thread_scaling.png", "CPU thread scaling", charts.thread_scaling(a.thread_scaling)))
     if trains:
         figs.append(("epoch_time.png", "Time per epoch", charts.epoch_time(best, train_images)))
-    if not a.accuracy.empty:
-        figs.append(("accuracy.png", "Accuracy and time to target", charts.accuracy_vs_batch(a.accuracy)))
+    _accuracy_figure(a.accuracy, figs, left_out)
     if not a.inference.empty:
         figs.append(("throughput_infer.png", "Inference throughput by batch size",
                      charts.throughput_vs_batch(best, mode="infer")))
@@ -88,11 +108,14 @@ def _figures(a: analysis.Analysis, train_images: int) -> list[tuple[str, str, Fi
         figs.append(("scaling.png", "Data-parallel scaling", charts.data_parallel_scaling(a.data_parallel)))
     if a.frame["width"].nunique() > 1:
         figs.append(("width.png", "Throughput by model width", charts.throughput_vs_width(best)))
-    return figs
+    return figs, left_out
 
 
 def _sections(a: analysis.Analysis, ceilings: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    sections = [("Best throughput per configuration (over thread counts)", a.best),
+    sections = [("The tutorial's job per device (seconds; projected where job_projected)", a.jobs),
+                ("Time to the target accuracy: the fastest Case per device", a.time_to_target),
+                ("Cost per device (USD, at each run's --price)", a.costs),
+                ("Best throughput per configuration (over thread counts)", a.best),
                 ("GPU speed-up over the best CPU", a.speedups),
                 ("Crossover batch size", a.crossover),
                 ("CPU thread scaling", a.thread_scaling),
@@ -137,8 +160,10 @@ def build_report(run_dirs: list[Path], out_dir: Path) -> Report:
     tables = analysis.analyse(df)
     verdict = findings.verdict(tables, skipped)
     train_images = int(df["train_images"].dropna().max()) if df["train_images"].notna().any() else 50000
-    figures = _figures(tables, train_images)
+    figures, left_out = _figures(tables, train_images)
     images = {}
+    for stale in CHARTS - {name for name, _, _ in figures}:  # a chart an earlier report drew and this one leaves out
+        (out_dir / stale).unlink(missing_ok=True)
     for name, _, fig in figures:
         fig.savefig(out_dir / name, dpi=110)
         images[name] = base64.b64encode((out_dir / name).read_bytes()).decode()
@@ -146,9 +171,9 @@ def build_report(run_dirs: list[Path], out_dir: Path) -> Report:
     datasets = ", ".join(sorted(df["dataset"].dropna().unique()))
     title = "Does a GPU help the CIFAR-10 tutorial CNN?"
     sections = _sections(tables, _ceilings(runs))
-    md = _markdown(title, verdict, runs, datasets, figures, sections)
+    md = _markdown(title, verdict, runs, datasets, figures, sections, left_out)
     (out_dir / "report.md").write_text(md)
-    (out_dir / "report.html").write_text(_html(title, verdict, runs, datasets, figures, images, sections))
+    (out_dir / "report.html").write_text(_html(title, verdict, runs, datasets, figures, images, sections, left_out))
     return Report(out_dir / "report.md", out_dir / "report.html", verdict,
                   {name: out_dir / name for name, _, _ in figures}, {name: caption for name, caption, _ in figures})
 
@@ -158,10 +183,12 @@ def _machines(runs: list[Run]) -> pd.DataFrame:
         "run": r.environment.get("run_id", r.path.name), "machine": machine_label(r.environment),
         "torch": r.environment.get("torch"), "CUDA": r.environment.get("cuda_runtime") or "-",
         "float32 matmul": r.environment.get("float32_matmul_precision") or "-",
-        "data": r.environment.get("dataset"), "when": r.environment.get("timestamp")} for r in runs])
+        "data": r.environment.get("dataset"), "when": r.environment.get("timestamp"),
+        "USD/h": ", ".join(f"{d}={p:g}" for d, p in (r.environment.get("price_usd_per_hour") or {}).items()) or "-"}
+        for r in runs])
 
 
-def _markdown(title, verdict, runs, datasets, figures, sections) -> str:
+def _markdown(title, verdict, runs, datasets, figures, sections, left_out) -> str:
     lines = [f"# {title}", "", f"**{verdict.headline}**", ""]
     lines += [f"- {f}" for f in verdict.findings]
     if verdict.caveats:
@@ -170,6 +197,7 @@ def _markdown(title, verdict, runs, datasets, figures, sections) -> str:
               _md_table(_machines(runs)), "## Charts", ""]
     for name, caption, _ in figures:
         lines += [f"![{caption}]({name})", ""]
+    lines += [f"- Left out: {why}" for why in left_out] + ([""] if left_out else [])
     for heading, table in sections:
         lines += [f"## {heading}", "", _md_table(table, digits=2), ""]
     return "\n".join(lines)
@@ -189,7 +217,7 @@ def _html_table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, na_rep="-", float_format=lambda v: f"{v:,.2f}", border=0)
 
 
-def _html(title, verdict, runs, datasets, figures, images, sections) -> str:
+def _html(title, verdict, runs, datasets, figures, images, sections, left_out) -> str:
     e = html.escape
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
              "<meta name='viewport' content='width=device-width, initial-scale=1'>",
@@ -204,6 +232,8 @@ def _html(title, verdict, runs, datasets, figures, images, sections) -> str:
     for name, caption, _ in figures:
         parts.append(f"<figure><img alt='{e(caption)}' src='data:image/png;base64,{images[name]}'>"
                      f"<figcaption>{e(caption)}</figcaption></figure>")
+    if left_out:
+        parts.append("<ul>" + "".join(f"<li>Left out: {e(why)}</li>" for why in left_out) + "</ul>")
     for heading, table in sections:
         parts += [f"<h2>{e(heading)}</h2>", _html_table(table)]
     parts.append("</body></html>")

@@ -9,11 +9,14 @@ PLAIN = "eager"  # the tutorial's own step: no graphs, fp32, contiguous
 
 
 def step_variant(df: pd.DataFrame) -> pd.Series:
-    """How each Case ran its step, e.g. "eager", "eager+bf16", "graphs+channels-last"."""
+    """How each Case ran its step, e.g. "eager", "eager+bf16", "graphs+channels-last", "compile"."""
     def column(name, default):
         return df[name].fillna(default) if name in df else pd.Series(default, index=df.index)
 
-    base = column("cuda_graphs", False).map(lambda g: "graphs" if g else PLAIN)
+    modes = df["compile_mode"] if "compile_mode" in df else pd.Series(None, index=df.index, dtype=object)
+    compiled = modes.map(
+        lambda m: PLAIN if m is None or pd.isna(m) else "compile" if m == "default" else f"compile-{m}")
+    base = column("cuda_graphs", False).combine(compiled, lambda g, c: "graphs" if g else c)
     amp = column("amp", "off").map(lambda a: "" if a == "off" else f"+{a}")
     layout = column("memory_format", "contiguous").map(lambda m: "+channels-last" if m == "channels_last" else "")
     return base + amp + layout

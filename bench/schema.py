@@ -10,6 +10,9 @@ MODES = ("train", "infer")
 PIPELINES = ("tutorial", "resident")  # see cnn/loops.py
 AMP = ("off", "bf16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
+COMPILE = ("off", "on")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+JOB = "job"  # the tutorial's own job, end to end: a Case mode of its own (bench/job.py)
 
 
 @dataclass
@@ -43,6 +46,10 @@ class SweepSpec:
     memory_formats: list[str] = field(default_factory=lambda: ["contiguous"])
     cuda_graphs: bool = False
     world_sizes: list[int] = field(default_factory=lambda: [1])
+    compile: list[str] = field(default_factory=lambda: ["off"])
+    compile_modes: list[str] = field(default_factory=lambda: ["default"])
+    job: bool = False  # the tutorial's job per device; the spec stage turns it on unless --no-job
+    price: dict[str, float] = field(default_factory=dict)  # USD per hour by device ("*": every device)
     skipped_devices: dict[str, str] = field(default_factory=dict)
 
 
@@ -75,6 +82,7 @@ class Case:
     memory_format: str = "contiguous"  # or "channels_last"
     cuda_graphs: bool = False  # the resident training step captured in a CUDA graph
     world_size: int = 1  # data-parallel ranks (DDP); batch_size and threads are per rank
+    compile_mode: str | None = None  # torch.compile's mode; None: the eager step
 
     @property
     def key(self) -> str:
@@ -93,7 +101,9 @@ class Case:
         """Empty for the tutorial's own step, so plain keys stay as they were."""
         parts = [f"amp-{self.amp}" if self.amp != "off" else "",
                  "channels-last" if self.memory_format == "channels_last" else "",
-                 "graphs" if self.cuda_graphs else ""]
+                 "graphs" if self.cuda_graphs else "",
+                 "" if self.compile_mode is None else
+                 ("compile" if self.compile_mode == "default" else f"compile-{self.compile_mode}")]
         return "".join(f"/{p}" for p in parts if p)
 
     @property
@@ -114,6 +124,7 @@ class Result:
     error: str | None = None
     wall_s: float | None = None
     startup_s: float | None = None
+    compile_s: float | None = None  # torch.compile's first compilation, before the clock (compiled Cases)
     warmup_s: float | None = None
     train_s: float | None = None
     eval_s: float | None = None
@@ -158,6 +169,14 @@ class Result:
     rank_param_digests: list[str] = field(default_factory=list)  # after training: equal when all-reduce worked
     train_images: int | None = None
     test_images: int | None = None
+    # the tutorial's job (mode "job"): its wall time and parts, measured, or projected from a measured part
+    job_s: float | None = None
+    job_startup_s: float | None = None
+    job_data_s: float | None = None
+    job_compute_s: float | None = None
+    job_eval_s: float | None = None
+    job_fraction: float | None = None  # the part of its 2 epochs measured
+    job_projected: bool | None = None
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:

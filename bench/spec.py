@@ -13,7 +13,7 @@ import psutil
 
 from bench import converters
 from bench.devices import cuda_index
-from bench.schema import AMP, MEMORY_FORMATS, MODES, PIPELINES, SweepSpec
+from bench.schema import AMP, COMPILE, COMPILE_MODES, MEMORY_FORMATS, MODES, PIPELINES, SweepSpec
 
 DATASETS = ("auto", "cifar10", "synthetic")
 LR_SCALINGS = ("none", "linear", "sqrt")
@@ -26,6 +26,7 @@ DEFAULTS = {"devices": None, "batch_sizes": [4, 32, 128, 512], "threads": None, 
             "memory_formats": ["contiguous"], "cuda_graphs": False, "time_limit": 600.0, "quick": False,
             "lr": 0.001, "lr_scaling": "none", "target_accuracy_pct": 50.0, "seed": 0, "num_workers": 2,
             "dataset": "auto", "data_dir": "data", "no_verify": False, "no_download": False,
+            "compile": ["off"], "compile_modes": ["default"], "no_job": False, "price": None,
             **{k: None for k in BUDGET}}
 # the converter of each option that takes a value (flags: bools), for argv and keywords alike
 CONVERTERS = {
@@ -39,8 +40,10 @@ CONVERTERS = {
     "lr": converters.positive_float, "lr_scaling": converters.one_of(LR_SCALINGS),
     "target_accuracy_pct": converters.accuracy_pct, "seed": converters.integer,
     "num_workers": converters.non_negative_int, "dataset": converters.one_of(DATASETS), "data_dir": str,
+    "compile": converters.choices(COMPILE), "compile_modes": converters.choices(COMPILE_MODES),
+    "price": converters.price,
 }
-FLAGS = ("cuda_graphs", "quick", "no_verify", "no_download")
+FLAGS = ("cuda_graphs", "quick", "no_verify", "no_download", "no_job")
 # what the CLI calls an option where its name differs from the keyword's
 CLI_NAMES = {"window_s": "window", "target_accuracy_pct": "target-accuracy"}
 # keywords that say the same as an option, in the SweepSpec's own words
@@ -60,7 +63,7 @@ def spec_from_keywords(options: dict, n_cuda: int) -> SweepSpec:
     the converter the CLI uses for it; `False` and `0` mean what they say."""
     values = {}
     for name, value in options.items():
-        if name in ("download", "verify"):  # the SweepSpec's positive words for --no-download, --no-verify
+        if name in ("download", "verify", "job"):  # the SweepSpec's positive words for --no-download, ...
             if not isinstance(value, bool):
                 raise SpecError(f"{name}: {value!r} is not True or False")
             values[f"no_{name}"] = not value
@@ -73,7 +76,7 @@ def spec_from_keywords(options: dict, n_cuda: int) -> SweepSpec:
         elif name in CONVERTERS:
             values[name] = None if value is None else _convert(name, value)
         else:
-            known = sorted([*CONVERTERS, *FLAGS, "download", "verify"])
+            known = sorted([*CONVERTERS, *FLAGS, "download", "verify", "job"])
             raise SpecError(f"unknown option '{name}' (expected one of {', '.join(known)})")
     return build_spec(values, n_cuda)
 
@@ -106,7 +109,8 @@ def build_spec(values: dict, n_cuda: int) -> SweepSpec:
                      dataset=v["dataset"], data_dir=v["data_dir"], verify=not v["no_verify"],
                      download=not v["no_download"], skipped_devices=skipped, amp=v["amp"],
                      memory_formats=v["memory_formats"], cuda_graphs=v["cuda_graphs"],
-                     world_sizes=v["world_sizes"], **budget)
+                     world_sizes=v["world_sizes"], compile=v["compile"], compile_modes=v["compile_modes"],
+                     job=not v["no_job"], price=v["price"] or {}, **budget)
 
 
 def resolve_devices(requested: list[str] | None, n_cuda: int) -> tuple[list[str], dict[str, str]]:

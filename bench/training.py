@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -110,6 +111,51 @@ def _amp(case: Case) -> torch.dtype | None:
     return torch.bfloat16 if case.amp == "bf16" else None
 
 
+def compile_unavailable(device_type: str) -> str | None:
+    """Why torch.compile cannot run here (an unsupported Python, no C++ compiler for inductor on a CPU,
+    no Triton on a GPU), or None."""
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        return f"torch.compile: not supported on Python {'.'.join(map(str, sys.version_info[:2]))} by this torch"
+    if device_type == "cpu":
+        from torch._inductor import cpp_builder
+
+        try:
+            cpp_builder.get_cpp_compiler()
+        except Exception as e:  # InvalidCxxCompiler and kin: inductor has nothing to build its kernels with
+            return f"torch.compile: no C++ compiler for inductor's CPU kernels ({type(e).__name__})"
+    elif device_type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "torch.compile: Triton is not installed for inductor's GPU kernels"
+    return None
+
+
+def compiled(case: Case, net: nn.Module, arrays: CifarArrays, compute: torch.device, result: Result,
+             train: bool, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
+    """`net` under torch.compile in the Case's mode, compiled before the clock starts on a batch of the
+    Case's shape (forward and backward when training; the gradients are dropped, so no weight moves),
+    its compilation time recorded apart as `compile_s`."""
+    model = torch.compile(net, mode=case.compile_mode)
+    x, y = loops.resident_tensors(arrays.train_x[:case.batch_size], arrays.train_y[:case.batch_size], compute)
+    x = x.contiguous(memory_format=_memory_format(case))
+    clock = measure.DeviceClock(torch.device(case.device))
+    clock.sync()
+    t0 = time.perf_counter()
+    with torch.autocast(compute.type, dtype=_amp(case), enabled=_amp(case) is not None):
+        if train:
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            with torch.inference_mode():
+                model(x)
+    clock.sync()
+    result.compile_s = time.perf_counter() - t0
+    return model
+
+
 def _batches(case: Case, images: np.ndarray, labels: np.ndarray, classes, device: torch.device, train: bool,
              meter: measure.StepMeter, shard: tuple[int, int] | None = None):
     """(epoch -> batches, item_every_step, resident tensors or None) for the Case's pipeline; with
@@ -181,6 +227,8 @@ def train(case: Case, arrays: CifarArrays, device: torch.device, result: Result,
                        agree=ranks.agree)
     model = ranks.wrap(net, meter) if ranks.wrap else net
     optimizer = torch.optim.SGD(model.parameters(), lr=case.lr, momentum=0.9)
+    if case.compile_mode is not None:
+        model = compiled(case, model, arrays, compute, result, train=True, optimizer=optimizer)
     test_x, test_y = loops.resident_tensors(arrays.test_x, arrays.test_y, compute) if ranks.rank == 0 else (None,) * 2
     epoch_batches, item, resident = _batches(case, arrays.train_x, arrays.train_y, arrays.classes, device,
                                              train=True, meter=meter, shard=ranks.shard)
@@ -221,6 +269,8 @@ def infer(case: Case, arrays: CifarArrays, device: torch.device, result: Result,
     """Runs the Case's inference loop, then times the model alone for latency."""
     compute = devices.placement(device)
     net = Net(case.width, len(arrays.classes)).to(compute, memory_format=_memory_format(case)).eval()
+    if case.compile_mode is not None:
+        net = compiled(case, net, arrays, compute, result, train=False)
     meter = case_meter(case, device, math.ceil(len(arrays.test_y) / case.batch_size), progress)
     epoch_batches, item, _ = _batches(case, arrays.test_x, arrays.test_y, arrays.classes, device, train=False,
                                       meter=meter)

@@ -20,7 +20,8 @@ import torch
 import torchvision  # noqa: F401  (preloaded by the fork server with torch)
 
 from bench import measure, training
-from bench.schema import Case, Result
+from bench.job import record_job
+from bench.schema import JOB, Case, Result
 from cnn import data
 
 Progress = training.Progress
@@ -44,6 +45,10 @@ def run_case(case: Case, progress: Progress | None = None, started: float | None
         return _run_distributed(case, progress, started)
     result = Result(case=case)
     device = torch.device(case.device)
+    unavailable = training.compile_unavailable(device.type) if case.compile_mode is not None else None
+    if unavailable:
+        result.status, result.error = "skipped", unavailable
+        return result
     try:
         training.set_threads(case)
         torch.manual_seed(case.seed)
@@ -51,8 +56,10 @@ def run_case(case: Case, progress: Progress | None = None, started: float | None
             training.prepare_cuda(device, result)
         arrays = data.load_arrays(case.data_cache)
         result.train_images, result.test_images = len(arrays.train_y), len(arrays.test_y)
-        if case.mode == "train":
+        if case.mode in ("train", JOB):
             training.train(case, arrays, device, result, started, progress)
+            if case.mode == JOB:
+                record_job(result)
         else:
             training.infer(case, arrays, device, result, started, progress)
         result.peak_device_mem_mb = measure.peak_device_mem_mb(device)

@@ -20,6 +20,8 @@ the real one fails, and records the call in order:
 - An allocation (`placement`) on a CUDA device before `set_device` in that process is an error.
 - `init_process_group("nccl")` before `set_device` is an error; it then runs gloo on the CPU.
   `DistributedDataParallel(device_ids=[i])` needs i to be the rank's current device.
+- torch.compile of a CUDA Case is `skipped` (FAKE_COMPILE): inductor's Triton kernels cannot run on a CPU and
+  dynamo reads CUDA state (random-number generators) that no stand-in here answers; the CPU compile path runs.
 - With `watch_readbacks`, reading a tensor back to the host (`item`, `cpu`, `tolist`, `float`, ...)
   is recorded, so a test can assert none happens between two timing events without a synchronise.
 
@@ -42,6 +44,8 @@ import torch.distributed as dist
 from torch.cuda._utils import _get_device_index
 from torch.overrides import TorchFunctionMode
 
+FAKE_COMPILE = ("torch.compile on CUDA: not run under the fake CUDA layer (inductor's GPU kernels and dynamo's "
+                "CUDA state need a real GPU)")
 BAD_FORK = ("Cannot re-initialize CUDA in forked subprocess. To use CUDA with multiprocessing, you must use the "
             "'spawn' start method")
 READBACKS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.numpy,
@@ -341,6 +345,12 @@ class FakeCuda:
                                 f"cuda:{self._current}: the module's parameters are not on that device")
         return self._real_ddp(module, None, *args, **kwargs)
 
+    def compile_unavailable(self, device_type: str) -> str | None:
+        self._record("compile_unavailable", device_type=device_type)
+        if device_type == "cuda":
+            return FAKE_COMPILE
+        return self._real_compile_unavailable(device_type)
+
     # ------------------------------------------------------------------ install
     def _patch(self, owner, name: str, value) -> None:
         self._saved.append((owner, name, getattr(owner, name)))
@@ -351,6 +361,7 @@ class FakeCuda:
 
         import bench.ddp
         import bench.devices
+        import bench.training
 
         cuda = torch.cuda
         for name in ("is_available", "device_count", "current_device", "set_device", "synchronize",
@@ -362,6 +373,8 @@ class FakeCuda:
         self._patch(torch.accelerator, "set_device_index", self.accelerator_set_device_index)
         self._patch(pin, "pin_memory", self.pin_memory)
         self._patch(bench.devices, "placement", self.placement)
+        self._real_compile_unavailable = bench.training.compile_unavailable
+        self._patch(bench.training, "compile_unavailable", self.compile_unavailable)
         self._real_init_process_group = dist.init_process_group
         self._patch(dist, "init_process_group", self.init_process_group)
         self._real_ddp = bench.ddp.DistributedDataParallel

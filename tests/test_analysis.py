@@ -270,3 +270,31 @@ def test_time_outside_windows_shows_start_up_warm_up_and_new_shapes_per_device_a
     assert (eager.cases, eager.startup_s) == (1, 2.0)  # the failed Case is not in it
     graphs = table[(table.device == "cuda:0") & (table.variant == "graphs")].iloc[0]
     assert graphs.startup_s == 3.0 and graphs.new_shape_steps == 0
+
+
+def _trained(batch: int, accuracy: float, epochs: float, stopped_by: str) -> dict:
+    return _row("cpu", "resident", batch, 1000.0 * batch ** 0.5, threads=2, test_accuracy_pct=accuracy,
+                epochs_completed=epochs, stopped_by=stopped_by)
+
+
+def _accuracy_findings(rows: list[dict]) -> list[str]:
+    return [f for f in sentences.verdict(analysis.analyse(pd.DataFrame(rows))).findings if f.startswith("Accuracy")]
+
+
+def test_accuracy_is_compared_only_between_cases_that_trained_the_same_full_epochs():
+    # a 12 s budget: small batches got through more epochs; that is not a finding about batch size
+    budget = [_trained(4, 51.6, 1.4, "time"), _trained(32, 12.7, 0.5, "time"), _trained(512, 10.0, 0.3, "time")]
+    [finding] = _accuracy_findings(budget)
+    assert finding.startswith("Accuracy is not compared across batch sizes: the Cases stopped at their time budget")
+    assert "51.6" not in finding and "On synthetic data accuracy shows that training works" in finding
+    whole = [_trained(4, 52.0, 2.0, "epochs"), _trained(32, 41.5, 2.0, "epochs")]
+    assert _accuracy_findings(whole) == [
+        "Accuracy after 2 full epoch(s) by batch size: batch 4 52.0%, batch 32 41.5% (the same epochs, so fewer "
+        "steps at larger batches at the same learning rate). On synthetic data accuracy shows that training works, "
+        "not what CIFAR-10 reaches."]
+
+
+def test_below_twice_chance_the_budget_was_too_short_to_learn():
+    [finding] = _accuracy_findings([_trained(32, 12.7, 0.2, "time"), _trained(128, 9.8, 0.1, "time")])
+    assert finding.startswith("Accuracy: no training Case learnt (best 12.7%, below 20%, twice chance): the budget "
+                              "was too short to learn")

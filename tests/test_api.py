@@ -44,14 +44,17 @@ def test_run_sweep_writes_the_run_folder_and_returns_its_results_and_the_report_
                             modes=["train"], dataset="synthetic", max_steps=30, warmup_steps=5, window=0.05)
     results = bench.run_sweep(spec, out=tmp_path / "run")
     assert results.attrs["run_dir"] == str(tmp_path / "run")
-    assert sorted(results["batch_size"]) == [8, 32] and set(results["status"]) == {"ok"}
+    sweep = results[results["mode"] != "job"]
+    assert sorted(sweep["batch_size"]) == [8, 32] and set(results["status"]) == {"ok"}
+    assert results[results["mode"] == "job"]["key"].tolist() == ["job/cpu/tutorial/b4/tauto/w1/r0"]  # on by default
     assert (results["images_per_s"] > 0).all()
     assert {"results.jsonl", "results.csv", "environment.json"} <= {p.name for p in (tmp_path / "run").iterdir()}
     with pytest.raises(ValueError, match="already holds results"):
         bench.run_sweep(spec, out=tmp_path / "run")
 
     rep = bench.make_report(results.attrs["run_dir"])
-    assert rep.verdict.headline.startswith("Only cpu was measured")
+    assert rep.verdict.headline.startswith("The tutorial's job (2 epochs at batch 4")  # the asker's job first
+    assert any(f.startswith("Only cpu was measured") for f in rep.verdict.findings)
     assert rep.markdown.read_text().startswith("# Does a GPU help")
     assert "throughput_train.png" in rep.charts and rep.charts["throughput_train.png"].stat().st_size > 0
     assert rep._repr_markdown_().startswith(f"**{rep.verdict.headline}**")

@@ -45,7 +45,9 @@ def test_check_on_the_cpu_runs_every_applicable_check_and_exits_0(cpu_check):
             assert status == expected[0] and expected[1] in detail
         assert rows["cpu", pipeline, "train", "DDP, 2 ranks"][0] == "ok"
     assert rows["cpu", "resident", "train", "CUDA graphs"] == ("skipped", "CUDA graphs: CUDA devices only")
-    assert len(rows) == 15 and sum(status == "ok" for status, _ in rows.values()) == (14 if bf16 else 10)
+    assert rows["cpu", "resident", "train", "torch.compile"][0] == "ok"  # this machine has a C++ compiler
+    assert not any(name == "torch.compile" for (_, pipeline, mode, name) in rows if (pipeline, mode) != ("resident", "train"))
+    assert len(rows) == 16 and sum(status == "ok" for status, _ in rows.values()) == (15 if bf16 else 11)
     assert all(detail == "6 steps in " + detail.split(" in ")[1] for status, detail in rows.values()
                if status == "ok")
     assert "every applicable check works" in cpu_check.stdout.splitlines()[-1]
@@ -85,7 +87,8 @@ def test_a_two_gpu_machine_checks_cuda_graphs_and_two_ranks_on_cuda(monkeypatch)
     cuda = _names(checks, "cuda:0")
     assert ("resident", "train", "CUDA graphs", None) in cuda
     assert ("tutorial", "train", "DDP, 2 ranks", None) in cuda and ("resident", "train", "DDP, 2 ranks", None) in cuda
-    assert all(skip is None for *_, skip in cuda) and len(cuda) == 15
+    assert ("resident", "train", "torch.compile", None) in cuda
+    assert all(skip is None for *_, skip in cuda) and len(cuda) == 16
     assert {c.case.threads for c in checks if c.case.device == "cuda:0"} == {None}
     ddp = [c.case for c in checks if c.case.world_size == 2]
     assert len(ddp) == 4 and {c.mode for c in ddp} == {"train"} and not any(c.cuda_graphs for c in ddp)
@@ -99,8 +102,8 @@ def test_one_gpu_skips_two_ranks_and_an_unusable_device_skips_every_row_with_why
             "DDP on CUDA: one GPU per rank, 2 ranks need 2 GPUs and this machine has 1") in one
     none = check.plan_checks(["cpu"], {"cuda:0": "CUDA is not available on this machine"}, 0, {})
     rows = _names(none, "cuda:0")
-    assert len(rows) == 15 and {skip for *_, skip in rows} == {"CUDA is not available on this machine"}
-    assert [c.case.device for c in none][:15] == ["cpu"] * 15  # the usable device's rows first
+    assert len(rows) == 16 and {skip for *_, skip in rows} == {"CUDA is not available on this machine"}
+    assert [c.case.device for c in none][:16] == ["cpu"] * 16  # the usable device's rows first
 
 
 def test_a_failing_check_shows_its_reason_in_its_row_and_exits_1():
@@ -118,7 +121,7 @@ def test_a_failing_check_shows_its_reason_in_its_row_and_exits_1():
 
     printed = []
     results = check.run_checks(checks, stand_in, on_result=printed.append)
-    assert len(ran) == 10 and not any(c.cuda_graphs or c.amp == "bf16" for c in ran)  # skipped checks do not run
+    assert len(ran) == 11 and not any(c.cuda_graphs or c.amp == "bf16" for c in ran)  # skipped checks do not run
     assert printed == results and check.exit_status(results) == 1
     rows = _rows(check.render(results))
     assert rows["cpu", "resident", "infer", "channels_last"] == ("failed", error)

@@ -79,7 +79,7 @@ def test_a_rank_killed_mid_case_fails_the_case_and_leaves_no_process(synthetic):
 def test_two_launchers_meeting_at_one_endpoint_append_one_result_that_the_report_includes(tmp_path: Path):
     cases = tmp_path / "cases"
     proc = run_bench("plan", "--dataset", "synthetic", "--devices", "cpu", "--world-sizes", "2", "--batch-sizes",
-                     "8", "--threads", "1", "--pipelines", "resident", "--modes", "train", "--max-steps", "20",
+                     "8", "--threads", "1", "--pipelines", "resident", "--modes", "train", "--max-steps", "20", "--no-job",
                      "--epochs", "1", "--warmup-steps", "3", "--window", "0.05", "--write-cases", str(cases))
     assert proc.returncode == 0, proc.stderr
     with socket.socket() as s:

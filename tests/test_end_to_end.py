@@ -27,7 +27,9 @@ def test_the_sweep_writes_results_environment_and_csv(tiny_run):
     lines = (out / "results.jsonl").read_text().splitlines()
     results = pd.read_json(out / "results.jsonl", lines=True)
     assert len(lines) == len(results)
-    cpu = results[results.device == "cpu"]
+    [job] = results[(results["mode"] == "job") & (results.device == "cpu")].to_dict("records")  # the tutorial's job
+    assert job["status"] == "ok" and job["job_projected"] and job["steps"] == 30 and job["job_s"] > job["train_s"]
+    cpu = results[(results.device == "cpu") & (results["mode"] != "job")]
     assert len(cpu) == 2 * 2 * 2  # batch sizes x pipelines x modes
     assert set(cpu.status) == {"ok"}, cpu.error.tolist()
     assert (cpu.dataset == "synthetic").all() and (cpu.run_id == "run").all() and (cpu.schema_version == 1).all()
@@ -75,7 +77,7 @@ def test_an_unavailable_device_beside_cpu_is_skipped_and_recorded(tiny_run):
     assert "WARNING: skipping device cuda:0: CUDA is not available" in proc.stderr
     results = pd.read_json(out / "results.jsonl", lines=True)
     cuda = results[results.device == "cuda:0"]  # `cuda` is indexed at the spec stage
-    assert len(cuda) == 2 * 2 * 2 and set(cuda.status) == {"skipped"}
+    assert len(cuda) == 2 * 2 * 2 + 1 and set(cuda.status) == {"skipped"}  # and the tutorial's job
     assert json.loads((out / "environment.json").read_text())["skipped_devices"] == {
         "cuda:0": "CUDA is not available on this machine"}
 

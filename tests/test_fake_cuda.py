@@ -25,7 +25,7 @@ from bench.run_folder import RunFolder
 from bench.schema import Case, Result, SweepSpec
 from cnn import data
 from conftest import ROOT
-from fake_cuda import BAD_FORK, FakeCuda, FakeCudaError, readbacks_inside_windows, site_env
+from fake_cuda import BAD_FORK, FAKE_COMPILE, FakeCuda, FakeCudaError, readbacks_inside_windows, site_env
 
 
 @pytest.fixture
@@ -307,11 +307,14 @@ def test_gpu_validate_runs_check_sweep_and_truth_check_into_one_folder(tmp_path)
     assert re.search(r"== truth: .*\n   FAILED with exit status 1 .*the minimal loop failed on cuda:0", summary)
     check = (out / "check.log").read_text()
     cuda_rows = [line for line in check.splitlines() if line.startswith("cuda:0")]
-    assert len(cuda_rows) == 15 and all(" ok " in row for row in cuda_rows), check
+    compiled = [row for row in cuda_rows if "torch.compile" in row]
+    assert len(compiled) == 1 and f"skipped {FAKE_COMPILE}" in compiled[0], check
+    assert len(cuda_rows) == 16 and all(" ok " in row for row in cuda_rows if row not in compiled), check
     assert "CUDA graphs   ok" in check and "0 failed" in check
     results = [json.loads(x) for x in (out / "sweep" / "results.jsonl").read_text().splitlines()]
     cuda = [r for r in results if r["device"] == "cuda:0"]
-    assert len(cuda) == 2 + 1 and all(r["status"] == "ok" for r in cuda), [r["error"] for r in cuda]
+    assert len(cuda) == 2 + 1 + 1 and all(r["status"] == "ok" for r in cuda), [r["error"] for r in cuda]
+    assert [r["key"] for r in cuda if r["mode"] == "job"] == ["job/cuda:0/tutorial/b4/tauto/w1/r0"]  # the asker's job
     assert sum(r["cuda_graphs"] for r in cuda) == 1
     assert {r["device"] for r in results} == {"cpu", "cuda:0"}
     assert "== verdict (sweep/report.md)" in summary and (out / "sweep" / "report.html").exists()

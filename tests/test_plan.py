@@ -8,7 +8,7 @@ from bench.schema import Case, Result, SweepSpec
 
 def _spec(**kw) -> SweepSpec:
     base = dict(devices=["cpu", "cuda"], batch_sizes=[4, 32], threads=[1, 2], pipelines=["tutorial", "resident"],
-                widths=[1.0], modes=["train", "infer"], max_seconds=5.0)
+                widths=[1.0], modes=["train", "infer"], max_seconds=5.0, job=False)
     return SweepSpec(**{**base, **kw})
 
 

@@ -12,16 +12,18 @@ import pytest
 from bench import analysis, charts, report
 from bench.plan import plan_cases
 from bench.run_folder import RunFolder
-from bench.schema import Result, SweepSpec
+from bench.schema import JOB, Result, SweepSpec
 
 
-def _fake_run(folder: Path, host: str, gpu: bool, scale: float = 1.0, env: dict | None = None) -> Path:
+def _fake_run(folder: Path, host: str, gpu: bool, scale: float = 1.0, env: dict | None = None,
+              whole_epochs: bool = True, job: bool = False) -> Path:
     """A run folder as bench run writes it, with hand-set figures and every kind of ending; `env`
-    replaces entries of its environment.json."""
+    replaces entries of its environment.json; without `whole_epochs` the training Cases stopped at
+    their time budget after different parts of an epoch; with `job`, each device's tutorial job (projected)."""
     folder.mkdir(parents=True)
     devices = ["cpu", "cuda:0"] if gpu else ["cpu"]
     spec = SweepSpec(devices=devices, batch_sizes=[4, 32, 128], threads=[1, 2], pipelines=["tutorial", "resident"],
-                     widths=[1.0], modes=["train", "infer"], max_seconds=5.0)
+                     widths=[1.0], modes=["train", "infer"], max_seconds=5.0, job=job)
     for case in plan_cases(spec, data_cache="/c", dataset="synthetic", run_id=folder.name):
         base = {"cpu": 400.0 * (case.threads or 1) ** 0.5, "cuda:0": 300.0}[case.device]
         rate = scale * base * case.batch_size ** (0.5 if case.device == "cpu" else 1.0)
@@ -29,19 +31,25 @@ def _fake_run(folder: Path, host: str, gpu: bool, scale: float = 1.0, env: dict 
         result = Result(case=case, images_per_s=rate, images_per_s_p25=0.97 * rate, images_per_s_p75=1.03 * rate,
                         images_per_s_spread_pct=6.0, windows_s=[1.0], windows_images=[int(rate)],
                         train_images=50000, test_images=10000)
+        if case.mode == JOB:
+            result.job_s, result.job_projected, result.job_fraction = 7200.0 / rate, True, 0.1
+            result.job_startup_s, result.job_data_s, result.job_eval_s = 2.0, 1.0, 0.5
+            result.job_compute_s, result.test_accuracy_pct, result.threads_used = result.job_s - 3.5, 30.0, 2
         if case.mode == "train":
             result.test_accuracy_pct = 60.0 - case.batch_size / 10
             result.time_to_target_s = 100.0 / case.batch_size ** 0.5
+            result.epochs_completed, result.stopped_by = (2.0, "epochs") if whole_epochs else (4 / case.batch_size,
+                                                                                                 "time")
         else:
             result.latency_ms_p50, result.latency_ms_p99 = case.batch_size / 10, case.batch_size / 5
         RunFolder(folder).append(result)
     case = plan_cases(replace(spec, batch_sizes=[512, 1024, 2048], modes=["train"], pipelines=["tutorial"],
-                              threads=[2], devices=["cpu"]), "/c", "synthetic")
+                              threads=[2], devices=["cpu"], job=False), "/c", "synthetic")
     for c, (status, error) in zip(case, [("oom", "OutOfMemoryError: CUDA out of memory"), ("timeout", "time limit"),
                                          ("failed", "worker died from SIGSEGV")]):
         RunFolder(folder).append(Result(case=c, status=status, error=error))
     skipped = {} if gpu else {"cuda": "CUDA is not available on this machine"}
-    for c in plan_cases(replace(spec, devices=list(skipped), batch_sizes=[4]), "/c", "synthetic"):
+    for c in plan_cases(replace(spec, devices=list(skipped), batch_sizes=[4], job=False), "/c", "synthetic"):
         RunFolder(folder).append(Result(case=c, status="skipped", error=skipped[c.device]))
     env = {"run_id": folder.name, "hostname": host, "cpu_model": f"{host} CPU", "cpu_logical_cores": 2,
            "gpus": [{"name": "H100"}] if gpu else [], "torch": "2.x", "dataset": "synthetic",
@@ -104,11 +112,13 @@ def test_a_run_whose_ceiling_worker_failed_reports_the_ceilings_as_unknown_with_
 
 
 def test_charts_render_without_warnings(tmp_path: Path):
-    df = report.combined_frame([RunFolder(_fake_run(tmp_path / "gpu", "box", gpu=True)).load()])
-    best = analysis.best_throughput(df)
+    run = _fake_run(tmp_path / "gpu", "box", gpu=True, job=True, env={"price_usd_per_hour": {"cpu": 0.1, "cuda": 1.0}})
+    df = report.combined_frame([RunFolder(run).load()])
+    best, tables = analysis.best_throughput(df), analysis.analyse(df)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        figs = [charts.throughput_vs_batch(best), charts.speedup_vs_batch(analysis.speedups(df)),
+        figs = [charts.job_time(tables.jobs), charts.cost(tables.costs),
+                charts.throughput_vs_batch(best), charts.speedup_vs_batch(analysis.speedups(df)),
                 charts.thread_scaling(analysis.thread_scaling(df)), charts.epoch_time(best, 50000),
                 charts.accuracy_vs_batch(analysis.accuracy_by_batch(df)),
                 charts.inference_latency(analysis.inference_table(df)), charts.throughput_vs_width(best)]
@@ -211,3 +221,31 @@ def test_importing_the_charts_and_report_leaves_a_notebooks_matplotlib_backend_a
             "print(matplotlib.get_backend())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "svg"
+
+
+def test_two_runs_each_priced_at_its_own_price_open_with_the_job_and_say_which_is_cheaper(tmp_path: Path):
+    cpu_vm = _fake_run(tmp_path / "cpu-vm", "cpu-vm", gpu=False, env={"price_usd_per_hour": {"*": 0.10}}, job=True)
+    gpu_vm = _fake_run(tmp_path / "gpu-vm", "gpu-vm", gpu=True, env={"price_usd_per_hour": {"*": 0.90}}, job=True)
+    rep = report.build_report([cpu_vm, gpu_vm], tmp_path / "both")
+    assert rep.verdict.headline.startswith("The tutorial's job (2 epochs at batch 4 through its DataLoader, then "
+                                           "the test pass) takes about ")
+    assert "cpu (cpu-vm (cpu-vm CPU, 2 cores, no GPU)), 2 threads (projected from the 10% of it measured" \
+        in rep.verdict.headline
+    md = (tmp_path / "both" / "report.md").read_text()
+    assert "| cpu-vm | cpu-vm (cpu-vm CPU, 2 cores, no GPU) |" in md and "| *=0.1 |" in md and "| *=0.9 |" in md
+    assert any(f.startswith("Cheaper for the tutorial's job: ") for f in rep.verdict.findings)
+    tables = analysis.analyse(report.combined_frame([RunFolder(cpu_vm).load(), RunFolder(gpu_vm).load()]))
+    prices = tables.costs.set_index(["machine", "device"])["price_usd_per_hour"].to_dict()
+    assert prices == {("cpu-vm (cpu-vm CPU, 2 cores, no GPU)", "cpu"): 0.10,
+                      ("gpu-vm (gpu-vm CPU, 2 cores, H100)", "cpu"): 0.90,  # the GPU VM's CPU at the GPU VM's price
+                      ("gpu-vm (gpu-vm CPU, 2 cores, H100)", "cuda:0"): 0.90}
+    assert "cost.png" in rep.charts and "job.png" in rep.charts
+
+
+def test_an_accuracy_chart_with_nothing_to_compare_is_left_out_and_the_report_says_why(tmp_path: Path):
+    run = _fake_run(tmp_path / "run", "host", gpu=False, whole_epochs=False)  # stopped by time: nothing compares
+    (run / "accuracy.png").write_bytes(b"an earlier report's chart")
+    rep = report.build_report([run], run)
+    assert "accuracy.png" not in rep.charts and not (run / "accuracy.png").exists()
+    assert "- Left out: accuracy.png: no two batch sizes both trained the same full epochs and learnt" \
+        in rep.markdown.read_text()

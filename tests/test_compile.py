@@ -1,0 +1,94 @@
+"""torch.compile as a step variant: planned and keyed like the others, compiled before the clock with the
+time recorded apart, skipped with the reason where it cannot work, and judged against its compile time."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+
+from bench import analysis, cli, training, worker
+from bench import findings as sentences
+from bench.plan import plan_cases
+from bench.schema import Case, Result, SweepSpec
+from cnn import data
+from cnn.model import Net
+from test_analysis import _row
+
+SPEC = SweepSpec(devices=["cpu", "cuda:0"], batch_sizes=[4], threads=[2], pipelines=["resident"], widths=[1.0],
+                 modes=["train", "infer"], compile=["off", "on"], compile_modes=["default", "max-autotune"],
+                 cuda_graphs=True, world_sizes=[1, 2], job=False)
+
+
+def test_compiled_variants_are_planned_beside_the_eager_step_on_one_process_without_graphs():
+    cases = plan_cases(SPEC, "/c", "synthetic")
+    keys = {c.key for c in cases}
+    assert {"train/cpu/resident/b4/t2/w1/r0/compile", "train/cpu/resident/b4/t2/w1/r0/compile-max-autotune",
+            "infer/cuda:0/resident/b4/tauto/w1/r0/compile", "train/cpu/resident/b4/t2/w1/r0"} <= keys
+    assert len(keys) == len(cases)
+    compiled = [c for c in cases if c.compile_mode is not None]
+    assert all(c.world_size == 1 and not c.cuda_graphs for c in compiled)
+    assert len(compiled) == 2 * 2 * 2  # devices x modes x compile modes
+    only_on = plan_cases(replace(SPEC, compile=["on"], world_sizes=[1], cuda_graphs=False), "/c", "synthetic")
+    assert all(c.compile_mode is not None for c in only_on)
+
+
+def test_compile_options_from_argv():
+    spec = cli.build_spec(cli.get_parser().parse_args(["run", "--compile", "off,on", "--compile-mode",
+                                                       "max-autotune"]), n_cuda=0)
+    assert spec.compile == ["off", "on"] and spec.compile_modes == ["max-autotune"]
+    assert cli.main(["run", "--compile", "maybe"]) == 2
+
+
+@pytest.fixture(scope="module")
+def small():
+    return data.prepare_synthetic(n_train=160, n_test=64)
+
+
+def _case(small, **kw) -> Case:
+    base = dict(mode="train", device="cpu", pipeline="resident", batch_size=4, threads=None, width=1.0, repeat=0,
+                epochs=1, max_steps=12, max_seconds=None, time_limit_s=300.0, lr=0.001, seed=0,
+                target_accuracy_pct=50.0, num_workers=0, warmup_steps=2, window_s=0.0, latency_batches=3,
+                dataset="synthetic", data_cache=str(small.cache_dir), compile_mode="default")
+    return Case(**{**base, **kw})
+
+
+def test_a_compiled_case_is_compiled_before_the_clock_and_records_the_time_apart(small):
+    result = worker.run_case(_case(small))
+    assert result.status == "ok", result.error
+    assert result.compile_s > 0 and result.startup_s >= result.compile_s  # before the first timed step
+    assert result.steps == 12 and result.images_per_s > 0
+
+
+def test_compiling_moves_no_weight(small):
+    case = _case(small)
+    arrays = data.load_arrays(small.cache_dir)
+    net = Net(1.0, 10)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    training.compiled(case, net, arrays, torch.device("cpu"), Result(case=case), train=True, optimizer=optimizer)
+    for name, value in net.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+    assert all(p.grad is None for p in net.parameters()) and not optimizer.state
+
+
+def test_where_torch_compile_cannot_work_the_case_is_skipped_with_why(small, monkeypatch):
+    monkeypatch.setattr(training, "compile_unavailable", lambda device_type: "torch.compile: no C++ compiler")
+    result = worker.run_case(_case(small))
+    assert (result.status, result.error) == ("skipped", "torch.compile: no C++ compiler")
+    assert worker.run_case(_case(small, compile_mode=None, max_steps=3)).status == "ok"  # eager is unaffected
+
+
+def test_the_verdict_says_when_compiling_pays_for_itself_or_that_it_never_does():
+    rows = [_row("cpu", "resident", 128, 4000.0, threads=2), _row("cpu", "resident", 128, 8000.0, threads=2,
+                                                                   compile_mode="default", compile_s=16.0),
+            _row("cpu", "resident", 4, 1000.0, threads=2), _row("cpu", "resident", 4, 700.0, threads=2,
+                                                                 compile_mode="default", compile_s=3.0)]
+    a = analysis.analyse(pd.DataFrame(rows))
+    gain = a.variant_gain.set_index("batch_size")
+    # eager 32 ms a step at batch 128, compiled 16 ms: 16 s of compiling are repaid after 1,000 steps
+    assert gain.loc[128, "break_even_steps"] == pytest.approx(1000.0) and pd.isna(gain.loc[4, "break_even_steps"])
+    [finding] = [f for f in sentences.verdict(a).findings if f.startswith("Step variant compile")]
+    assert "0.70x the eager step's training speed at batch 4 (slower)" in finding
+    assert finding.endswith("Compiling took 3.0 s, and it never pays for itself: the compiled step is no faster.")
