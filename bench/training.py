@@ -8,6 +8,7 @@ windows, the barrier while rank 0 evaluates), never a copied loop (bench/ddp.py 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import sys
@@ -138,6 +139,8 @@ def compiled(case: Case, net: nn.Module, arrays: CifarArrays, compute: torch.dev
     """`net` under torch.compile in the Case's mode, compiled before the clock starts on a batch of the
     Case's shape (forward and backward when training; the gradients are dropped, so no weight moves),
     its compilation time recorded apart as `compile_s`."""
+    # inductor's C++ build warns that a CPU-only machine has no CUDA runtime; the check table is no place for it
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     model = torch.compile(net, mode=case.compile_mode)
     x, y = loops.resident_tensors(arrays.train_x[:case.batch_size], arrays.train_y[:case.batch_size], compute)
     x = x.contiguous(memory_format=_memory_format(case))
