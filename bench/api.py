@@ -37,6 +37,8 @@ def new_run_dir(out: str | Path | None = None, reports_dir: str | Path | None = 
     """(run folder, run id): `out`, or <reports_dir>/<date-time>, where reports_dir defaults to
     $BENCH_REPORTS_DIR, else ./reports."""
     if out is not None:
+        if not str(out).strip():
+            raise ValueError("--out: an empty name is not a folder (expected e.g. --out reports/my-run)")
         return Path(out), Path(out).name
     run_id = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(reports_dir or os.environ.get("BENCH_REPORTS_DIR", "reports")) / run_id, run_id
@@ -57,7 +59,19 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, resume: bool = Fal
     folder = RunFolder(run_dir)
     folder.prepare(resume)
     with folder.locked():
+        if resume:
+            _check_resumable(folder, spec)
         return _sweep(spec, folder, run_id, resume, display, warn)
+
+
+def _check_resumable(folder, spec: SweepSpec) -> None:
+    """A resume runs the Cases the folder was planned with: other options are refused, naming each."""
+    from bench.spec import resume_differences
+
+    differ = resume_differences(folder.environment().get("spec") or {}, spec)
+    if differ:
+        raise ValueError(f"--resume: '{folder.path}' was run with other options: {'; '.join(differ)} (expected the "
+                         f"options of the run being resumed)")
 
 
 def _sweep(spec: SweepSpec, folder, run_id: str, resume: bool, display, warn) -> pd.DataFrame:
@@ -80,8 +94,9 @@ def _sweep(spec: SweepSpec, folder, run_id: str, resume: bool, display, warn) ->
     for text in oversubscription_warnings(todo, psutil.cpu_count(logical=False) or 1):
         warn(f"{text} (recorded in those Cases' warnings)")
     env = environment.capture(query_cuda=False)  # no CUDA here: the ceiling worker reads the GPUs
-    env.update(ceilings.measure_in_worker(spec.devices, spec.widths, spec.amp))
-    for device, reasons in env["ceilings"]["matmul_missing"].items():
+    if todo:  # a resume with nothing left to run has nothing to hold against a ceiling
+        env.update(ceilings.measure_in_worker(spec.devices, spec.widths, spec.amp))
+    for device, reasons in env.get("ceilings", {}).get("matmul_missing", {}).items():
         for precision, reason in reasons.items():
             warn(f"the {precision} matmul ceiling of {device} was not measured ({reason}); the report says so")
     env.update(run_id=run_id, dataset=prepared.name, dataset_source=prepared.source,

@@ -133,7 +133,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.run_folder import RunFolder
 
     spec = build_spec(args, cuda_device_count())
-    run_dir, _ = api.new_run_dir(args.out)
+    try:
+        run_dir, _ = api.new_run_dir(args.out)
+    except ValueError as e:
+        raise CliError(str(e)) from None
     signal.signal(signal.SIGTERM, _interrupt)  # a `kill` stops the running Case too, not only Ctrl-C
     try:
         api.run_sweep(spec, run_dir, resume=args.resume, warn=_warn)

@@ -35,8 +35,8 @@ def positive_float(text: str, example: str = "1.5") -> float:
 
 
 def int_list(example: str):
-    def convert(text: str) -> list[int]:
-        return [positive_int(s, example) for s in _items(text, example)]
+    def convert(text: str) -> list[int]:  # a value given twice is one point of the sweep
+        return list(dict.fromkeys(positive_int(s, example) for s in _items(text, example)))
     return convert
 
 
@@ -59,7 +59,7 @@ def world_sizes(text: str) -> list[int]:
 
 
 def widths(text: str) -> list[float]:
-    return [positive_float(s, "1,2,4") for s in _items(text, "1,2,4")]
+    return list(dict.fromkeys(positive_float(s, "1,2,4") for s in _items(text, "1,2,4")))
 
 
 def choices(allowed: tuple[str, ...]):

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.schema import Result
+from bench.schema import SCHEMA_VERSION, Result
 
 RESULTS, ENVIRONMENT, CSV, LOCK = "results.jsonl", "environment.json", "results.csv", ".bench.lock"
 
 
-class RunError(Exception):
-    """A run folder that cannot be read or written: missing, empty, unwritable, or in use."""
+class RunError(ValueError):
+    """A run folder that cannot be read or written: missing, empty, malformed, unwritable, or in use."""
 
 
 @dataclass
@@ -115,18 +115,27 @@ class RunFolder:
             os.fsync(f.fileno())
 
     def results(self) -> list[Result]:
-        """The Results, the latest line winning for a key (a resumed Case replaces its failure)."""
+        """The Results, the latest line winning for a key (a resumed Case replaces its failure). A last line
+        cut short by a killed run is skipped (its Case runs again on resume); any other line that is not a
+        Result is a RunError naming its line."""
         if not self.results_path.exists():
             return []
+        try:
+            lines = self.results_path.read_bytes().split(b"\n")
+        except OSError as e:
+            raise RunError(f"'{self.results_path}' cannot be read ({e.strerror or e})") from None
         latest: dict[str, Result] = {}
-        with open(self.results_path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    try:
-                        result = Result.from_dict(upgrade_record(json.loads(line)))
-                    except (ValueError, TypeError):
-                        continue  # a line cut short by a crash while writing; its Case will be re-run
-                    latest[result.case.key] = result
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                result = _result(line)
+            except CutShort:
+                continue  # a line a killed run left unfinished; its Case runs again on resume
+            except ValueError as e:
+                raise RunError(f"'{self.results_path}' line {number}: {e} (expected one Result as a JSON object "
+                               f"per line, as bench run writes)") from None
+            latest[result.case.key] = result
         return list(latest.values())
 
     def environment(self) -> dict:
@@ -160,6 +169,42 @@ class RunFolder:
         if not results:
             raise RunError(f"'{self.path}' holds no {RESULTS} with any Case (expected a folder written by bench run)")
         return Run(self.path, self.environment(), results_frame(results))
+
+
+NUMBERS = ("images_per_s", "images_per_s_p25", "images_per_s_p75", "batch_size", "width", "wall_s", "train_s")
+
+
+def _result(line: bytes) -> Result:
+    """One line as a Result; ValueError saying what is wrong with it."""
+    try:
+        record = json.loads(line.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        if e.pos >= len(e.doc.rstrip()) or e.msg.startswith("Unterminated string"):  # the text ran out
+            raise CutShort from None
+        raise ValueError(f"not JSON ({e.msg})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"a JSON {type(record).__name__}, not an object")
+    version = record.get("schema_version", 1)
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"schema version {version!r}, and this bench reads {SCHEMA_VERSION}")
+    for name in NUMBERS:
+        value = record.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise ValueError(f"'{name}' is {value!r}, not a number of 0 or more")
+    try:
+        return Result.from_dict(upgrade_record(record))
+    except TypeError as e:
+        raise ValueError(f"not a Result ({e})") from None
+
+
+class CutShort(ValueError):
+    """A line that ends before its JSON does: written by a run killed mid-line."""
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def results_frame(results: list[Result]) -> pd.DataFrame:

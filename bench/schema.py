@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 SCHEMA_VERSION = 1
@@ -187,7 +188,8 @@ class Result:
                 **case, **data}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), allow_nan=True)
+        """Strict JSON: a NaN or infinite figure (no measurement) is written as null."""
+        return json.dumps(_finite(self.to_dict()), allow_nan=False)
 
     @classmethod
     def from_dict(cls, data: dict) -> Result:
@@ -198,3 +200,13 @@ class Result:
         case_fields = {k: v for k, v in data.items() if k in case_names}
         case = Case(**case_fields)
         return cls(case=case, **{k: v for k, v in data.items() if k in own_names})
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

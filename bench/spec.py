@@ -8,6 +8,7 @@ takes its default. Errors are SpecError (a ValueError) with the one-line message
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 
 import psutil
 
@@ -166,3 +167,14 @@ def _check_world_sizes(v: dict, devices_: list[str], n_cuda: int) -> None:
     if any(d.startswith("cuda") for d in devices_) and top > n_cuda:
         raise SpecError(f"--world-sizes: {top} ranks need {top} GPUs (one per rank) and this machine has {n_cuda} "
                         f"(expected at most {n_cuda}, or --devices cpu)")
+
+
+# what a resume may change: where the data is, the kill limit and the price, not what a Case measures
+RESUMABLE = ("skipped_devices", "price", "time_limit_s", "data_dir", "verify", "download")
+
+
+def resume_differences(recorded: dict, spec: SweepSpec) -> list[str]:
+    """The options of `spec` that differ from those a run folder recorded, as 'name then, now' phrases."""
+    now = asdict(spec)
+    return [f"{name} {recorded[name]!r} then, {now[name]!r} now" for name in now
+            if name not in RESUMABLE and name in recorded and recorded[name] != now[name]]

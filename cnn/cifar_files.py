@@ -32,6 +32,10 @@ BIN_TEST_FILES = [f"{name}.bin" for name in TEST_FILES]
 BIN_RECORD = 1 + 3072
 # The binary release publishes no per-file MD5s; its files have a fixed size.
 BIN_OFFICIAL_SIZE = 10000 * BIN_RECORD
+BATCH_IMAGES = 10000  # what one CIFAR-10 batch holds; a file declaring more is refused before it is read
+MAX_PICKLE_BYTES = 64 * 2**20  # an official python batch is 31 MB
+# the official archive extracts to 9 members, 178 MiB: a budget with a margin, against decompression bombs
+MAX_MEMBERS, MAX_EXTRACT_BYTES = 32, 200 * 2**20
 NO_VERIFY_HINT = "pass --no-verify to accept a custom folder in the CIFAR-10 format"
 
 
@@ -68,11 +72,26 @@ class _BatchUnpickler(pickle.Unpickler):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refused to load '{module}.{name}' (only numpy arrays are allowed)")
         if name == "_reconstruct":
-            return np.ndarray.__reduce__(np.empty(0))[0]  # _reconstruct under numpy 1 and 2 alike
+            return _bounded_reconstruct
         return getattr(np, name)
 
 
+def _bounded_reconstruct(subtype, shape, dtype):
+    """numpy's `_reconstruct` (under numpy 1 and 2 alike), refusing an array larger than a CIFAR-10 batch
+    before it is allocated: a pickle of a few bytes can declare any shape."""
+    size = int(np.prod(shape, dtype=object)) if isinstance(shape, tuple) else -1
+    if not 0 <= size <= BATCH_IMAGES * 3072:
+        raise pickle.UnpicklingError(f"an array of shape {shape!r:.60} is larger than a CIFAR-10 batch")
+    return np.ndarray.__reduce__(np.empty(0))[0](subtype, shape, dtype)
+
+
 def _unpickle(path: Path) -> dict:
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    if size > MAX_PICKLE_BYTES:
+        raise DataError(f"{path}: {size} bytes, larger than any CIFAR-10 batch ({MAX_PICKLE_BYTES} at most)")
     try:
         with open(path, "rb") as f:
             obj = _BatchUnpickler(f, encoding="latin1").load()
@@ -90,10 +109,18 @@ def _checked_batch(path: Path, data, labels) -> tuple[np.ndarray, np.ndarray]:
         shape = getattr(data, "shape", None)
         dtype = getattr(data, "dtype", type(data).__name__)
         raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), found {dtype} {shape}")
+    if len(data) > BATCH_IMAGES:
+        raise DataError(f"{path}: declares {len(data)} images; a CIFAR-10 batch holds at most {BATCH_IMAGES}")
+    if data.strides[1] != 1 or data.strides[0] < 3072:  # e.g. zero strides: a few bytes posing as a large array
+        raise DataError(f"{path}: 'data' is not an array of its own bytes (strides {data.strides}, expected (3072, 1))")
+    integers = (labels.dtype.kind in "iu") if isinstance(labels, np.ndarray) else \
+        (isinstance(labels, list) and all(type(v) is int for v in labels))
+    if not integers:
+        raise DataError(f"{path}: 'labels' must be a list of integers 0..9")
     try:
         y = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError):
-        raise DataError(f"{path}: 'labels' must be integers 0..9") from None
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{path}: 'labels' must be a list of integers 0..9") from None
     if y.ndim != 1 or len(y) != len(data):
         raise DataError(f"{path}: {len(data)} images but {y.size} labels")
     if len(y) == 0:
@@ -137,9 +164,12 @@ def read_python_folder(folder: Path, name: str = "cifar10") -> CifarArrays:
 
 
 def _read_bin_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    size = path.stat().st_size  # checked before reading: a sparse file can declare gigabytes
+    if size == 0 or size % BIN_RECORD:
+        raise DataError(f"{path}: {size} bytes is not a whole number of {BIN_RECORD}-byte records (truncated?)")
+    if size > BATCH_IMAGES * BIN_RECORD:
+        raise DataError(f"{path}: {size} bytes; a CIFAR-10 batch holds at most {BATCH_IMAGES * BIN_RECORD}")
     raw = np.fromfile(path, dtype=np.uint8)
-    if raw.size == 0 or raw.size % BIN_RECORD:
-        raise DataError(f"{path}: {raw.size} bytes is not a whole number of {BIN_RECORD}-byte records (truncated?)")
     records = raw.reshape(-1, BIN_RECORD)
     return _checked_batch(path, records[:, 1:], records[:, 0])
 
@@ -194,6 +224,10 @@ def extract_archive(archive: Path, dest: Path) -> None:
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
+            total = sum(m.size for m in members)
+            if len(members) > MAX_MEMBERS or total > MAX_EXTRACT_BYTES:
+                raise DataError(f"{archive}: {len(members)} members, {total} bytes unpacked; CIFAR-10's archive has 9 "
+                                f"and {MAX_EXTRACT_BYTES} bytes at most; refusing to extract")
             for m in members:
                 if not (m.isfile() or m.isdir()):
                     raise DataError(f"{archive}: member '{m.name}' is a link or special file; refusing to extract")

@@ -1,0 +1,186 @@
+"""Hostile and careless input, one test per family: data files that declare more than they hold, archives
+that unpack more than CIFAR-10, run folders in use or resumed with other options, malformed results files,
+options that cannot mean anything. Each is refused with one line and exit 2, before harm is done."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import resource
+import shutil
+import tarfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from bench import cli
+from bench.run_folder import RunFolder
+from cnn import cifar_files
+from conftest import run_bench
+
+TINY = ["--dataset", "synthetic", "--devices", "cpu", "--batch-sizes", "8", "--threads", "1", "--pipelines",
+        "resident", "--modes", "train", "--max-steps", "8", "--warmup-steps", "2", "--window", "0.02", "--no-job"]
+
+
+def _one_line(proc, *needles: str) -> str:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = proc.stderr
+    assert err.startswith("bench: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+class _Declares:
+    """Unpickles as numpy's _reconstruct(ndarray, shape, uint8): a few bytes that declare any array."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def __reduce__(self):
+        return np.ndarray.__reduce__(np.empty(0))[0], (np.ndarray, self.shape, b"B")
+
+
+# --------------------------------------------------------------------------- data files
+
+
+def test_a_tiny_pickle_declaring_200000_images_is_refused_before_anything_is_allocated(mini: Path, tmp_path: Path):
+    batch = mini / cifar_files.PY_FOLDER / "data_batch_1"
+    batch.write_bytes(pickle.dumps({"data": _Declares((200000, 3072)), "labels": [0] * 200000}, protocol=4))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(cifar_files.DataError, match="data_batch_1: .*larger than a CIFAR-10 batch"):
+        cifar_files.read_python_folder(mini / cifar_files.PY_FOLDER)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50 * 1024  # KiB: under 50 MB
+    proc = run_bench("run", *TINY[2:], "--dataset", "cifar10", "--data-dir", str(mini), "--no-verify",
+                     "--out", str(tmp_path / "run"))
+    _one_line(proc, "data_batch_1", "larger than a CIFAR-10 batch")
+    caches = [p for p in mini.rglob("*.npy")]
+    assert sum(p.stat().st_size for p in caches) < 50 * 2**20 and not (tmp_path / "run" / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize("labels, why", [
+    ([0.5] * 10, "'labels' must be a list of integers 0..9"),
+    ([10**30] * 10, "'labels' must be a list of integers 0..9"),  # too large for int64: no OverflowError
+    ([True] * 10, "'labels' must be a list of integers 0..9"),
+])
+def test_labels_that_are_not_small_integers_are_refused(tmp_path: Path, labels, why):
+    path = tmp_path / "batch"
+    path.write_bytes(pickle.dumps({"data": np.zeros((10, 3072), np.uint8), "labels": labels}, protocol=4))
+    with pytest.raises(cifar_files.DataError, match=why):
+        cifar_files._read_py_batch(path)
+
+
+def test_a_sparse_binary_batch_declaring_gigabytes_is_refused_before_it_is_read(tmp_path: Path):
+    path = tmp_path / "data_batch_1.bin"
+    with open(path, "wb") as f:
+        f.truncate(cifar_files.BIN_RECORD * 4_000_000)  # 12 GB of holes
+    with pytest.raises(cifar_files.DataError, match="a CIFAR-10 batch holds at most 30730000"):
+        cifar_files._read_bin_batch(path)
+
+
+class _Zeros(io.RawIOBase):
+    def __init__(self, n: int):
+        self.left = n
+
+    def readinto(self, b) -> int:
+        n = min(len(b), self.left)
+        b[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def test_an_archive_that_unpacks_more_than_cifar10_is_refused_before_extracting(tmp_path: Path):
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo(f"{cifar_files.PY_FOLDER}/data_batch_1")
+        info.size = cifar_files.MAX_EXTRACT_BYTES + 1
+        tar.addfile(info, _Zeros(info.size))
+    assert archive.stat().st_size < 4 * 2**20  # a small download
+    with pytest.raises(cifar_files.DataError, match="bytes unpacked; CIFAR-10's archive has 9"):
+        cifar_files.extract_archive(archive, tmp_path / "out")
+    assert not (tmp_path / "out" / cifar_files.PY_FOLDER / "data_batch_1").exists()
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("hostile") / "good"
+    proc = run_bench("run", *TINY, "--out", str(out), "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_a_resume_with_other_options_is_refused_and_leaves_the_environment_as_it_was(good_run, tmp_path: Path):
+    out = tmp_path / "run"
+    shutil.copytree(good_run, out)
+    environment = (out / "environment.json").read_bytes()
+    proc = run_bench("run", *TINY, "--lr", "0.01", "--batch-sizes", "8,16", "--out", str(out), "--resume")
+    _one_line(proc, "--resume: ", "was run with other options: ", "batch_sizes [8] then, [8, 16] now",
+              "lr 0.001 then, 0.01 now")
+    assert (out / "environment.json").read_bytes() == environment
+    proc = run_bench("run", *TINY, "--out", str(out), "--resume", "--no-report")  # the same options: resumes
+    assert proc.returncode == 0 and "0 Cases" in proc.stdout, proc.stderr
+    assert json.loads((out / "environment.json").read_text())["resumes"]  # its own record, appended
+
+
+def test_an_empty_out_is_refused():
+    _one_line(run_bench("run", *TINY, "--out", ""), "--out: an empty name is not a folder")
+
+
+# --------------------------------------------------------------------------- results files
+
+
+@pytest.mark.parametrize("line, why", [
+    (b"null", "line 2: a JSON NoneType, not an object"),
+    (b"[1, 2]", "line 2: a JSON list, not an object"),
+    (b'"text"', "line 2: a JSON str, not an object"),
+    (b"\xff\xfe", "line 2: not UTF-8 text"),
+    (b'{"images_per_s": NaN}', "line 2: NaN is not a number JSON allows"),
+    (b'{"schema_version": 99}', "line 2: schema version 99, and this bench reads 1"),
+    (b'{"images_per_s": "fast"}', "line 2: 'images_per_s' is 'fast', not a number of 0 or more"),
+    (b'{"images_per_s": -5}', "line 2: 'images_per_s' is -5, not a number of 0 or more"),
+    (b'{"a": x}', "line 2: not JSON (Expecting value)"),
+])
+def test_a_malformed_results_line_is_one_line_and_exit_2_from_report_compare_and_export(good_run, tmp_path, line,
+                                                                                          why, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    good = (good_run / "results.jsonl").read_bytes().splitlines()
+    (bad / "results.jsonl").write_bytes(b"\n".join([good[0], line, *good[1:]]) + b"\n")
+    for argv in (["report", str(bad)], ["compare", str(good_run), str(bad)], ["export", str(bad)]):
+        assert cli.main(argv) == 2
+        _one_line(SimpleNamespace(returncode=2, stdout="", stderr=capsys.readouterr().err), why,
+                  "(expected one Result as a JSON object per line")
+    if line == b"null":  # and as a user runs it, in a process of its own
+        _one_line(run_bench("report", str(bad)), why)
+
+
+def test_a_line_cut_short_by_a_killed_run_is_skipped_and_nan_is_never_written(good_run, tmp_path: Path):
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "results.jsonl").write_bytes((good_run / "results.jsonl").read_bytes() + b'{"schema_version": 1, "ke')
+    assert len(RunFolder(cut).results()) == len(RunFolder(good_run).results())
+    for line in (good_run / "results.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in results.jsonl"))
+    from bench.schema import Result
+
+    result = RunFolder(good_run).results()[0]
+    result.images_per_s = float("nan")
+    assert json.loads(Result.to_json(result))["images_per_s"] is None
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_a_value_given_twice_is_one_point_of_the_sweep(tmp_path: Path):
+    proc = run_bench("plan", *TINY[:2], "--devices", "cpu", "--batch-sizes", "8,8,16", "--threads", "1,1",
+                     "--widths", "1,1.0", "--pipelines", "resident,resident", "--modes", "train", "--no-job")
+    assert proc.returncode == 0, proc.stderr
+    assert [line.strip() for line in proc.stdout.splitlines() if line.startswith("  train/")] == [
+        "train/cpu/resident/b8/t1/w1/r0", "train/cpu/resident/b16/t1/w1/r0"]
+    assert os.path.exists(tmp_path)
