@@ -13,6 +13,7 @@ import pandas as pd
 
 from bench.compute import achieved_gflops
 from bench.cost import cost_table
+from bench.job import job_table, time_to_target
 from bench.rows import CONFIG, PLAIN, ok_rows
 from bench.schema import JOB
 
@@ -117,33 +118,6 @@ def accuracy_by_batch(df: pd.DataFrame) -> pd.DataFrame:
     ok = ok.assign(comparable=stopped.fillna("epochs").eq("epochs"),
                    learnt=ok["test_accuracy_pct"].ge(LEARNT_PCT) if "test_accuracy_pct" in ok else False)
     return ok[[c for c in cols if c in ok]].sort_values(["machine", "device", "pipeline", "batch_size"])
-
-
-def job_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The tutorial's job per machine and device: wall time and its parts, measured or projected, and the
-    test accuracy reached after the part measured."""
-    cols = ["machine", "device", "threads_used", "job_s", "job_startup_s", "job_data_s", "job_compute_s",
-            "job_eval_s", "job_fraction", "job_projected", "epochs_completed", "test_accuracy_pct"]
-    ok = ok_rows(df)
-    if "job_s" not in ok:
-        return pd.DataFrame(columns=cols)
-    ok = ok[(ok["mode"] == JOB) & ok["job_s"].notna()]
-    return ok[[c for c in cols if c in ok]].sort_values(["machine", "device"]).reset_index(drop=True)
-
-
-def time_to_target(df: pd.DataFrame) -> pd.DataFrame:
-    """Per machine and device, the Case that reached the target accuracy in the least training time
-    (time-to-accuracy, as DAWNBench ranks), the tutorial's job included; none where no Case reached it."""
-    cols = ["machine", "device", "mode", "pipeline", "variant", "batch_size", "threads", "target_accuracy_pct",
-            "time_to_target_s"]
-    ok = ok_rows(df)
-    if "time_to_target_s" not in ok:
-        return pd.DataFrame(columns=cols)
-    ok = ok[ok["mode"].isin(["train", JOB]) & ok["time_to_target_s"].notna()]
-    if ok.empty:
-        return pd.DataFrame(columns=cols)
-    idx = ok.groupby(["machine", "device", "target_accuracy_pct"])["time_to_target_s"].idxmin()
-    return ok.loc[idx, cols].reset_index(drop=True)
 
 
 def inference_table(df: pd.DataFrame) -> pd.DataFrame:
