@@ -141,7 +141,15 @@ class RunFolder:
     def environment(self) -> dict:
         """environment.json, upgraded; {} when absent."""
         path = self.path / ENVIRONMENT
-        return upgrade_environment(json.loads(path.read_text())) if path.exists() else {}
+        if not path.exists():
+            return {}
+        try:
+            environment = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RunError(f"'{path}' cannot be read as JSON ({getattr(e, 'strerror', None) or e})") from None
+        if not isinstance(environment, dict):
+            raise RunError(f"'{path}' holds a JSON {type(environment).__name__}, not the object bench run writes")
+        return upgrade_environment(environment)
 
     def write_environment(self, environment: dict) -> None:
         """Written once; a resume keeps the first record and appends its own under `resumes`."""

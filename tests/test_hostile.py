@@ -160,6 +160,17 @@ def test_a_malformed_results_line_is_one_line_and_exit_2_from_report_compare_and
         _one_line(run_bench("report", str(bad)), why)
 
 
+@pytest.mark.parametrize("text, why", [("{not json", "cannot be read as JSON"),
+                                       ("[1, 2]", "holds a JSON list, not the object bench run writes")])
+def test_an_environment_that_is_not_a_json_object_is_one_line_and_exit_2(good_run, tmp_path, capsys, text, why):
+    bad = tmp_path / "bad"
+    shutil.copytree(good_run, bad)
+    (bad / "environment.json").write_text(text)
+    for argv in (["report", str(bad)], ["compare", str(good_run), str(bad)], ["export", str(bad)]):
+        assert cli.main(argv) == 2
+        _one_line(SimpleNamespace(returncode=2, stdout="", stderr=capsys.readouterr().err), "environment.json", why)
+
+
 def test_a_line_cut_short_by_a_killed_run_is_skipped_and_nan_is_never_written(good_run, tmp_path: Path):
     cut = tmp_path / "cut"
     cut.mkdir()
