@@ -13,6 +13,7 @@ import multiprocessing as mp
 import os
 from multiprocessing import forkserver
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -73,6 +74,25 @@ def _exit_reason(exitcode: int | None) -> str:
     return f"worker exited with status {exitcode} without a result"
 
 
+def _start(proc) -> None:
+    """proc.start(), with Ctrl-C and SIGTERM held until it returns: raised inside start(), an interrupt
+    would leave the child forked (the fork server forks on request) with its pid unknown here, so
+    nothing could kill it, and it would live on with its DataLoader workers. A held signal is raised
+    once the pid is known."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread handles signals
+        proc.start()
+        return
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        proc.start()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if held:
+        raise KeyboardInterrupt
+
+
 def run_one(case: Case, ctx=None, on_progress: Callable[[dict], None] | None = None) -> Result:
     """Runs one Case in a child process and returns its Result, whatever happens to the child."""
     ctx = ctx or _context()
@@ -82,7 +102,7 @@ def run_one(case: Case, ctx=None, on_progress: Callable[[dict], None] | None = N
     proc = ctx.Process(target=worker.child_main, args=(asdict(case), sender, time.time()), name=f"bench-{case.key}")
     result = None
     try:  # from the start: an interrupt arriving just after the fork must still take the child down
-        proc.start()
+        _start(proc)
         sender.close()
         deadline = time.monotonic() + case.time_limit_s
         while result is None:
@@ -107,6 +127,10 @@ def run_one(case: Case, ctx=None, on_progress: Callable[[dict], None] | None = N
     proc.join(timeout=30)
     if proc.is_alive():
         _kill_tree(proc.pid)
+    try:  # what the Case left in its process group, e.g. DataLoader workers of a loop stopped early, which
+        os.killpg(proc.pid, signal.SIGKILL)  # would otherwise linger, holding our stderr, until they notice
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing left
     receiver.close()
     if result is None:
         return Result(case=case, status="failed", error=_exit_reason(proc.exitcode))
