@@ -7,7 +7,10 @@ torchvision's own code and are checked against the official MD5.
 """
 from __future__ import annotations
 
+import errno
+import os
 import pickle
+import shutil
 import socket
 import tarfile
 import zlib
@@ -36,6 +39,7 @@ BATCH_IMAGES = 10000  # what one CIFAR-10 batch holds; a file declaring more is 
 MAX_PICKLE_BYTES = 64 * 2**20  # an official python batch is 31 MB
 # the official archive extracts to 9 members, 178 MiB: a budget with a margin, against decompression bombs
 MAX_MEMBERS, MAX_EXTRACT_BYTES = 32, 200 * 2**20
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 NO_VERIFY_HINT = "pass --no-verify to accept a custom folder in the CIFAR-10 format"
 
 
@@ -58,8 +62,12 @@ class CifarArrays:
 # --------------------------------------------------------------------------- parsing
 
 
-class _BatchUnpickler(pickle.Unpickler):
-    """Admits only what CIFAR batches hold: numpy arrays and dtypes (numpy 1 or 2 names)."""
+class _BatchUnpickler(pickle._Unpickler):
+    """Admits only what CIFAR batches hold: numpy arrays and dtypes (numpy 1 or 2 names).
+
+    Built on the pure-Python unpickler, whose memo is a dict: the C one sizes its memo table by the
+    largest index a file names, so a few bytes naming index 2**28 allocate gigabytes (a memo bomb).
+    """
 
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
@@ -219,8 +227,12 @@ def verify_archive(path: Path, md5: str = ARCHIVE_MD5) -> None:
 
 
 def extract_archive(archive: Path, dest: Path) -> None:
-    """Extracts a tar archive, refusing links, devices and members that would land outside `dest`."""
+    """Extracts a tar archive, refusing links, devices, members that would land outside `dest` and more
+    than CIFAR-10's size. Members are unpacked into a temporary folder and each top-level entry renamed
+    into place once complete, so a failed or interrupted extraction never leaves a partial folder under
+    the official name (where it would be read instead of the archive)."""
     dest = dest.resolve()
+    tmp = dest / f".extracting-{os.getpid()}"
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
@@ -235,9 +247,21 @@ def extract_archive(archive: Path, dest: Path) -> None:
                 if target != dest and dest not in target.parents:
                     raise DataError(f"{archive}: member '{m.name}' would land outside {dest}; refusing to extract")
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(dest, members=members, **safe)
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            tar.extractall(tmp, members=members, **safe)
+        for entry in tmp.iterdir():
+            if (dest / entry.name).is_dir():
+                shutil.rmtree(dest / entry.name)
+            os.replace(entry, dest / entry.name)
+    except OSError as e:
+        if e.errno in _WRITE_ERRNOS:
+            raise DataError(f"{dest}: cannot extract {archive.name} into it ({e.strerror})") from None
         raise DataError(f"{archive}: not a readable tar.gz archive ({type(e).__name__}: {e})") from None
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        raise DataError(f"{archive}: not a readable tar.gz archive ({type(e).__name__}: {e})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def download_archive(root: Path, url: str = URL, md5: str | None = ARCHIVE_MD5, timeout_s: float = 30.0) -> Path:

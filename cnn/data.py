@@ -5,11 +5,11 @@ milliseconds.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import shutil
-import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from cnn.cifar_files import (ARCHIVE, BIN_FOLDER, PY_FOLDER, URL, CifarArrays, D
                              extract_archive, read_binary_folder, read_python_folder, verify_archive,
                              verify_binary_folder, verify_python_folder)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: sha256 per array and a MAC over the manifest
 
 @dataclass(frozen=True)
 class Prepared:
@@ -90,39 +90,84 @@ def _fingerprint(paths: list[Path]) -> dict:
     return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(paths)}
 
 
-def _crc32(path: Path) -> int:
-    crc = 0
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):
-            crc = zlib.crc32(chunk, crc)
-    return crc
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cache_key() -> bytes | None:
+    """This user's secret for marking caches: 32 random bytes in the user cache, created once (mode 0600).
+
+    A manifest's marks ("verified", its arrays' digests) count only under a MAC made with this key, so a
+    manifest planted in a shared data folder, or copied from another machine, cannot skip the MD5 check.
+    None when the user cache cannot be written: then no cache is trusted and each run re-verifies.
+    """
+    path = user_cache_dir() / "cache.key"
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"cache.key.tmp-{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(os.urandom(32))
+            try:
+                os.link(tmp, path)  # never replaces a key another process made first
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        key = path.read_bytes()
+    except OSError:
+        return None
+    return key if len(key) == 32 else None
+
+
+def _mac(manifest: dict, key: bytes) -> str:
+    body = {k: v for k, v in manifest.items() if k != "mac"}
+    return hmac.new(key, json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()
 
 
 def write_cache(arrays: CifarArrays, cache_dir: Path, sources: dict, verified: bool) -> None:
-    """Writes the arrays as .npy plus a manifest with checksums; replaces the folder atomically."""
+    """Writes the arrays as .npy plus a signed manifest with their digests into a temporary folder, then
+    renames it into place: a reader sees the old cache or the new one, never half of one."""
     tmp = cache_dir.with_name(f"{cache_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    files = {}
-    for key in _ARRAYS:
-        np.save(tmp / f"{key}.npy", np.ascontiguousarray(getattr(arrays, key)))
-        files[key] = {"size": (tmp / f"{key}.npy").stat().st_size, "crc32": _crc32(tmp / f"{key}.npy")}
-    manifest = {"version": CACHE_VERSION, "name": arrays.name, "classes": list(arrays.classes),
-                "sources": sources, "verified": verified, "files": files}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    os.replace(tmp, cache_dir)
+    try:
+        tmp.mkdir(parents=True)
+        files = {}
+        for key in _ARRAYS:
+            np.save(tmp / f"{key}.npy", np.ascontiguousarray(getattr(arrays, key)))
+            files[key] = {"size": (tmp / f"{key}.npy").stat().st_size, "sha256": _sha256(tmp / f"{key}.npy")}
+        manifest = {"version": CACHE_VERSION, "name": arrays.name, "classes": list(arrays.classes),
+                    "sources": sources, "verified": verified, "files": files}
+        secret = _cache_key()
+        if secret is not None:
+            manifest["mac"] = _mac(manifest, secret)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        os.replace(tmp, cache_dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"{cache_dir}: cannot write the decoded cache ({e.strerror or e})") from None
 
 
 def read_manifest(cache_dir: Path) -> dict | None:
-    """The cache's manifest when every file is present and intact, else None (stale or corrupt)."""
+    """The cache's manifest when it carries this user's MAC and every file is present and intact, else None
+    (stale, corrupt, planted or made elsewhere: the cache is rebuilt, verifying the sources again)."""
     try:
         manifest = json.loads((cache_dir / "manifest.json").read_text())
-        if manifest.get("version") != CACHE_VERSION:
+        secret = _cache_key()
+        if manifest.get("version") != CACHE_VERSION or secret is None or \
+                not hmac.compare_digest(str(manifest.get("mac")), _mac(manifest, secret)):
+            return None
+        if set(manifest["files"]) != set(_ARRAYS):
             return None
         for key, info in manifest["files"].items():
             path = cache_dir / f"{key}.npy"
-            if path.stat().st_size != info["size"] or _crc32(path) != info["crc32"]:
+            if path.stat().st_size != info["size"] or _sha256(path) != info["sha256"]:
                 return None
         return manifest
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -140,12 +185,9 @@ def load_arrays(cache_dir: str | Path) -> CifarArrays:
 # --------------------------------------------------------------------------- preparation
 
 
-def find_layout(root: Path) -> Path | None:
-    """The first official layout present in `root`: python folder, archive, binary folder."""
-    for name in (PY_FOLDER, ARCHIVE, BIN_FOLDER):
-        if (root / name).exists():
-            return root / name
-    return None
+def find_layouts(root: Path) -> list[Path]:
+    """The official layouts present in `root`, in the order they are tried: python folder, archive, binary."""
+    return [root / name for name in (PY_FOLDER, ARCHIVE, BIN_FOLDER) if (root / name).exists()]
 
 
 def _layout_files(layout: Path) -> list[Path]:
@@ -159,7 +201,10 @@ def _parse_layout(layout: Path, root: Path, verify: bool) -> CifarArrays:
     if layout.name == ARCHIVE:
         if verify:
             verify_archive(layout)
-        dest = root if _writable(root) else Path(f"{_cache_dir_for(layout, root)}-extracted")
+        # next to the archive, as torchvision does, unless a folder of that name is already there (it was
+        # tried first and is not usable): then beside the cache, leaving the user's folder as it is
+        in_root = _writable(root) and not (root / PY_FOLDER).exists()
+        dest = root if in_root else Path(f"{_cache_dir_for(layout, root)}-extracted")
         extract_archive(layout, dest)
         layout = dest / PY_FOLDER
     if layout.name == BIN_FOLDER:
@@ -181,15 +226,33 @@ def _checked_root(root: str | Path) -> Path:
 
 
 def prepare_cifar10(root: str | Path, verify: bool = True, download: bool = True, url: str = URL) -> Prepared:
-    """Finds (or downloads), verifies and decodes CIFAR-10 once; later calls reuse the cache."""
+    """Finds (or downloads), verifies and decodes CIFAR-10 once; later calls reuse the cache.
+
+    When a layout is not usable (say a folder half-extracted by an interrupted run) and another is present
+    (the archive), the next is used, with a warning naming what was wrong with the first.
+    """
     root = _checked_root(root)
-    layout = find_layout(root) if root.is_dir() else None
-    if layout is None:
+    layouts = find_layouts(root) if root.is_dir() else []
+    if not layouts:
         if not download:
             raise DataError(f"{root}: no {PY_FOLDER}/, {ARCHIVE} or {BIN_FOLDER}/ found, and downloading is off")
         if not _writable(root):
             raise DataError(f"{root}: cannot be written, so CIFAR-10 cannot be downloaded into it")
-        layout = download_archive(root, url=url)
+        layouts = [download_archive(root, url=url)]
+    failures = []
+    for layout in layouts:
+        try:
+            prepared = _prepare_layout(layout, root, verify)
+        except DataError as e:
+            failures.append(e)
+            continue
+        if failures:
+            return replace(prepared, warning=f"{failures[0]}; used {layout} instead")
+        return prepared
+    raise failures[0]
+
+
+def _prepare_layout(layout: Path, root: Path, verify: bool) -> Prepared:
     sources = _fingerprint(_layout_files(layout))
     cache_dir = _cache_dir_for(layout, root)
     manifest = read_manifest(cache_dir)
@@ -218,7 +281,7 @@ def prepare_dataset(kind: str, root: str | Path, verify: bool = True, download: 
     if kind == "cifar10":
         return prepare_cifar10(root, verify, download, url)
     root = _checked_root(root)
-    if root.is_dir() and find_layout(root) is not None:
+    if root.is_dir() and find_layouts(root):
         return prepare_cifar10(root, verify, download=False)
     try:
         return prepare_cifar10(root, verify, download, url)

@@ -3,6 +3,7 @@ that unpack more than CIFAR-10, run folders in use or resumed with other options
 options that cannot mean anything. Each is refused with one line and exit 2, before harm is done."""
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -54,6 +55,8 @@ def test_a_tiny_pickle_declaring_200000_images_is_refused_before_anything_is_all
     with pytest.raises(cifar_files.DataError, match="data_batch_1: .*larger than a CIFAR-10 batch"):
         cifar_files.read_python_folder(mini / cifar_files.PY_FOLDER)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50 * 1024  # KiB: under 50 MB
+    (mini / cifar_files.ARCHIVE).unlink()  # the folder is the only layout left, so nothing can stand in for it
+    shutil.rmtree(mini / cifar_files.BIN_FOLDER)
     proc = run_bench("run", *TINY[2:], "--dataset", "cifar10", "--data-dir", str(mini), "--no-verify",
                      "--out", str(tmp_path / "run"))
     _one_line(proc, "data_batch_1", "larger than a CIFAR-10 batch")
@@ -102,6 +105,74 @@ def test_an_archive_that_unpacks_more_than_cifar10_is_refused_before_extracting(
     with pytest.raises(cifar_files.DataError, match="bytes unpacked; CIFAR-10's archive has 9"):
         cifar_files.extract_archive(archive, tmp_path / "out")
     assert not (tmp_path / "out" / cifar_files.PY_FOLDER / "data_batch_1").exists()
+
+
+def test_a_pickle_memo_bomb_is_refused_without_allocating_its_memo(tmp_path: Path):
+    path = tmp_path / "data_batch_1"
+    # PROTO 2, EMPTY_DICT, LONG_BINPUT 2**28, STOP: C's unpickler sizes its memo table by the index (4 GB here)
+    path.write_bytes(b"\x80\x02}r" + (2**28).to_bytes(4, "little") + b".")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(cifar_files.DataError, match="data_batch_1: not a CIFAR-10 batch"):
+        cifar_files._read_py_batch(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50 * 1024  # KiB
+
+
+def test_a_planted_verified_manifest_cannot_skip_the_md5_check(mini: Path):
+    from cnn import data
+    unverified = data.prepare_cifar10(mini, verify=False, download=False)
+    manifest_path = unverified.cache_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["verified"] is False and data.read_manifest(unverified.cache_dir) == manifest
+    manifest_path.write_text(json.dumps({**manifest, "verified": True}))  # planted: everything else consistent
+    assert data.read_manifest(unverified.cache_dir) is None
+    with pytest.raises(cifar_files.DataError, match="is not the official"):
+        data.prepare_cifar10(mini, verify=True, download=False)
+    # a cache made under another user's key (copied from elsewhere) is not trusted either
+    data.prepare_cifar10(mini, verify=False, download=False)
+    (Path(os.environ["CNN_CACHE_DIR"]) / "cache.key").rename(mini / "key.bak")
+    try:
+        assert data.read_manifest(unverified.cache_dir) is None
+    finally:
+        (mini / "key.bak").rename(Path(os.environ["CNN_CACHE_DIR"]) / "cache.key")
+
+
+def test_a_partial_folder_is_never_preferred_to_a_good_archive(mini: Path):
+    from cnn import data
+    folder = mini / cifar_files.PY_FOLDER
+    expected = cifar_files.read_python_folder(folder, "cifar10-unverified")
+    (folder / "data_batch_3").unlink()  # what an interrupted extraction leaves
+    prepared = data.prepare_cifar10(mini, verify=False, download=False)
+    assert prepared.source.endswith(cifar_files.ARCHIVE)
+    assert "data_batch_3" in prepared.warning and f"used {mini / cifar_files.ARCHIVE} instead" in prepared.warning
+    got = data.load_arrays(prepared.cache_dir)
+    np.testing.assert_array_equal(got.train_x, expected.train_x)
+    assert not (folder / "data_batch_3").exists()  # the user's folder is left as it was
+
+
+def test_an_extraction_that_fails_leaves_no_folder_under_the_official_name(mini: Path, tmp_path: Path,
+                                                                         monkeypatch):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    truncated = dest / cifar_files.ARCHIVE
+    good = (mini / cifar_files.ARCHIVE).read_bytes()
+    truncated.write_bytes(good[: len(good) * 2 // 3])
+    with pytest.raises(cifar_files.DataError, match="not a readable tar.gz archive"):
+        cifar_files.extract_archive(truncated, dest)
+    assert sorted(p.name for p in dest.iterdir()) == [cifar_files.ARCHIVE]
+    # the disk fills up after two members were written
+    written, makefile = [], tarfile.TarFile.makefile
+
+    def filling(self, member, path):
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        written.append(path)
+        return makefile(self, member, path)
+
+    monkeypatch.setattr(tarfile.TarFile, "makefile", filling)
+    with pytest.raises(cifar_files.DataError, match=f"{dest}: cannot extract {cifar_files.ARCHIVE} into it "
+                                                    "\\(No space left on device\\)"):
+        cifar_files.extract_archive(mini / cifar_files.ARCHIVE, dest)
+    assert len(written) == 2 and sorted(p.name for p in dest.iterdir()) == [cifar_files.ARCHIVE]
 
 
 # --------------------------------------------------------------------------- run folders
