@@ -40,8 +40,43 @@ def int_list(example: str):
     return convert
 
 
+TRAIN_IMAGES = 50000  # CIFAR-10's training set (and the synthetic one): no batch can be larger
+MAX_WIDTH = 64.0  # conv channels 384 and 1024: far past what the tutorial's exercise means by "wider"
+MAX_REPEATS = 100
+MAX_SEED = 2**32 - 1  # what every generator the harness seeds (torch, numpy, random) takes alike
+_STEPS_CAP = 10**7  # steps, epochs, batches timed: a Case of more than this cannot finish in a day
+
+
+def _at_most(value: int | float, top: int | float, text: str, why: str):
+    if value > top:
+        raise argparse.ArgumentTypeError(f"'{text.strip()}' is more than {why} (expected at most {top if isinstance(top, int) else f'{top:g}'})")
+    return value
+
+
+def bounded_int(top: int, why: str, example: str = "4"):
+    def convert(text: str) -> int:
+        return _at_most(positive_int(text, example), top, text, why)
+    return convert
+
+
+def bounded_count(top: int, why: str):
+    """0..top (workers, warm-up steps)."""
+    def convert(text: str) -> int:
+        return _at_most(non_negative_int(text), top, text, why)
+    return convert
+
+
+def bounded_float(top: float, why: str, example: str = "1.5"):
+    def convert(text: str) -> float:
+        return _at_most(positive_float(text, example), top, text, why)
+    return convert
+
+
 def batch_sizes(text: str) -> list[int]:
-    return int_list("4,32,128")(text)
+    values = int_list("4,32,128")(text)
+    for v in values:
+        _at_most(v, TRAIN_IMAGES, str(v), f"the {TRAIN_IMAGES} images of the training set")
+    return values
 
 
 def thread_counts(text: str) -> list[int]:
@@ -55,11 +90,30 @@ def thread_counts(text: str) -> list[int]:
 
 
 def world_sizes(text: str) -> list[int]:
-    return sorted(set(int_list("1,2")(text)))
+    values = sorted(set(int_list("1,2")(text)))
+    logical = psutil.cpu_count(logical=True) or 1
+    _at_most(values[-1], logical, str(values[-1]), f"this machine's {logical} logical cores, one per rank at least")
+    return values
 
 
 def widths(text: str) -> list[float]:
-    return list(dict.fromkeys(positive_float(s, "1,2,4") for s in _items(text, "1,2,4")))
+    """Width multipliers, each giving the first convolution at least one channel (6 x width rounds to 1 or
+    more) and at most MAX_WIDTH; two widths that give the same channels are one Case."""
+    from cnn.model import conv_channels
+    values, seen = [], {}
+    for item in _items(text, "1,2,4"):
+        w = _at_most(positive_float(item, "1,2,4"), MAX_WIDTH, item, "the widest model measured here")
+        if round(6 * w) < 1:
+            raise argparse.ArgumentTypeError(f"'{item}' leaves the first convolution no channel (6 x width "
+                                             f"rounds to 0; expected at least 0.09)")
+        channels = conv_channels(w)
+        if channels in seen and seen[channels] != w:
+            raise argparse.ArgumentTypeError(f"'{item}' gives the same channels {channels} as '{seen[channels]:g}' "
+                                             f"(expected widths that differ in channels)")
+        if channels not in seen:
+            seen[channels] = w
+            values.append(w)
+    return values
 
 
 def choices(allowed: tuple[str, ...]):
@@ -83,7 +137,7 @@ def devices(text: str) -> list[str]:
 def seconds_or_zero(text: str) -> float:
     if re.fullmatch(r"\s*0*(\.0*)?\s*", text) and text.strip():
         return 0.0
-    return positive_float(text, "12 (or 0 for no limit)")
+    return _at_most(positive_float(text, "12 (or 0 for no limit)"), 86400.0, text, "a day")
 
 
 def accuracy_pct(text: str) -> float:
@@ -140,7 +194,8 @@ def price(text: str) -> dict[str, float]:
     return prices
 
 
-def integer(text: str) -> int:
-    if not re.fullmatch(r"\s*[-+]?\d+\s*", text):
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer (expected e.g. 0)")
-    return int(text)
+def seed(text: str) -> int:
+    value = int(text) if re.fullmatch(r"\s*\+?\d+\s*", text) else -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a seed (expected an integer 0..{MAX_SEED})")
+    return value

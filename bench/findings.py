@@ -30,13 +30,13 @@ def _fmt(x: float) -> str:
 def verdict(a: Analysis, skipped_devices: dict[str, str] | None = None) -> Verdict:
     """Plain-language answer: the tutorial's own settings, the best settings, the crossover, the limits."""
     sp_train = a.speedups[a.speedups["mode"] == "train"]
-    train = a.ok[a.ok["mode"] == "train"]
+    train = a.ok[(a.ok["mode"] == "train") & a.ok["images_per_s"].notna()]
     if not sp_train.empty:
         headline, findings = _gpu_answer(sp_train, a.crossover[a.crossover["mode"] == "train"])
     elif not train.empty:
         headline, findings = _cpu_only_answer(train)
     else:
-        headline, findings = "No training Case finished, so there is nothing to compare.", []
+        headline, findings = "No training Case measured a throughput, so there is nothing to compare.", []
     if not a.jobs.empty:  # the asker's own job first, then the throughput answer
         findings = ([headline] if sp_train.size or train.size else []) + findings
         headline = answer.job_headline(a.jobs)
@@ -98,6 +98,13 @@ def _caveats(a: Analysis, skipped_devices: dict[str, str]) -> list[str]:
     if not a.noisy.empty:
         caveats.append(f"{len(a.noisy)} of {len(a.ok)} Cases varied by more than {SPREAD_WARN_PCT:.0f}% (IQR over "
                        f"median) between timed windows; their figures are less certain.")
+    untimed = a.ok[a.ok["mode"].isin(["train", "infer"]) & a.ok["images_per_s"].isna()]
+    if not untimed.empty:
+        r = untimed.iloc[0]
+        caveats.append(f"{len(untimed)} Case(s) ran too few steps to time any step after warm-up, so they have no "
+                       f"throughput: e.g. {r['key']} ran {int(r['steps'])} step(s) with {int(r['warmup_steps'])} "
+                       f"of warm-up; give --max-steps (or --epochs) room for steps beyond --warmup-steps, "
+                       f"and a batch size well under the data set's size.")
     for status, group in a.unfinished.groupby("status"):
         caveats.append(f"{len(group)} Case(s) ended as {status}: e.g. {group.iloc[0]['key']}: {group.iloc[0]['error']}")
     return caveats

@@ -7,7 +7,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +74,9 @@ class RunFolder:
             raise ValueError(f"--resume: '{self.path}' holds no {RESULTS} to resume (expected a previous run's folder)")
         if not resume and self.results_path.exists():
             raise ValueError(f"--out: '{self.path}' already holds results (pass --resume, or choose another folder)")
+        if resume and not os.access(self.results_path, os.W_OK):
+            raise ValueError(f"--resume: '{self.results_path}' cannot be written (expected a results file this "
+                             f"user can append to)")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
@@ -103,16 +106,28 @@ class RunFolder:
     def append(self, result: Result) -> None:
         """Appends one complete line and forces it to disk, so an interrupted sweep loses nothing
         finished; appends from several processes (ranks, nodes) never interleave."""
-        with open(self.results_path, "a+b") as f:
+        try:
+            f = open(self.results_path, "a+b", buffering=0)  # unbuffered: a failed write leaves nothing pending
+        except OSError as e:
+            raise RunError(f"'{self.results_path}' cannot be written ({e.strerror or e}); the sweep stops, "
+                           f"the Cases written before are kept") from None
+        with f:
             fcntl.flock(f, fcntl.LOCK_EX)
-            f.seek(0, os.SEEK_END)
-            if f.tell():
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":  # a line cut short by a crash: start a fresh one
-                    f.write(b"\n")
-            f.write((result.to_json() + "\n").encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
+            end = f.seek(0, os.SEEK_END)
+            try:
+                line = memoryview((result.to_json() + "\n").encode("utf-8"))
+                if end:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":  # a line cut short by a crash: start a fresh one
+                        line = memoryview(b"\n" + bytes(line))
+                while line:
+                    line = line[f.write(line):]
+                os.fsync(f.fileno())
+            except OSError as e:  # a full disk: take back the part written, so the file stays whole lines
+                with suppress(OSError):
+                    f.truncate(end)
+                raise RunError(f"'{self.results_path}' cannot be written ({e.strerror or e}); the sweep stops, "
+                               f"the Cases written before are kept") from None
 
     def results(self) -> list[Result]:
         """The Results, the latest line winning for a key (a resumed Case replaces its failure). A last line
@@ -155,10 +170,10 @@ class RunFolder:
         """Written once; a resume keeps the first record and appends its own under `resumes`."""
         path = self.path / ENVIRONMENT
         if path.exists():
-            first = json.loads(path.read_text())
+            first = self.environment()
             first.setdefault("resumes", []).append(environment)
             environment = first
-        path.write_text(json.dumps(environment, indent=2))
+        _write_whole(path, json.dumps(environment, indent=2))
 
     def write_csv(self, results: list[Result] | None = None) -> Path:
         """results.csv: one row per Case; lists and dicts as JSON text, so it reads back with pandas alone."""
@@ -166,7 +181,7 @@ class RunFolder:
         for column in frame.columns:
             if frame[column].map(lambda v: isinstance(v, (list, dict))).any():
                 frame[column] = frame[column].map(json.dumps)
-        frame.to_csv(self.path / CSV, index=False)
+        _write_whole(self.path / CSV, frame.to_csv(index=False))
         return self.path / CSV
 
     def load(self) -> Run:
@@ -179,7 +194,13 @@ class RunFolder:
         return Run(self.path, self.environment(), results_frame(results))
 
 
-NUMBERS = ("images_per_s", "images_per_s_p25", "images_per_s_p75", "batch_size", "width", "wall_s", "train_s")
+POSITIVE = ("images_per_s", "images_per_s_p25", "images_per_s_p75", "batch_size", "width")
+NUMBERS = ("wall_s", "train_s")
+WINDOWS = ("windows_s", "windows_images")
+
+
+def _number(value, positive: bool) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and (value > 0 if positive else value >= 0)
 
 
 def _result(line: bytes) -> Result:
@@ -197,10 +218,19 @@ def _result(line: bytes) -> Result:
     version = record.get("schema_version", 1)
     if version != SCHEMA_VERSION:
         raise ValueError(f"schema version {version!r}, and this bench reads {SCHEMA_VERSION}")
-    for name in NUMBERS:
-        value = record.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            raise ValueError(f"'{name}' is {value!r}, not a number of 0 or more")
+    for names, positive, what in ((POSITIVE, True, "a number above 0"), (NUMBERS, False, "a number of 0 or more")):
+        for name in names:
+            value = record.get(name)
+            if value is not None and not _number(value, positive):
+                raise ValueError(f"'{name}' is {value!r:.60}, not {what}")
+    windows = [record.get(name) or [] for name in WINDOWS]
+    if any(not isinstance(w, list) or not all(_number(v, True) for v in w) for w in windows) \
+            or len(windows[0]) != len(windows[1]):
+        raise ValueError(f"'windows_s' and 'windows_images' are {windows[0]!r:.40} and {windows[1]!r:.40}, not two "
+                         f"lists of the same length of numbers above 0 (a window of no images or time is none)")
+    median, p25, p75 = (record.get(name) for name in POSITIVE[:3])
+    if None not in (p25, median, p75) and not p25 <= median <= p75:
+        raise ValueError(f"'images_per_s' {median!r} is not between its quartiles {p25!r} and {p75!r}")
     try:
         return Result.from_dict(upgrade_record(record))
     except TypeError as e:
@@ -218,3 +248,14 @@ def _no_constant(name: str):
 def results_frame(results: list[Result]) -> pd.DataFrame:
     """One tidy row per Case."""
     return pd.DataFrame([r.to_dict() for r in results])
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Writes a file whole or not at all (temporary file, then rename): a full disk leaves the old one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"'{path}' cannot be written ({e.strerror or e})") from None

@@ -13,6 +13,7 @@ import multiprocessing as mp
 import os
 from multiprocessing import forkserver
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -21,10 +22,25 @@ from pathlib import Path
 
 import psutil
 
-from bench.run_folder import RunFolder
+from bench.run_folder import RunError, RunFolder
 from bench.schema import Case, Result
 
 POLL_S = 0.1
+
+
+# the fork server listens on <temp dir>/pymp-XXXXXXXX/listener-XXXXXXXX, and a Unix socket's path has
+# at most 107 bytes on Linux
+_SOCKET_PATH_MAX, _SOCKET_SUFFIX = 107, len("/pymp-xxxxxxxx/listener-xxxxxxxx")
+
+
+def check_temp_dir() -> None:
+    """ValueError, one line, when the temp folder's path is too long for the fork server's socket
+    (Python's own error, 'AF_UNIX path too long', comes as a traceback after the set-up)."""
+    folder = tempfile.gettempdir()
+    if len(os.fsencode(folder)) + _SOCKET_SUFFIX > _SOCKET_PATH_MAX:
+        raise ValueError(f"TMPDIR: '{folder[:40]}...' is {len(os.fsencode(folder))} bytes long, too long for the "
+                         f"Unix socket Cases are started through (expected a temp folder of at most "
+                         f"{_SOCKET_PATH_MAX - _SOCKET_SUFFIX} bytes, e.g. TMPDIR=/tmp)")
 
 
 def _context() -> mp.context.BaseContext:
@@ -145,7 +161,12 @@ def run_cases(cases: list[Case], run_dir: Path, display) -> list[Result]:
     for case in cases:
         display.case_started(case)
         result = run_one(case, ctx, on_progress=display.case_progress)
-        folder.append(result)
+        try:
+            folder.append(result)
+        except RunError:  # measured, not writable: shown whole, so it can be added to results.jsonl by hand
+            print(f"bench: {case.key} was measured but could not be written; its Result line:\n"
+                  f"{result.to_json()}", flush=True)
+            raise
         results.append(result)
         display.case_finished(result)
     return results

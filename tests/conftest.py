@@ -34,7 +34,9 @@ def synthetic():
     return prepare_synthetic()
 
 
-def run_bench(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    """`python -m bench ...` as a user runs it."""
+def run_bench(*args: str, cwd: Path | None = None, timeout: float = 240,
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m bench ...` as a user runs it (`env`: variables set on top of this process's)."""
     return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, timeout=timeout, stdin=subprocess.DEVNULL)
+                          cwd=cwd or ROOT, timeout=timeout, stdin=subprocess.DEVNULL,
+                          env={**os.environ, **env} if env else None)

@@ -33,7 +33,7 @@ def test_every_keyword_means_what_it_says_false_and_zero_included():
     assert bench.sweep_spec().time_limit_s == 600.0 == SweepSpec.__dataclass_fields__["time_limit_s"].default
     with pytest.raises(ValueError, match=r"^download: 'no' is not True or False$"):
         bench.sweep_spec(download="no")
-    with pytest.raises(ValueError, match=r"^--seed: 'x' is not an integer"):
+    with pytest.raises(ValueError, match=r"^--seed: 'x' is not a seed \(expected an integer 0..4294967295\)"):
         bench.sweep_spec(seed="x")
     with pytest.raises(ValueError, match=r"^--dataset: invalid choice: 'imagenet'"):
         bench.sweep_spec(dataset="imagenet")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,8 @@ def test_unwritable_output_folder_exits_2(tmp_path: Path):
 ])
 def test_corrupt_or_tampered_data_file_exits_2_naming_it(mini: Path, tmp_path: Path, tamper, message):
     tamper(mini / "cifar-10-batches-py" / "data_batch_4")
+    (mini / "cifar-10-python.tar.gz").unlink()  # with no other layout to stand in for the folder
+    shutil.rmtree(mini / "cifar-10-batches-bin")
     proc = _quick(tmp_path, "--data-dir", str(mini), "--no-verify")
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

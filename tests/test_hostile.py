@@ -213,9 +213,15 @@ def test_an_empty_out_is_refused():
     (b"\xff\xfe", "line 2: not UTF-8 text"),
     (b'{"images_per_s": NaN}', "line 2: NaN is not a number JSON allows"),
     (b'{"schema_version": 99}', "line 2: schema version 99, and this bench reads 1"),
-    (b'{"images_per_s": "fast"}', "line 2: 'images_per_s' is 'fast', not a number of 0 or more"),
-    (b'{"images_per_s": -5}', "line 2: 'images_per_s' is -5, not a number of 0 or more"),
+    (b'{"images_per_s": "fast"}', "line 2: 'images_per_s' is 'fast', not a number above 0"),
+    (b'{"images_per_s": -5}', "line 2: 'images_per_s' is -5, not a number above 0"),
     (b'{"a": x}', "line 2: not JSON (Expecting value)"),
+    (b'{"images_per_s": 0.0, "windows_s": [0.5], "windows_images": [0]}', "line 2: 'images_per_s' is 0.0"),
+    (b'{"windows_s": [0.0], "windows_images": [0]}', "line 2: 'windows_s' and 'windows_images' are [0.0] and [0], "
+                                                     "not two lists of the same length of numbers above 0"),
+    (b'{"windows_s": [0.5, 0.5], "windows_images": [8]}', "not two lists of the same length"),
+    (b'{"images_per_s": 1e308, "images_per_s_p25": 1e308, "images_per_s_p75": 2000}',
+     "'images_per_s' 1e+308 is not between its quartiles 1e+308 and 2000"),
 ])
 def test_a_malformed_results_line_is_one_line_and_exit_2_from_report_compare_and_export(good_run, tmp_path, line,
                                                                                           why, capsys):
@@ -256,6 +262,58 @@ def test_a_line_cut_short_by_a_killed_run_is_skipped_and_nan_is_never_written(go
     assert json.loads(Result.to_json(result))["images_per_s"] is None
 
 
+def test_a_case_measured_but_not_writable_is_printed_whole_and_stops_the_sweep(tmp_path: Path, capsys):
+    """A full disk, from the kernel: results.jsonl is /dev/full, whose writes fail with ENOSPC."""
+    from bench import runner, spec
+    from bench.plan import plan_cases
+    from bench.progress import Display
+    from cnn.data import prepare_synthetic
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.jsonl").symlink_to("/dev/full")
+    sweep = spec.spec_from_keywords({"batch_sizes": [8, 16], "threads": [1], "pipelines": ["resident"],
+                                     "modes": ["train"], "max_steps": 6, "warmup_steps": 2, "window_s": 0.02,
+                                     "devices": ["cpu"], "job": False}, n_cuda=0)
+    cases = plan_cases(sweep, str(prepare_synthetic().cache_dir), "synthetic", "r")
+    with pytest.raises(runner.RunError, match="results.jsonl' cannot be written \\(No space left on device\\); "
+                                              "the sweep stops"):
+        runner.run_cases(cases, out, Display(len(cases)))
+    printed = capsys.readouterr().out.split("its Result line:\n")[1].splitlines()[0]
+    measured = json.loads(printed)
+    assert measured["key"] == cases[0].key and measured["status"] == "ok" and measured["images_per_s"] > 0
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes a read-only file anyway")
+def test_a_resume_into_a_read_only_results_file_is_refused_before_measuring(good_run, tmp_path: Path):
+    out = tmp_path / "run"
+    shutil.copytree(good_run, out)
+    (out / "results.jsonl").chmod(0o444)
+    _one_line(run_bench("run", *TINY, "--out", str(out), "--resume"), "--resume: ", "cannot be written")
+
+
+def test_a_temp_folder_too_long_for_a_unix_socket_is_one_line(tmp_path: Path):
+    long = tmp_path / ("t" * (110 - len(str(tmp_path))))
+    long.mkdir()
+    proc = run_bench("run", *TINY, "--out", str(tmp_path / "run"), env={"TMPDIR": str(long)})
+    _one_line(proc, "TMPDIR: ", "too long for the Unix socket", "e.g. TMPDIR=/tmp")
+    assert not (tmp_path / "run" / "results.jsonl").exists()
+
+
+def test_a_run_with_too_few_steps_to_time_reports_so(good_run, tmp_path: Path, capsys):
+    """What `bench run --max-steps 2 --warmup-steps 2` writes: a Case with steps, no timed window."""
+    out = tmp_path / "run"
+    shutil.copytree(good_run, out)
+    record = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    record.update(steps=2, warmup_steps=2, max_steps=2, windows_s=[], windows_images=[], images_per_s=None,
+                  images_per_s_p25=None, images_per_s_p75=None, images_per_s_spread_pct=None)
+    (out / "results.jsonl").write_text(json.dumps(record) + "\n")
+    assert cli.main(["report", str(out)]) == 0, capsys.readouterr().err
+    report = (out / "report.md").read_text()
+    assert "No training Case measured a throughput" in report
+    assert "1 Case(s) ran too few steps to time any step after warm-up" in report and "ran 2 step(s)" in report
+
+
 # --------------------------------------------------------------------------- options
 
 
@@ -266,3 +324,29 @@ def test_a_value_given_twice_is_one_point_of_the_sweep(tmp_path: Path):
     assert [line.strip() for line in proc.stdout.splitlines() if line.startswith("  train/")] == [
         "train/cpu/resident/b8/t1/w1/r0", "train/cpu/resident/b16/t1/w1/r0"]
     assert os.path.exists(tmp_path)
+
+
+@pytest.mark.parametrize("option, value, why", [
+    ("--batch-sizes", "1000000000000", "more than the 50000 images of the training set"),
+    ("--batch-sizes", "60000", "(expected at most 50000)"),
+    ("--repeats", "1000000000", "(expected at most 100)"),
+    ("--seed", "100000000000000000000", "not a seed (expected an integer 0..4294967295)"),
+    ("--seed", "-1", "not a seed"),
+    ("--widths", "1e-9", "leaves the first convolution no channel"),
+    ("--widths", "0.5,0.52", "'0.52' gives the same channels (3, 8) as '0.5'"),
+    ("--widths", "1000", "(expected at most 64)"),
+    ("--num-workers", "1000000000000", "DataLoader workers per logical core"),
+    ("--world-sizes", "1000000000000", "logical cores, one per rank at least"),
+    ("--warmup-steps", "100000000000", "(expected at most 100000)"),
+    ("--max-steps", "100000000000", "(expected at most 10000000)"),
+    ("--max-seconds", "1e9", "more than a day"),
+    ("--time-limit", "1e12", "more than a day"),
+    ("--window", "1e9", "more than an hour"),
+    ("--epochs", "1000000", "(expected at most 1000)"),
+    ("--latency-batches", "10000000000", "(expected at most 100000)"),
+    ("--lr", "1e300", "(expected at most 10)"),
+])
+def test_a_number_beyond_what_its_option_means_is_refused(option, value, why, capsys):
+    assert cli.main(["plan", "--dataset", "synthetic", "--devices", "cpu", option, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bench: {option}: '") and why in err and err.count("\n") == 1, err

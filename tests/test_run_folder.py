@@ -24,7 +24,7 @@ def _case(batch: int = 4, **kw) -> Case:
 def _append_many(path: str, start: int) -> None:
     folder = RunFolder(path)
     for i in range(start, start + 200):
-        folder.append(Result(case=_case(batch=i + 1), images_per_s=float(i), warnings=["x" * 2000]))
+        folder.append(Result(case=_case(batch=i + 1), images_per_s=float(i + 1), warnings=["x" * 2000]))
 
 
 def test_appends_from_several_processes_never_interleave(tmp_path: Path):
