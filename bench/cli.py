@@ -77,8 +77,16 @@ def _print_plan(cases, spec: SweepSpec, dataset: str) -> None:
     for case in cases:
         print(f"  {case.key}")
     seconds, bounded = estimate_seconds(cases)
-    bound = "about" if bounded else "at most (no --max-seconds; bounded by --time-limit)"
-    print(f"{len(cases)} Cases on {dataset} data; estimated duration {bound} {seconds / 60:.1f} min")
+    least, _ = estimate_seconds(cases, precise=True)
+    if not bounded:
+        print(f"{len(cases)} Cases on {dataset} data; estimated duration at most (no --max-seconds; bounded by "
+              f"--time-limit) {seconds / 60:.1f} min")
+    elif least < seconds:
+        print(f"{len(cases)} Cases on {dataset} data; estimated duration {least / 60:.1f}-{seconds / 60:.1f} min "
+              f"(from every Case precise to +-{spec.precision_pct:g}% at its sixth window, to every Case running "
+              f"its whole --max-seconds; a quiet machine is near the first)")
+    else:
+        print(f"{len(cases)} Cases on {dataset} data; estimated duration about {seconds / 60:.1f} min")
     for device, why in spec.skipped_devices.items():
         print(f"  skipped device {device}: {why}")
     from bench.plan import oversubscription_warnings

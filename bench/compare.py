@@ -15,10 +15,12 @@ class Metric:
     higher_is_better: bool
     low: str | None = None  # columns bounding the metric's spread (p25, p75), when one is recorded
     high: str | None = None
+    ci_low: str | None = None  # its 95% confidence interval, preferred to the spread where both runs have it
+    ci_high: str | None = None
 
 
 METRICS = {
-    "images_per_s": Metric(True, "images_per_s_p25", "images_per_s_p75"),
+    "images_per_s": Metric(True, "images_per_s_p25", "images_per_s_p75", "images_per_s_ci_low", "images_per_s_ci_high"),
     "step_ms_p50": Metric(False), "step_ms_p90": Metric(False), "step_ms_p99": Metric(False),
     "latency_ms_p50": Metric(False), "latency_ms_p90": Metric(False), "latency_ms_p99": Metric(False),
 }
@@ -85,8 +87,11 @@ def compare_runs(baseline: pd.DataFrame, new: pd.DataFrame, metric: str = "image
         else:
             ratio = n[metric] / b[metric]
             low = high = np.nan
-            if m.low:
-                low, high = n[m.low] / b[m.high], n[m.high] / b[m.low]
+            lo, hi = m.low, m.high
+            if m.ci_low and not any(pd.isna(r.get(c)) for r in (b, n) for c in (m.ci_low, m.ci_high)):
+                lo, hi = m.ci_low, m.ci_high  # overlapping intervals: no difference, however large the ratio
+            if lo:
+                low, high = n[lo] / b[hi], n[hi] / b[lo]
             rows.append(row | {"baseline": b[metric], "new": n[metric], "ratio": ratio, "low": low, "high": high,
                                "change_pct": 100 * (ratio - 1),
                                "verdict": _verdict(m, ratio, low, high, threshold)})
@@ -145,7 +150,8 @@ def render(c: Comparison) -> str:
     shown = shown[["key", "baseline", "new", "ratio", "noise band", "change", "verdict"]]
     direction = "higher is better" if m.higher_is_better else "lower is better"
     lines = [f"{c.metric} ({direction}); regression: worse by more than {c.threshold_pct:g}% and beyond the noise "
-             f"band (new p25-p75 over baseline p75-p25)", "", shown.to_string(index=False) if len(shown) else "(none)"]
+             f"band (the ratio of the two medians' 95% intervals where both runs recorded them, else new p25-p75 "
+             f"over baseline p75-p25: overlapping intervals are no difference)", "", shown.to_string(index=False) if len(shown) else "(none)"]
     for title, keys in (("only in the baseline", c.only_baseline), ("only in the new run", c.only_new)):
         if keys:
             lines += ["", f"{len(keys)} Case(s) {title} (not counted):"] + [f"  {k}" for k in keys]

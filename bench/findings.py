@@ -98,6 +98,7 @@ def _caveats(a: Analysis, skipped_devices: dict[str, str]) -> list[str]:
     if not a.noisy.empty:
         caveats.append(f"{len(a.noisy)} of {len(a.ok)} Cases varied by more than {SPREAD_WARN_PCT:.0f}% (IQR over "
                        f"median) between timed windows; their figures are less certain.")
+    caveats += _precision_caveats(a.ok)
     untimed = a.ok[a.ok["mode"].isin(["train", "infer"]) & a.ok["images_per_s"].isna()]
     if not untimed.empty:
         r = untimed.iloc[0]
@@ -108,6 +109,36 @@ def _caveats(a: Analysis, skipped_devices: dict[str, str]) -> list[str]:
     for status, group in a.unfinished.groupby("status"):
         caveats.append(f"{len(group)} Case(s) ended as {status}: e.g. {group.iloc[0]['key']}: {group.iloc[0]['error']}")
     return caveats
+
+
+def _precision_caveats(ok: pd.DataFrame) -> list[str]:
+    """Cases the budget stopped before their figure was as sure as asked, and Cases measured beside busy
+    neighbours, whose figures (and the thread, crossover and ceiling findings drawn from them) the
+    neighbours decided as much as the model."""
+    out = []
+    timed = ok[ok["images_per_s"].notna()]
+    if "target_precision_pct" in timed and "images_per_s_ci_pct" in timed:
+        aimed = timed[timed["target_precision_pct"].notna()]
+        short = aimed[aimed["stopped_by"].isin(["max_seconds", "max_steps"])]
+        if len(short):
+            widest = short["images_per_s_ci_pct"].max()
+            out.append(f"{len(short)} of {len(aimed)} Cases hit the budget before their median was known within "
+                       f"+-{aimed['target_precision_pct'].iloc[0]:g}% (95%); their intervals are wider, up to "
+                       + (f"+-{widest:.0f}%" if pd.notna(widest) else "unknown (under 6 windows)")
+                       + " (see 'How sure each figure is').")
+    if "contended" in timed and timed["contended"].fillna(False).astype(bool).any():
+        busy = timed[timed["contended"].fillna(False).astype(bool)]
+        out.append(f"{len(busy)} of {len(timed)} Cases were measured while other processes used the CPU (up to "
+                   f"{busy['other_cpu_cores'].max():.1f} cores on average): their figures, and the thread-scaling, "
+                   f"crossover and ceiling-share findings drawn from them, reflect the neighbours as much as the "
+                   f"model; run again on a quiet machine (e.g. {busy.iloc[0]['key']}).")
+    return out
+
+
+def _contended(rows: pd.DataFrame) -> str:
+    """' (rests on contended Cases)' when any of `rows` was measured beside busy neighbours."""
+    flags = rows["contended"] if "contended" in rows else pd.Series(dtype=bool)
+    return " (rests on contended Cases: see the caveats)" if flags.fillna(False).astype(bool).any() else ""
 
 
 def _step(variant: str) -> str:
@@ -137,9 +168,10 @@ def _cpu_findings(a: Analysis) -> list[str]:
     for pipeline, g in scaling.groupby("pipeline"):
         top = g["threads"].max()
         g = g[g["threads"] == top]
+        rows = a.ok[(a.ok["device"] == "cpu") & (a.ok["pipeline"] == pipeline) & (a.ok["mode"] == "train")]
         out.append(f"Threads ({pipeline} pipeline): {int(top)} threads give {g['speedup'].min():.2f}x-"
                    f"{g['speedup'].max():.2f}x of 1 thread (parallel efficiency "
-                   f"{100 * g['efficiency'].min():.0f}-{100 * g['efficiency'].max():.0f}%).")
+                   f"{100 * g['efficiency'].min():.0f}-{100 * g['efficiency'].max():.0f}%){_contended(rows)}.")
     out.extend(_compute_findings(a.achieved_gflops))
     synthetic = "synthetic" in set(a.frame.get("dataset", pd.Series(dtype=str)).dropna())
     out.extend(answer.accuracy_findings(a.accuracy, synthetic))

@@ -15,7 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from bench import precision
+
 SPREAD_WARN_PCT = 10.0
+WARMUP_CAP_STEPS = 200  # past --warmup-steps, the most steps a warm-up waits for step times to settle
+WARMUP_CAP_SHARE = 0.25  # ... and the most of --max-seconds it may take
 
 
 class DeviceClock:
@@ -57,9 +61,12 @@ class Budget:
 class StepMeter:
     """Counts steps and groups them into timed windows of about `window_s` seconds.
 
-    The first `warmup_steps` steps form the warm-up (timed, reported apart, never in
-    the throughput). A window is closed when it has run `window_s` (host time), at the
-    end of each epoch and when the budget stops the Case; closing synchronises.
+    The warm-up (timed, reported apart, never in the throughput) lasts at least `warmup_steps`
+    steps and, from 4 on, goes on until step times settle (bench/precision.py's `settled`), at most
+    WARMUP_CAP_STEPS more steps or WARMUP_CAP_SHARE of `max_seconds`. A window is closed when it has
+    run `window_s` (host time), at the end of each epoch and when the budget stops the Case;
+    closing synchronises. With `precision_pct`, the Case stops at the first window close where the
+    median's 95% interval is within +-precision_pct ("precise"); the budget stays the upper bound.
 
     A step on a batch size not seen before (an epoch's partial last batch, 50000 % 32 = 16
     images) is a new input shape: cuDNN autotunes for it (and oneDNN builds new primitives), so
@@ -77,6 +84,7 @@ class StepMeter:
     warmup_steps: int = 10
     window_s: float = 0.5
     budget: Budget = field(default_factory=Budget)
+    precision_pct: float | None = None
     progress: Callable[[int, float], None] | None = None
     progress_every_s: float = 0.5
     steps: int = 0
@@ -132,21 +140,31 @@ class StepMeter:
         if self.warmup_s is None:
             self._batch_sizes.add(n_images)
             if self.steps >= self.warmup_steps:
-                self.warmup_s = self._warmup_so_far + self._close_window(keep=False)
+                self._warmup_so_far += self._close_window(keep=False)
                 self._warmup_step_s += self._last_steps
-                if self.agree is not None:  # after the synchronise: a vote reads a device value back
-                    slowest = self.agree(_steady(self._warmup_step_s))
-                    self.window_steps = max(1, round(self.window_s / slowest)) if slowest > 0 else 1
-                self._open_window()
+                if self._warmup_over(elapsed):
+                    self.warmup_s = self._warmup_so_far
+                    if self.agree is not None:  # after the synchronise: a vote reads a device value back
+                        slowest = self.agree(_steady(self._warmup_step_s))
+                        self.window_steps = max(1, round(self.window_s / slowest)) if slowest > 0 else 1
+                    self._open_window()
         elif n_images not in self._batch_sizes:
             self._batch_sizes.add(n_images)
             self._drop_last_step(n_images)
         elif self._window_due(now):
             self._close_window(keep=True)
-            # the ranks vote between windows, never inside one: the vote waits for a device value
-            vote = self.agree is not None and self.agree(float(out_of_time)) > 0
+            sure = self._precise()
+            if self.agree is not None:
+                # the ranks vote between windows, never inside one (the vote waits for a device value): the
+                # largest vote wins, so 2 (out of time) on any rank stops all, 0 only when every rank is sure
+                ballot = self.agree(2.0 if out_of_time else (0.0 if sure else 1.0))
+                vote, sure = ballot >= 2, ballot == 0
+            if sure and not vote:
+                self.stopped_by = "precise"
             self._open_window()
-        if self.budget.max_steps is not None and self.steps >= self.budget.max_steps:
+        if self.stopped_by == "precise":
+            pass
+        elif self.budget.max_steps is not None and self.steps >= self.budget.max_steps:
             self.stopped_by = "max_steps"  # the same step on every rank: no need to agree
         elif (self.agree is None and out_of_time) or vote:
             self.stopped_by = "max_seconds"
@@ -170,6 +188,23 @@ class StepMeter:
             out_of_time = self.budget.max_seconds is not None and self.train_s >= self.budget.max_seconds
             if self.agree(float(out_of_time)) > 0:
                 self.stopped_by = "max_seconds"
+
+    def _warmup_over(self, elapsed: float) -> bool:
+        """Ranks must end the warm-up at the same step, so with `agree` it is the fixed `warmup_steps`; a
+        warm-up of fewer than 4 steps is too short to compare halves of, so it is what was asked for."""
+        window = min(5, self.warmup_steps // 2)  # the steps compared: the last few against those before
+        if self.agree is not None or window < 2 or precision.settled(self._warmup_step_s, window):
+            return True
+        capped = self.steps >= self.warmup_steps + WARMUP_CAP_STEPS
+        if self.budget.max_seconds is not None:
+            capped = capped or elapsed >= WARMUP_CAP_SHARE * self.budget.max_seconds
+        return capped
+
+    def _precise(self) -> bool:
+        if self.precision_pct is None or len(self.windows_s) < precision.MIN_WINDOWS:
+            return False
+        rates = [n / s for n, s in zip(self.windows_images, self.windows_s) if s > 0]
+        return precision.precise(rates, self.precision_pct)
 
     def _drop_last_step(self, n_images: int) -> None:
         """Closes the window before the last step and reopens it after, leaving that step out."""
@@ -223,6 +258,8 @@ class Throughput:
     spread_pct: float | None
     step_ms: tuple[float | None, float | None, float | None]
     warnings: list[str]
+    interval: tuple[float, float] | None = None  # 95% confidence interval of the median
+    half_width_pct: float | None = None
 
 
 def summarise(windows_s: list[float], windows_images: list[int], step_s: list[float]) -> Throughput:
@@ -234,13 +271,14 @@ def summarise(windows_s: list[float], windows_images: list[int], step_s: list[fl
                           ["no timed window after the warm-up: give the Case more steps or time"])
     median, p25, p75 = (float(np.percentile(rates, q)) for q in (50, 25, 75))
     spread = 100.0 * (p75 - p25) / median
+    interval = precision.median_interval(rates)
     if spread > SPREAD_WARN_PCT:
         warnings.append(f"throughput varied: IQR is {spread:.0f}% of the median over {len(rates)} windows")
     if len(rates) < 3:
         warnings.append(f"only {len(rates)} timed window(s): the spread is not meaningful")
     steps_ms = np.array(step_s) * 1000.0 if step_s else None
     step_ms = tuple(float(np.percentile(steps_ms, q)) for q in (50, 90, 99)) if steps_ms is not None else (None,) * 3
-    return Throughput(median, p25, p75, spread, step_ms, warnings)
+    return Throughput(median, p25, p75, spread, step_ms, warnings, interval, precision.half_width_pct(rates))
 
 
 def latencies_ms(clock: DeviceClock, run: Callable[[torch.Tensor], object], inputs: Iterable[torch.Tensor],

@@ -46,7 +46,13 @@ def _add_budget_and_data_args(p: argparse.ArgumentParser) -> None:
                         help="kill a Case after this many seconds; it is recorded as a timeout (default 600)")
     budget.add_argument("--quick", action="store_true",
                         help="a fast look: 1 epoch, at most 300 steps or 0.8 s of training per Case")
-    budget.add_argument("--warmup-steps", type=CONVERTERS["warmup_steps"], help="steps excluded from throughput (default 10)")
+    budget.add_argument("--precision", type=CONVERTERS["precision_pct"], dest="precision_pct",
+                        help="stop a Case once its median images/s is known within +-this %% (95%% interval over "
+                             "at least 6 windows), within --max-seconds (default 2%%; --quick 5%%; 0: always "
+                             "run the whole budget)")
+    budget.add_argument("--warmup-steps", type=CONVERTERS["warmup_steps"],
+                        help="steps excluded from throughput at least; warm-up goes on until step times settle "
+                             "(default 10)")
     budget.add_argument("--window", type=CONVERTERS["window_s"], dest="window_s", help="timed window, s (default 0.5)")
     budget.add_argument("--latency-batches", type=CONVERTERS["latency_batches"],
                         help="inference batches timed one by one for latency (default 200)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import math
 
+from bench.precision import MIN_WINDOWS
 from bench.schema import JOB, Case, SweepSpec
 
 STARTUP_S = 1.5  # a Case's own start, data and model set-up, measured on a 2-core machine
@@ -25,7 +26,7 @@ def plan_cases(spec: SweepSpec, data_cache: str, dataset: str, run_id: str = "")
     common = dict(time_limit_s=spec.time_limit_s, seed=spec.seed, target_accuracy_pct=spec.target_accuracy_pct,
                   warmup_steps=spec.warmup_steps, window_s=spec.window_s, latency_batches=spec.latency_batches,
                   dataset=dataset, data_cache=data_cache, run_id=run_id, max_steps=spec.max_steps,
-                  max_seconds=spec.max_seconds)
+                  max_seconds=spec.max_seconds, target_precision_pct=spec.precision_pct)
     cases = []
     for device in spec.devices:
         if spec.job:
@@ -40,7 +41,8 @@ def plan_cases(spec: SweepSpec, data_cache: str, dataset: str, run_id: str = "")
                     lr=effective_lr(spec.lr, spec.lr_scaling, batch_size * world), world_size=world,
                     num_workers=spec.num_workers, amp=amp, memory_format=memory_format, cuda_graphs=graphs,
                     compile_mode=compile_mode, **common))
-    return cases
+    # repeats round-robin: every Case once, then every Case again, so drift spreads over all of them
+    return sorted(cases, key=lambda c: c.repeat)
 
 
 def job_case(device: str, common: dict) -> Case:
@@ -48,7 +50,7 @@ def job_case(device: str, common: dict) -> Case:
     (2 workers), SGD lr 0.001 momentum 0.9, width 1, torch's default threads, the eager fp32 step;
     within the spec's budget (the rest is projected, see bench/job.py)."""
     return Case(mode=JOB, device=device, pipeline="tutorial", batch_size=4, threads=None, width=1.0, repeat=0,
-                epochs=2, lr=0.001, num_workers=2, **common)
+                epochs=2, lr=0.001, num_workers=2, **{**common, "target_precision_pct": None})  # the job runs its budget
 
 
 def _variants(spec: SweepSpec, device: str, mode: str, pipeline: str):
@@ -82,15 +84,20 @@ def oversubscription_warnings(cases: list[Case], physical_cores: int) -> list[st
     return sorted({w for c in cases if (w := oversubscription(c, physical_cores))})
 
 
-def estimate_seconds(cases: list[Case]) -> tuple[float, bool]:
-    """(seconds, bounded): an upper bound when every Case has --max-seconds, else by the time limits."""
+def estimate_seconds(cases: list[Case], precise: bool = False) -> tuple[float, bool]:
+    """(seconds, bounded): an upper bound when every Case has --max-seconds, else by the time limits. With
+    `precise`, the least a sweep can take: every Case with a precision target stops after its first six
+    windows (and a warm-up of twice --warmup-steps' worth of windows), the fastest the rule allows."""
     total, bounded = 0.0, True
     for case in cases:
         if case.max_seconds is not None:
             evals = 1 if case.mode == "infer" else case.epochs
             if case.compile_mode is not None:
                 total += COMPILE_S
-            total += STARTUP_S * case.world_size + case.max_seconds + 0.5 * evals
+            measured = case.max_seconds
+            if precise and case.target_precision_pct is not None:
+                measured = min(case.max_seconds, (MIN_WINDOWS + 2) * case.window_s)
+            total += STARTUP_S * case.world_size + measured + 0.5 * evals
         else:
             bounded = False
             total += case.time_limit_s

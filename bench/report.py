@@ -12,6 +12,7 @@ import pandas as pd
 from bench import analysis, charts, findings
 from bench.compute import with_ceilings
 from bench.cost import with_prices
+from bench.results import precision_table
 from bench.run_folder import Run, RunFolder
 
 
@@ -111,7 +112,7 @@ def _figures(a: analysis.Analysis, train_images: int) -> tuple[list[tuple[str, s
     return figs, left_out
 
 
-def _sections(a: analysis.Analysis, ceilings: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+def _sections(a: analysis.Analysis, ceilings: pd.DataFrame, df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     sections = [("The tutorial's job per device (seconds; projected where job_projected)", a.jobs),
                 ("Time to the target accuracy: the fastest Case per device", a.time_to_target),
                 ("Cost per device (USD, at each run's --price)", a.costs),
@@ -131,6 +132,10 @@ def _sections(a: analysis.Analysis, ceilings: pd.DataFrame) -> list[tuple[str, p
                 ("Time outside the timed windows, medians: start-up (process, data, model, CUDA context, graph "
                  "capture; outside the --max-seconds budget, paid once by a whole job) and warm-up (first steps, "
                  "cuDNN autotuning; inside the budget, on every device alike)", a.outside_windows),
+                ("How sure each figure is: median images/s, its 95% interval (+-% of the median) over the windows "
+                 "timed; stop 'precise' when the interval reached the target, 'budget' when --max-seconds came "
+                 "first; others_cores: other processes' CPU use while it ran (contended above 0.5)",
+                 precision_table(df)),
                 ("Warnings recorded with each Case", a.warnings),
                 ("Cases that did not finish", a.unfinished)]
     return [(title, _drop_blank(table)) for title, table in sections]
@@ -170,7 +175,7 @@ def build_report(run_dirs: list[Path], out_dir: Path) -> Report:
     RunFolder(out_dir).write_csv([r for run in runs for r in RunFolder(run.path).results()])
     datasets = ", ".join(sorted(df["dataset"].dropna().unique()))
     title = "Does a GPU help the CIFAR-10 tutorial CNN?"
-    sections = _sections(tables, _ceilings(runs))
+    sections = _sections(tables, _ceilings(runs), df)
     md = _markdown(title, verdict, runs, datasets, figures, sections, left_out)
     (out_dir / "report.md").write_text(md)
     (out_dir / "report.html").write_text(_html(title, verdict, runs, datasets, figures, images, sections, left_out))

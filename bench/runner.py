@@ -154,19 +154,34 @@ def run_one(case: Case, ctx=None, on_progress: Callable[[dict], None] | None = N
 
 
 def run_cases(cases: list[Case], run_dir: Path, display) -> list[Result]:
-    """Runs the Cases in order, appending each Result to results.jsonl as it ends."""
+    """Runs the Cases in order, appending each Result to results.jsonl as it ends. Cases measured while
+    other processes were busy (`contended`) are measured once more at the end, if the machine is quiet
+    by then; the later line wins, and a Case still contended stays marked so."""
+    from bench import contention
+
     ctx = _context()
     folder = RunFolder(run_dir)
-    results = []
-    for case in cases:
-        display.case_started(case)
-        result = run_one(case, ctx, on_progress=display.case_progress)
-        try:
-            folder.append(result)
-        except RunError:  # measured, not writable: shown whole, so it can be added to results.jsonl by hand
-            print(f"bench: {case.key} was measured but could not be written; its Result line:\n"
-                  f"{result.to_json()}", flush=True)
-            raise
-        results.append(result)
-        display.case_finished(result)
+    results = [_run_and_append(case, ctx, folder, display) for case in cases]
+    again = [r.case for r in results if r.status == "ok" and r.contended]
+    if again and contention.machine_is_quiet():
+        print(f"bench: measuring {len(again)} contended Case(s) again, now that the machine is quiet", flush=True)
+        if hasattr(display, "total"):
+            display.total += len(again)
+        results += [_run_and_append(case, ctx, folder, display) for case in again]
+    elif again:
+        print(f"bench: {len(again)} Case(s) were measured beside other busy processes and the machine is still "
+              f"busy; they stay marked contended", flush=True)
     return results
+
+
+def _run_and_append(case: Case, ctx, folder: RunFolder, display) -> Result:
+    display.case_started(case)
+    result = run_one(case, ctx, on_progress=display.case_progress)
+    try:
+        folder.append(result)
+    except RunError:  # measured, not writable: shown whole, so it can be added to results.jsonl by hand
+        print(f"bench: {case.key} was measured but could not be written; its Result line:\n"
+              f"{result.to_json()}", flush=True)
+        raise
+    display.case_finished(result)
+    return result

@@ -39,6 +39,7 @@ class SweepSpec:
     warmup_steps: int = 10
     window_s: float = 0.5
     latency_batches: int = 200
+    precision_pct: float | None = None  # stop a Case once its median is known within +-this %; None: the budget
     dataset: str = "auto"
     data_dir: str = "data"
     verify: bool = True
@@ -84,6 +85,7 @@ class Case:
     cuda_graphs: bool = False  # the resident training step captured in a CUDA graph
     world_size: int = 1  # data-parallel ranks (DDP); batch_size and threads are per rank
     compile_mode: str | None = None  # torch.compile's mode; None: the eager step
+    target_precision_pct: float | None = None  # adaptive stop: the median known within +-this % (95%); None: off
 
     @property
     def key(self) -> str:
@@ -137,6 +139,11 @@ class Result:
     images_per_s_p25: float | None = None
     images_per_s_p75: float | None = None
     images_per_s_spread_pct: float | None = None
+    # the 95% confidence interval of the median over windows (order statistics; bench/precision.py) and its
+    # half-width, % of the median: None with fewer than 6 windows
+    images_per_s_ci_low: float | None = None
+    images_per_s_ci_high: float | None = None
+    images_per_s_ci_pct: float | None = None
     windows_s: list[float] = field(default_factory=list)
     windows_images: list[int] = field(default_factory=list)
     step_ms_p50: float | None = None
@@ -178,6 +185,12 @@ class Result:
     job_eval_s: float | None = None
     job_fraction: float | None = None  # the part of its 2 epochs measured
     job_projected: bool | None = None
+    # the machine while the Case ran (bench/contention.py): other processes' CPU use in cores, steal time as %
+    # of the machine's CPU time, the clock at start and end, and whether that made the Case contended
+    other_cpu_cores: float | None = None
+    steal_pct: float | None = None
+    cpu_mhz: list[float] = field(default_factory=list)
+    contended: bool | None = None
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:

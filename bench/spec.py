@@ -18,10 +18,12 @@ from bench.schema import AMP, COMPILE, COMPILE_MODES, MEMORY_FORMATS, MODES, PIP
 
 DATASETS = ("auto", "cifar10", "synthetic")
 LR_SCALINGS = ("none", "linear", "sqrt")
+# a Case measures until its median is known within +-precision_pct (95%), at least 6 windows, at most
+# max_seconds of training; warm-up lasts at least warmup_steps, until step times settle
 BUDGET = {"epochs": 2, "max_steps": None, "max_seconds": 12.0, "warmup_steps": 10, "window_s": 0.5,
-          "latency_batches": 200}
+          "latency_batches": 200, "precision_pct": 2.0}
 QUICK = {"epochs": 1, "max_steps": 300, "max_seconds": 0.8, "warmup_steps": 5, "window_s": 0.2,
-         "latency_batches": 30}
+         "latency_batches": 30, "precision_pct": 5.0}
 DEFAULTS = {"devices": None, "batch_sizes": [4, 32, 128, 512], "threads": None, "pipelines": list(PIPELINES),
             "widths": [1.0], "modes": list(MODES), "repeats": 1, "world_sizes": [1], "amp": ["off"],
             "memory_formats": ["contiguous"], "cuda_graphs": False, "time_limit": 600.0, "quick": False,
@@ -48,13 +50,14 @@ CONVERTERS = {
     "num_workers": converters.bounded_count(4 * (psutil.cpu_count(logical=True) or 1),
                                             "four DataLoader workers per logical core of this machine"), "dataset": converters.one_of(DATASETS), "data_dir": str,
     "compile": converters.choices(COMPILE), "compile_modes": converters.choices(COMPILE_MODES),
-    "price": converters.price,
+    "price": converters.price, "precision_pct": converters.percentage,
 }
 FLAGS = ("cuda_graphs", "quick", "no_verify", "no_download", "no_job")
 # what the CLI calls an option where its name differs from the keyword's
-CLI_NAMES = {"window_s": "window", "target_accuracy_pct": "target-accuracy"}
+CLI_NAMES = {"window_s": "window", "target_accuracy_pct": "target-accuracy", "precision_pct": "precision"}
 # keywords that say the same as an option, in the SweepSpec's own words
-ALIASES = {"window": "window_s", "target_accuracy": "target_accuracy_pct", "time_limit_s": "time_limit"}
+ALIASES = {"window": "window_s", "target_accuracy": "target_accuracy_pct", "time_limit_s": "time_limit",
+           "precision": "precision_pct"}
 
 
 class SpecError(ValueError):
@@ -104,6 +107,8 @@ def build_spec(values: dict, n_cuda: int) -> SweepSpec:
     budget = {k: (v[k] if v[k] is not None else preset[k]) for k in BUDGET}
     if budget["max_seconds"] == 0.0:
         budget["max_seconds"] = None
+    if budget["precision_pct"] == 0.0:
+        budget["precision_pct"] = None
     devices_, skipped = resolve_devices(v["devices"], n_cuda)
     if v["cuda_graphs"]:
         _check_cuda_graphs(v, devices_ + list(skipped))

@@ -100,7 +100,7 @@ def case_meter(case: Case, device: torch.device, steps_per_epoch: int, progress:
                   "epochs": case.epochs, "elapsed_s": elapsed, "eta_s": max(eta or 0.0, 0.0)})
 
     return measure.StepMeter(measure.DeviceClock(device), case.warmup_steps, case.window_s,
-                             measure.Budget(case.max_steps, case.max_seconds),
+                             measure.Budget(case.max_steps, case.max_seconds), precision_pct=case.target_precision_pct,
                              progress=report if progress else None, agree=agree)
 
 
@@ -203,6 +203,8 @@ def record_windows(result: Result, windows_s: list[float], windows_images: list[
     summary = measure.summarise(windows_s, windows_images, step_s)
     result.images_per_s, result.images_per_s_p25, result.images_per_s_p75 = summary.images_per_s, summary.p25, summary.p75
     result.images_per_s_spread_pct = summary.spread_pct
+    result.images_per_s_ci_low, result.images_per_s_ci_high = summary.interval or (None, None)
+    result.images_per_s_ci_pct = summary.half_width_pct
     result.step_ms_p50, result.step_ms_p90, result.step_ms_p99 = summary.step_ms
     result.windows_s, result.windows_images = windows_s, windows_images
     result.warnings.extend(summary.warnings)

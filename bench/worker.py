@@ -19,7 +19,7 @@ import psutil
 import torch
 import torchvision  # noqa: F401  (preloaded by the fork server with torch)
 
-from bench import measure, training
+from bench import contention, measure, training
 from bench.job import record_job
 from bench.schema import JOB, Case, Result
 from cnn import data
@@ -41,6 +41,18 @@ def run_case(case: Case, progress: Progress | None = None, started: float | None
     creation time, which the kernel gives only to about a second.
     """
     started = psutil.Process().create_time() if started is None else started
+    watch = contention.Watch()
+    result = _run(case, progress, started)
+    load = watch.load()
+    result.other_cpu_cores, result.steal_pct, result.cpu_mhz = load.other_cpu_cores, load.steal_pct, load.cpu_mhz
+    result.contended = load.contended
+    if load.contended:
+        result.warnings.append(f"contended: other processes used {load.other_cpu_cores:.2f} cores on average "
+                               f"(steal {load.steal_pct:.1f}%) while this Case ran")
+    return result
+
+
+def _run(case: Case, progress: Progress | None, started: float) -> Result:
     if case.world_size > 1:
         return _run_distributed(case, progress, started)
     result = Result(case=case)

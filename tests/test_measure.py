@@ -189,3 +189,61 @@ def test_window_length_for_ranks_comes_from_steady_warm_up_steps_not_autotuning(
     meter = measure.StepMeter(clock, warmup_steps=6, window_s=0.1, agree=lambda v: v)
     _run(meter, clock, steps=8)
     assert meter.window_steps == 10  # 0.1 s of 10 ms steps, not of the warm-up's 175 ms mean
+
+
+class ScriptedClock(FakeClock):
+    """Step i takes `times[i]` of device time (the last one repeated)."""
+
+    def __init__(self, times: list[float]):
+        super().__init__(times[0])
+        self.times, self.i = times, 0
+
+    def advance(self):
+        self.now += self.times[min(self.i, len(self.times) - 1)]
+        self.i += 1
+
+
+def test_the_warmup_lasts_until_step_times_settle_not_a_fixed_count():
+    slow_start = [0.2, 0.1, 0.05, 0.03, 0.02, 0.015, 0.013] + [0.01] * 200
+    clock = ScriptedClock(slow_start)
+    meter = measure.StepMeter(clock, warmup_steps=4, window_s=0.0)  # compares the last 2 steps with the 2 before
+    _run(meter, clock, steps=60)
+    warm = 7 + 4  # settled once the last two steps and the two before them all take 0.01
+    assert meter.warmup_s == pytest.approx(sum(slow_start[:warm]))
+    assert min(n / s for n, s in zip(meter.windows_images, meter.windows_s)) == pytest.approx(400.0)
+    # a warm-up of fewer than 4 steps is what the caller asked for: too short to compare, so it is not extended
+    clock = ScriptedClock(slow_start)
+    meter = measure.StepMeter(clock, warmup_steps=3, window_s=0.0)
+    _run(meter, clock, steps=60)
+    assert meter.warmup_s == pytest.approx(sum(slow_start[:3]))
+
+
+def test_a_case_stops_once_its_median_is_known_within_the_target_and_not_before_six_windows():
+    clock = FakeClock(0.01)
+    meter = measure.StepMeter(clock, warmup_steps=2, window_s=0.0, precision_pct=2.0)
+    _run(meter, clock, steps=500)
+    assert meter.stopped_by == "precise" and len(meter.windows_s) == 6
+    # alternating speeds 40% apart never get within 2%: the budget stops the Case
+    clock = ScriptedClock([0.01, 0.014] * 300)
+    meter = measure.StepMeter(clock, warmup_steps=2, window_s=0.0, precision_pct=2.0,
+                              budget=measure.Budget(max_steps=100))
+    _run(meter, clock, steps=500)
+    assert meter.stopped_by == "max_steps"
+    # without a target the Case runs its whole budget
+    clock = FakeClock(0.01)
+    meter = measure.StepMeter(clock, warmup_steps=2, window_s=0.0, budget=measure.Budget(max_steps=50))
+    _run(meter, clock, steps=500)
+    assert meter.stopped_by == "max_steps" and meter.steps == 50
+
+
+def test_ranks_stop_for_precision_only_when_every_rank_is_sure():
+    votes = []
+
+    def agree(value: float) -> float:  # the other rank is never sure, then runs out of time at its 10th vote
+        votes.append(value)
+        return max(value, 2.0 if len(votes) > 10 else 1.0)
+
+    clock = FakeClock(0.01)
+    meter = measure.StepMeter(clock, warmup_steps=2, window_s=0.02, precision_pct=2.0, agree=agree)
+    _run(meter, clock, steps=500)
+    assert meter.stopped_by == "max_seconds" and 0.0 in votes[1:]  # this rank was sure, the other was not

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from bench.plan import effective_lr, estimate_seconds, plan_cases
 from bench.schema import Case, Result, SweepSpec
 
@@ -65,3 +67,14 @@ def test_variants_multiply_cases_and_graphs_apply_to_cuda_resident_training_only
     assert len({c.key for c in cases}) == len(cases)
     assert "train/cuda/resident/b4/tauto/w1/r0/amp-bf16/channels-last/graphs" in {c.key for c in cases}
     assert {c.key for c in plain} <= {c.key for c in cases}  # the plain keys did not change
+
+
+def test_repeats_run_round_robin_and_the_estimate_spans_precise_to_whole_budget():
+    cases = plan_cases(_spec(devices=["cpu"], repeats=2, max_seconds=10.0, window_s=0.5, precision_pct=2.0),
+                       data_cache="/c", dataset="synthetic")
+    half = len(cases) // 2
+    assert {c.repeat for c in cases[:half]} == {0} and {c.repeat for c in cases[half:]} == {1}
+    assert [c.key.replace("/r1", "/r0") for c in cases[half:]] == [c.key for c in cases[:half]]
+    least, _ = estimate_seconds(cases, precise=True)
+    most, bounded = estimate_seconds(cases)
+    assert bounded and most - least == pytest.approx(len(cases) * (10.0 - 8 * 0.5))
