@@ -119,11 +119,13 @@ def _precision_caveats(ok: pd.DataFrame) -> list[str]:
     timed = ok[ok["images_per_s"].notna()]
     if "target_precision_pct" in timed and "images_per_s_ci_pct" in timed:
         aimed = timed[timed["target_precision_pct"].notna()]
-        short = aimed[aimed["stopped_by"].isin(["max_seconds", "max_steps"])]
+        short = aimed[aimed["stopped_by"] != "precise"]
         if len(short):
             widest = short["images_per_s_ci_pct"].max()
-            out.append(f"{len(short)} of {len(aimed)} Cases hit the budget before their median was known within "
-                       f"+-{aimed['target_precision_pct'].iloc[0]:g}% (95%); their intervals are wider, up to "
+            budget = int(short["stopped_by"].isin(["max_seconds", "max_steps"]).sum())
+            out.append(f"{len(short)} of {len(aimed)} Cases ended before their median was known within "
+                       f"+-{aimed['target_precision_pct'].iloc[0]:g}% (95%): {budget} hit the budget, "
+                       f"{len(short) - budget} ran out of epochs; their intervals are wider, up to "
                        + (f"+-{widest:.0f}%" if pd.notna(widest) else "unknown (under 6 windows)")
                        + " (see 'How sure each figure is').")
     if "contended" in timed and timed["contended"].fillna(False).astype(bool).any():

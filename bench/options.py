@@ -53,7 +53,7 @@ def _add_budget_and_data_args(p: argparse.ArgumentParser) -> None:
     budget.add_argument("--warmup-steps", type=CONVERTERS["warmup_steps"],
                         help="steps excluded from throughput at least; warm-up goes on until step times settle "
                              "(default 10)")
-    budget.add_argument("--window", type=CONVERTERS["window_s"], dest="window_s", help="timed window, s (default 0.5)")
+    budget.add_argument("--window", type=CONVERTERS["window_s"], dest="window_s", help="timed window, s (default 0.25)")
     budget.add_argument("--latency-batches", type=CONVERTERS["latency_batches"],
                         help="inference batches timed one by one for latency (default 200)")
     train = p.add_argument_group("training")

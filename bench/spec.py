@@ -20,7 +20,7 @@ DATASETS = ("auto", "cifar10", "synthetic")
 LR_SCALINGS = ("none", "linear", "sqrt")
 # a Case measures until its median is known within +-precision_pct (95%), at least 6 windows, at most
 # max_seconds of training; warm-up lasts at least warmup_steps, until step times settle
-BUDGET = {"epochs": 2, "max_steps": None, "max_seconds": 12.0, "warmup_steps": 10, "window_s": 0.5,
+BUDGET = {"epochs": 2, "max_steps": None, "max_seconds": 12.0, "warmup_steps": 10, "window_s": 0.25,
           "latency_batches": 200, "precision_pct": 2.0}
 QUICK = {"epochs": 1, "max_steps": 300, "max_seconds": 0.8, "warmup_steps": 5, "window_s": 0.2,
          "latency_batches": 30, "precision_pct": 5.0}

@@ -1,0 +1,88 @@
+"""bench/contention.py: other processes' CPU use during a Case, and the runner measuring contended Cases again."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import contention, runner
+from bench.run_folder import RunFolder
+from bench.schema import Case, Result
+
+
+def _burn(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_a_busy_neighbour_makes_a_case_contended():
+    # a neighbour, not a child: started through a shell that exits, so it is no part of this process tree
+    pid = int(subprocess.run(["sh", "-c", f"'{sys.executable}' -c 'while True: pass' >/dev/null 2>&1 & echo $!"],
+                             capture_output=True, text=True, check=True).stdout)
+    watch = contention.Watch()
+    try:
+        time.sleep(1.5)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    load = watch.load()
+    assert load.other_cpu_cores > contention.OTHER_CORES_LIMIT and load.contended
+
+
+def test_the_cases_own_work_and_its_childrens_are_not_counted_as_others():
+    before = contention._tree_cpu_s()
+    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.perf_counter() + 1.5\n"
+                                                    "while time.perf_counter() < end: pass"])
+    _burn(1.0)
+    time.sleep(0.3)
+    during = contention._tree_cpu_s() - before  # the live child counted
+    child.wait()
+    after = contention._tree_cpu_s() - before  # the reaped child counted through children_user
+    assert during >= 1.5 and after >= 2.0
+
+
+def _case(batch: int) -> Case:
+    return Case(mode="train", device="cpu", pipeline="resident", batch_size=batch, threads=1, width=1.0, repeat=0,
+                epochs=1, max_steps=5, max_seconds=None, time_limit_s=60.0, lr=0.001, seed=0,
+                target_accuracy_pct=50.0, num_workers=0, warmup_steps=1, window_s=0.1, latency_batches=1,
+                dataset="synthetic", data_cache="/nowhere")
+
+
+class _Display:
+    total = 2
+
+    def case_started(self, case):
+        pass
+
+    def case_progress(self, progress):
+        pass
+
+    def case_finished(self, result):
+        pass
+
+
+def test_contended_cases_are_measured_again_once_the_machine_is_quiet(tmp_path: Path, monkeypatch):
+    runs = []
+
+    def run_one(case, ctx=None, on_progress=None):
+        runs.append(case.key)
+        busy = case.batch_size == 8 and runs.count(case.key) == 1
+        return Result(case=case, images_per_s=100.0, contended=busy, other_cpu_cores=1.0 if busy else 0.0)
+
+    monkeypatch.setattr(runner, "_context", lambda: None)
+    monkeypatch.setattr(runner, "run_one", run_one)
+    quiet = iter([True])
+    monkeypatch.setattr(contention, "machine_is_quiet", lambda: next(quiet))
+    runner.run_cases([_case(8), _case(16)], tmp_path, _Display())
+    assert runs == [_case(8).key, _case(16).key, _case(8).key]
+    latest = {r.case.key: r for r in RunFolder(tmp_path).results()}
+    assert latest[_case(8).key].contended is False  # the later line wins
+    # still busy: not measured again, and it stays marked
+    runs.clear()
+    monkeypatch.setattr(contention, "machine_is_quiet", lambda: False)
+    (tmp_path / "busy").mkdir()
+    runner.run_cases([_case(8)], tmp_path / "busy", _Display())
+    assert runs == [_case(8).key] and RunFolder(tmp_path / "busy").results()[0].contended is True
