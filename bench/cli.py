@@ -84,7 +84,7 @@ def _print_plan(cases, spec: SweepSpec, dataset: str) -> None:
     elif least < seconds:
         print(f"{len(cases)} Cases on {dataset} data; estimated duration {least / 60:.1f}-{seconds / 60:.1f} min "
               f"(from every Case precise to +-{spec.precision_pct:g}% at its sixth window, to every Case running "
-              f"its whole --max-seconds; a quiet machine is near the first)")
+              f"its whole --max-seconds)")
     else:
         print(f"{len(cases)} Cases on {dataset} data; estimated duration about {seconds / 60:.1f} min")
     for device, why in spec.skipped_devices.items():

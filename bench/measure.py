@@ -66,7 +66,8 @@ class StepMeter:
     WARMUP_CAP_STEPS more steps or WARMUP_CAP_SHARE of `max_seconds`. A window is closed when it has
     run `window_s` (host time), at the end of each epoch and when the budget stops the Case;
     closing synchronises. With `precision_pct`, the Case stops at the first window close where the
-    median's 95% interval is within +-precision_pct ("precise"); the budget stays the upper bound.
+    median's 95% interval is within +-precision_pct ("precise"); the budget stays the upper bound
+    (data-parallel ranks, which see only their own windows, always run the budget).
 
     A step on a batch size not seen before (an epoch's partial last batch, 50000 % 32 = 16
     images) is a new input shape: cuDNN autotunes for it (and oneDNN builds new primitives), so
@@ -155,10 +156,10 @@ class StepMeter:
             self._close_window(keep=True)
             sure = self._precise()
             if self.agree is not None:
-                # the ranks vote between windows, never inside one (the vote waits for a device value): the
-                # largest vote wins, so 2 (out of time) on any rank stops all, 0 only when every rank is sure
-                ballot = self.agree(2.0 if out_of_time else (0.0 if sure else 1.0))
-                vote, sure = ballot >= 2, ballot == 0
+                # the ranks vote between windows, never inside one (the vote waits for a device value). A rank
+                # knows only its own windows, and the Case's figure is over global windows (the slowest rank's
+                # time), so data-parallel Cases are not stopped for precision: they run their budget
+                vote, sure = self.agree(float(out_of_time)) > 0, False
             if sure and not vote:
                 self.stopped_by = "precise"
             self._open_window()

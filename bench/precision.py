@@ -9,7 +9,7 @@ similar rule: the spread around the median small enough).
 """
 from __future__ import annotations
 
-import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -20,18 +20,21 @@ MIN_WINDOWS = 6  # the fewest windows whose extreme order statistics bound the m
 def median_interval(rates, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
     """The order-statistic confidence interval of the median of `rates`, or None when there are too few
     to bound it at `confidence`. With n sorted rates x(1)..x(n) it is [x(j), x(n+1-j)] for the largest j
-    whose coverage, 1 - 2 P(Binomial(n, 1/2) < j), is at least `confidence`."""
+    whose coverage, 1 - 2 P(Binomial(n, 1/2) < j), is at least `confidence`. Exact integer arithmetic,
+    one pass over j: a Case of thousands of windows takes milliseconds."""
     x = np.sort(np.asarray(rates, dtype=float))
     n = len(x)
     if n == 0 or not np.all(np.isfinite(x)):
         return None
-    best = None
+    alpha = Fraction(1) - Fraction(confidence).limit_denominator(10**6)
+    allowed = alpha.numerator * 2 ** n  # coverage >= confidence  <=>  2 * below * denominator <= allowed
+    best, term, below = None, 1, 0  # term = C(n, j - 1), below = sum of C(n, i) for i < j
     for j in range(1, n // 2 + 1):
-        below = sum(math.comb(n, i) for i in range(j)) / 2 ** n
-        if 1 - 2 * below >= confidence:
-            best = j
-        else:
+        below += term
+        if 2 * below * alpha.denominator > allowed:
             break
+        best = j
+        term = term * (n - j + 1) // j
     if best is None:
         return None
     return float(x[best - 1]), float(x[n - best])

@@ -251,11 +251,16 @@ def results_frame(results: list[Result]) -> pd.DataFrame:
 
 
 def _write_whole(path: Path, text: str) -> None:
-    """Writes a file whole or not at all (temporary file, then rename): a full disk leaves the old one."""
+    """Writes a file whole or not at all (temporary file, flushed to disk, then renamed): a full disk or a
+    crash leaves the old one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise RunError(f"'{path}' cannot be written ({e.strerror or e})") from None
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -167,16 +167,22 @@ def run_cases(cases: list[Case], run_dir: Path, display) -> list[Result]:
         print(f"bench: measuring {len(again)} contended Case(s) again, now that the machine is quiet", flush=True)
         if hasattr(display, "total"):
             display.total += len(again)
-        results += [_run_and_append(case, ctx, folder, display) for case in again]
+        # a second measurement that fails is not written: it would replace a good figure with none
+        results += [_run_and_append(case, ctx, folder, display, only_ok=True) for case in again]
     elif again:
         print(f"bench: {len(again)} Case(s) were measured beside other busy processes and the machine is still "
               f"busy; they stay marked contended", flush=True)
     return results
 
 
-def _run_and_append(case: Case, ctx, folder: RunFolder, display) -> Result:
+def _run_and_append(case: Case, ctx, folder: RunFolder, display, only_ok: bool = False) -> Result:
     display.case_started(case)
     result = run_one(case, ctx, on_progress=display.case_progress)
+    if only_ok and result.status != "ok":
+        print(f"bench: measuring {case.key} again ended as {result.status} ({result.error}); its first figure "
+              f"is kept, marked contended", flush=True)
+        display.case_finished(result)
+        return result
     try:
         folder.append(result)
     except RunError:  # measured, not writable: shown whole, so it can be added to results.jsonl by hand

@@ -234,7 +234,15 @@ def extract_archive(archive: Path, dest: Path) -> None:
     dest = dest.resolve()
     tmp = dest / f".extracting-{os.getpid()}"
     try:
-        with tarfile.open(archive, "r:*") as tar:
+        tar = tarfile.open(archive, "r:*")
+    except OSError as e:
+        if e.errno is not None:  # the file itself (missing, unreadable), not its contents
+            raise DataError(f"{archive}: cannot be read ({e.strerror})") from None
+        raise DataError(f"{archive}: not a readable tar.gz archive ({type(e).__name__}: {e})") from None
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        raise DataError(f"{archive}: not a readable tar.gz archive ({type(e).__name__}: {e})") from None
+    try:
+        with tar:
             members = tar.getmembers()
             total = sum(m.size for m in members)
             if len(members) > MAX_MEMBERS or total > MAX_EXTRACT_BYTES:
@@ -250,10 +258,7 @@ def extract_archive(archive: Path, dest: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             tar.extractall(tmp, members=members, **safe)
-        for entry in tmp.iterdir():
-            if (dest / entry.name).is_dir():
-                shutil.rmtree(dest / entry.name)
-            os.replace(entry, dest / entry.name)
+        _move_into_place(tmp, dest, archive)
     except OSError as e:
         if e.errno in _WRITE_ERRNOS:
             raise DataError(f"{dest}: cannot extract {archive.name} into it ({e.strerror})") from None
@@ -262,6 +267,22 @@ def extract_archive(archive: Path, dest: Path) -> None:
         raise DataError(f"{archive}: not a readable tar.gz archive ({type(e).__name__}: {e})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_into_place(tmp: Path, dest: Path, archive: Path) -> None:
+    """Each extracted top-level entry renamed over the one of its name; when another process extracting the
+    same archive got there first (the rename finds a folder not empty), theirs is kept."""
+    for entry in tmp.iterdir():
+        target = dest / entry.name
+        try:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.is_symlink():
+                raise DataError(f"{target}: a link where {archive.name} extracts a folder; refusing to replace it")
+            os.replace(entry, target)
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not target.is_dir():
+                raise
 
 
 def download_archive(root: Path, url: str = URL, md5: str | None = ARCHIVE_MD5, timeout_s: float = 30.0) -> Path:

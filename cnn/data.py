@@ -103,26 +103,35 @@ def _cache_key() -> bytes | None:
 
     A manifest's marks ("verified", its arrays' digests) count only under a MAC made with this key, so a
     manifest planted in a shared data folder, or copied from another machine, cannot skip the MD5 check.
-    None when the user cache cannot be written: then no cache is trusted and each run re-verifies.
+    A key this user does not own, or that others can read, is not a secret and is not used. None when there
+    is no usable key: then no cache is trusted and each run re-verifies.
     """
     path = user_cache_dir() / "cache.key"
     try:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"cache.key.tmp-{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(os.urandom(32))
-            try:
-                os.link(tmp, path)  # never replaces a key another process made first
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink(missing_ok=True)
+            _new_key(path)
+        info = path.stat()
+        if info.st_uid != os.getuid() or info.st_mode & 0o077:
+            return None
         key = path.read_bytes()
     except OSError:
         return None
     return key if len(key) == 32 else None
+
+
+def _new_key(path: Path) -> None:
+    tmp = path.with_name(f"cache.key.tmp-{os.getpid()}")
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        f.write(os.urandom(32))
+    try:
+        os.link(tmp, path)  # atomic, and never replaces a key another process made first
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links: a rename (a key made a moment before may be replaced,
+        os.replace(tmp, path)  # and the caches marked with it are rebuilt once)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _mac(manifest: dict, key: bytes) -> str:
@@ -132,7 +141,7 @@ def _mac(manifest: dict, key: bytes) -> str:
 
 def write_cache(arrays: CifarArrays, cache_dir: Path, sources: dict, verified: bool) -> None:
     """Writes the arrays as .npy plus a signed manifest with their digests into a temporary folder, then
-    renames it into place: a reader sees the old cache or the new one, never half of one."""
+    renames it into place: a reader never sees half of one."""
     tmp = cache_dir.with_name(f"{cache_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -147,8 +156,13 @@ def write_cache(arrays: CifarArrays, cache_dir: Path, sources: dict, verified: b
         if secret is not None:
             manifest["mac"] = _mac(manifest, secret)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        shutil.rmtree(cache_dir, ignore_errors=True)
+        # the old cache renamed aside, the new one renamed in: a reader sees one or the other (save for the
+        # instant between two renames), never a folder being deleted or written
+        old = cache_dir.with_name(f"{cache_dir.name}.old-{os.getpid()}")
+        if cache_dir.exists():
+            os.replace(cache_dir, old)
         os.replace(tmp, cache_dir)
+        shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(f"{cache_dir}: cannot write the decoded cache ({e.strerror or e})") from None

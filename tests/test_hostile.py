@@ -129,11 +129,18 @@ def test_a_planted_verified_manifest_cannot_skip_the_md5_check(mini: Path):
         data.prepare_cifar10(mini, verify=True, download=False)
     # a cache made under another user's key (copied from elsewhere) is not trusted either
     data.prepare_cifar10(mini, verify=False, download=False)
-    (Path(os.environ["CNN_CACHE_DIR"]) / "cache.key").rename(mini / "key.bak")
+    key = Path(os.environ["CNN_CACHE_DIR"]) / "cache.key"
+    key.rename(mini / "key.bak")
     try:
         assert data.read_manifest(unverified.cache_dir) is None
     finally:
-        (mini / "key.bak").rename(Path(os.environ["CNN_CACHE_DIR"]) / "cache.key")
+        (mini / "key.bak").rename(key)
+    assert data.read_manifest(unverified.cache_dir) is not None
+    key.chmod(0o644)  # a key others can read is no secret: nothing it marked is trusted
+    try:
+        assert data.read_manifest(unverified.cache_dir) is None
+    finally:
+        key.chmod(0o600)
 
 
 def test_a_partial_folder_is_never_preferred_to_a_good_archive(mini: Path):
