@@ -154,35 +154,32 @@ def run_one(case: Case, ctx=None, on_progress: Callable[[dict], None] | None = N
 
 
 def run_cases(cases: list[Case], run_dir: Path, display) -> list[Result]:
-    """Runs the Cases in order, appending each Result to results.jsonl as it ends. Cases measured while
-    other processes were busy (`contended`) are measured once more at the end, if the machine is quiet
-    by then; the later line wins, and a Case still contended stays marked so."""
-    from bench import contention
-
+    """Runs the Cases in order, appending each Result to results.jsonl as it ends (one line per Case)."""
     ctx = _context()
     folder = RunFolder(run_dir)
-    results = [_run_and_append(case, ctx, folder, display) for case in cases]
-    again = [r.case for r in results if r.status == "ok" and r.contended]
-    if again and contention.machine_is_quiet():
-        print(f"bench: measuring {len(again)} contended Case(s) again, now that the machine is quiet", flush=True)
-        if hasattr(display, "total"):
-            display.total += len(again)
-        # a second measurement that fails is not written: it would replace a good figure with none
-        results += [_run_and_append(case, ctx, folder, display, only_ok=True) for case in again]
-    elif again:
-        print(f"bench: {len(again)} Case(s) were measured beside other busy processes and the machine is still "
-              f"busy; they stay marked contended", flush=True)
-    return results
+    return [_run_and_append(case, ctx, folder, display) for case in cases]
 
 
-def _run_and_append(case: Case, ctx, folder: RunFolder, display, only_ok: bool = False) -> Result:
-    display.case_started(case)
+def _measured(case: Case, ctx, display) -> Result:
+    """A Case measured while other processes were busy (`contended`) is measured again at once if the machine
+    is quiet by then, and the second figure kept when it is ok; one still contended stays marked so."""
+    from bench import contention
+
     result = run_one(case, ctx, on_progress=display.case_progress)
-    if only_ok and result.status != "ok":
-        print(f"bench: measuring {case.key} again ended as {result.status} ({result.error}); its first figure "
-              f"is kept, marked contended", flush=True)
-        display.case_finished(result)
-        return result
+    if result.status == "ok" and result.contended and contention.machine_is_quiet():
+        again = run_one(case, ctx, on_progress=display.case_progress)
+        if again.status == "ok":
+            again.warnings.append(f"measured again: the first try was contended (other processes "
+                                  f"{result.other_cpu_cores:.2f} cores, steal {result.steal_pct:.1f}%, "
+                                  f"{result.images_per_s or float('nan'):.0f} images/s)")
+            return again
+        result.warnings.append(f"measuring it again once the machine was quiet ended as {again.status}")
+    return result
+
+
+def _run_and_append(case: Case, ctx, folder: RunFolder, display) -> Result:
+    display.case_started(case)
+    result = _measured(case, ctx, display)
     try:
         folder.append(result)
     except RunError:  # measured, not writable: shown whole, so it can be added to results.jsonl by hand

@@ -10,8 +10,9 @@ import pytest
 
 from conftest import run_bench
 
+# a fixed step count (no precision target: a steady Case could stop before its 30 steps)
 TINY = ["--batch-sizes", "4,64", "--threads", "1", "--epochs", "1", "--max-steps", "30", "--warmup-steps", "3",
-        "--window", "0.05", "--latency-batches", "5"]
+        "--precision", "0", "--window", "0.05", "--latency-batches", "5"]
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ def test_an_interrupted_sweep_keeps_finished_cases_and_leaves_no_process(tmp_pat
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--dataset", "synthetic", "--devices", "cpu",
                              "--batch-sizes", "4,8,16", "--threads", "1", "--modes", "train", "--pipelines",
-                             "tutorial", "--max-seconds", "0", "--epochs", "5", "--max-steps", "40",
+                             "tutorial", "--max-seconds", "0", "--precision", "0", "--epochs", "5", "--max-steps", "40",
                              "--warmup-steps", "3", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     tree: set[int] = set()
