@@ -16,7 +16,7 @@ from bench.schema import Case, Result
 def test_a_busy_neighbour_makes_a_case_contended():
     # a neighbour, not a child: started through a shell that exits, so it is no part of this process tree
     pid = int(subprocess.run(["sh", "-c", f"'{sys.executable}' -c 'while True: pass' >/dev/null 2>&1 & echo $!"],
-                             capture_output=True, text=True, check=True).stdout)
+                             capture_output=True, text=True, check=True, timeout=30).stdout)
     watch = contention.Watch()
     try:
         time.sleep(1.5)

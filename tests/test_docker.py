@@ -27,14 +27,14 @@ def _hadolint() -> str:
 
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda"])
 def test_dockerfiles_pass_hadolint(name: str):
-    proc = subprocess.run([_hadolint(), str(ROOT / name)], capture_output=True, text=True)
+    proc = subprocess.run([_hadolint(), str(ROOT / name)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_hadolint_rejects_a_careless_dockerfile(tmp_path: Path):
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN pip install torch\nRUN cd /app && python -m bench run\n")
-    proc = subprocess.run([_hadolint(), str(bad)], capture_output=True, text=True)
+    proc = subprocess.run([_hadolint(), str(bad)], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "DL3007" in proc.stdout  # "latest" is not a pinned base image
 
 

@@ -219,7 +219,7 @@ def test_importing_the_charts_and_report_leaves_a_notebooks_matplotlib_backend_a
 
     code = ("import matplotlib; matplotlib.use('svg'); import bench.charts, bench.report, bench; "
             "print(matplotlib.get_backend())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
     assert out.strip() == "svg"
 
 
