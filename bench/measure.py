@@ -154,17 +154,16 @@ class StepMeter:
             self._drop_last_step(n_images)
         elif self._window_due(now):
             self._close_window(keep=True)
-            sure = self._precise()
             if self.agree is not None:
                 # the ranks vote between windows, never inside one (the vote waits for a device value). A rank
                 # knows only its own windows, and the Case's figure is over global windows (the slowest rank's
                 # time), so data-parallel Cases are not stopped for precision: they run their budget
-                vote, sure = self.agree(float(out_of_time)) > 0, False
-            if sure and not vote:
+                vote = self.agree(float(out_of_time)) > 0
+            elif self._precise():
                 self.stopped_by = "precise"
             self._open_window()
         if self.stopped_by == "precise":
-            pass
+            pass  # the figure is sure: the budget did not stop it
         elif self.budget.max_steps is not None and self.steps >= self.budget.max_steps:
             self.stopped_by = "max_steps"  # the same step on every rank: no need to agree
         elif (self.agree is None and out_of_time) or vote:
