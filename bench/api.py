@@ -95,6 +95,7 @@ def _sweep(spec: SweepSpec, folder, run_id: str, resume: bool, display, warn) ->
     for text in oversubscription_warnings(todo, psutil.cpu_count(logical=False) or 1):
         warn(f"{text} (recorded in those Cases' warnings)")
     env = environment.capture(query_cuda=False)  # no CUDA here: the ceiling worker reads the GPUs
+    import bench.report  # noqa: F401  (the report's imports, a second, made while the fork server still imports)
     if todo:  # a resume with nothing left to run has nothing to hold against a ceiling
         env.update(ceilings.measure_in_worker(spec.devices, spec.widths, spec.amp))
     for device, reasons in env.get("ceilings", {}).get("matmul_missing", {}).items():

@@ -107,7 +107,7 @@ def compare_runs(baseline: pd.DataFrame, new: pd.DataFrame, metric: str = "image
 
 BUDGET = ("epochs", "max_steps", "max_seconds")
 CASE_SETTINGS = ("lr", "warmup_steps", "window_s", "num_workers", "seed", "latency_batches", "target_accuracy_pct",
-                 "time_limit_s")
+                 "time_limit_s", "eval_images")
 
 
 def differences(baseline: pd.DataFrame, new: pd.DataFrame, baseline_env: dict, new_env: dict) -> list[str]:

@@ -99,6 +99,10 @@ def _caveats(a: Analysis, skipped_devices: dict[str, str]) -> list[str]:
         caveats.append(f"{len(a.noisy)} of {len(a.ok)} Cases varied by more than {SPREAD_WARN_PCT:.0f}% (IQR over "
                        f"median) between timed windows; their figures are less certain.")
     caveats += _precision_caveats(a.ok)
+    evaluated = a.ok.get("eval_images", pd.Series(dtype=float)).dropna()
+    if not evaluated.empty:
+        caveats.append(f"Test accuracy was measured on the first {int(evaluated.min()):,} test images only "
+                       f"(--eval-images, or --quick): a rough figure, not the tutorial's pass over the whole test set.")
     untimed = a.ok[a.ok["mode"].isin(["train", "infer"]) & a.ok["images_per_s"].isna()]
     if not untimed.empty:
         r = untimed.iloc[0]

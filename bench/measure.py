@@ -20,6 +20,7 @@ from bench import precision
 SPREAD_WARN_PCT = 10.0
 WARMUP_CAP_STEPS = 200  # past --warmup-steps, the most steps a warm-up waits for step times to settle
 WARMUP_CAP_SHARE = 0.25  # ... and the most of --max-seconds it may take
+BUDGET_MIN_WINDOWS = 3  # --max-seconds stops a Case only once it has this many timed windows (a figure)
 
 
 class DeviceClock:
@@ -63,7 +64,9 @@ class StepMeter:
 
     The warm-up (timed, reported apart, never in the throughput) lasts at least `warmup_steps`
     steps and, from 4 on, goes on until step times settle (bench/precision.py's `settled`), at most
-    WARMUP_CAP_STEPS more steps or WARMUP_CAP_SHARE of `max_seconds`. A window is closed when it has
+    WARMUP_CAP_STEPS more steps or WARMUP_CAP_SHARE of `max_seconds`. `max_seconds` counts the warm-up but
+    stops a Case only once it has BUDGET_MIN_WINDOWS timed windows: a budget shorter than a slow Case's
+    warm-up still gives it a figure (`max_steps` and the epochs stop it regardless). A window is closed when it has
     run `window_s` (host time), at the end of each epoch and when the budget stops the Case;
     closing synchronises. With `precision_pct`, the Case stops at the first window close where the
     median's 95% interval is within +-precision_pct ("precise"); the budget stays the upper bound
@@ -136,7 +139,6 @@ class StepMeter:
         self._window_images += n_images
         now = time.perf_counter()
         elapsed = self._train_s_before + now - self._host_epoch_start
-        out_of_time = self.budget.max_seconds is not None and elapsed >= self.budget.max_seconds
         vote = False
         if self.warmup_s is None:
             self._batch_sizes.add(n_images)
@@ -158,7 +160,7 @@ class StepMeter:
                 # the ranks vote between windows, never inside one (the vote waits for a device value). A rank
                 # knows only its own windows, and the Case's figure is over global windows (the slowest rank's
                 # time), so data-parallel Cases are not stopped for precision: they run their budget
-                vote = self.agree(float(out_of_time)) > 0
+                vote = self.agree(float(self._out_of_time(elapsed))) > 0
             elif self._precise():
                 self.stopped_by = "precise"
             self._open_window()
@@ -166,7 +168,7 @@ class StepMeter:
             pass  # the figure is sure: the budget did not stop it
         elif self.budget.max_steps is not None and self.steps >= self.budget.max_steps:
             self.stopped_by = "max_steps"  # the same step on every rank: no need to agree
-        elif (self.agree is None and out_of_time) or vote:
+        elif (self.agree is None and self._out_of_time(elapsed)) or vote:
             self.stopped_by = "max_seconds"
         if self.progress is not None and (now - self._host_last_progress >= self.progress_every_s):
             self._host_last_progress = now
@@ -185,9 +187,15 @@ class StepMeter:
         self.epoch_s.append(epoch)
         self.train_s = self._train_s_before + epoch
         if self.agree is not None and self.stopped_by is None:  # ranks leave the loop together or not at all
-            out_of_time = self.budget.max_seconds is not None and self.train_s >= self.budget.max_seconds
+            out_of_time = self._out_of_time(self.train_s)
             if self.agree(float(out_of_time)) > 0:
                 self.stopped_by = "max_seconds"
+
+    def _out_of_time(self, elapsed: float) -> bool:
+        """The budget's time is spent and the Case has its few windows (the same on every rank: ranks close
+        windows at the same steps)."""
+        return (self.budget.max_seconds is not None and elapsed >= self.budget.max_seconds
+                and len(self.windows_s) >= BUDGET_MIN_WINDOWS)
 
     def _warmup_over(self, elapsed: float) -> bool:
         """Ranks must end the warm-up at the same step, so with `agree` it is the fixed `warmup_steps`; a

@@ -41,11 +41,12 @@ def _add_budget_and_data_args(p: argparse.ArgumentParser) -> None:
     budget.add_argument("--epochs", type=CONVERTERS["epochs"], help="epochs per Case (default 2, the tutorial's)")
     budget.add_argument("--max-steps", type=CONVERTERS["max_steps"], help="stop a Case after this many steps")
     budget.add_argument("--max-seconds", type=CONVERTERS["max_seconds"],
-                        help="stop a Case after this much training time (default 12; 0: run every epoch)")
+                        help="stop a Case after this much training time, warm-up included, once it has 3 timed "
+                             "windows (default 3; 0: run every epoch)")
     budget.add_argument("--time-limit", type=CONVERTERS["time_limit"],
                         help="kill a Case after this many seconds; it is recorded as a timeout (default 600)")
     budget.add_argument("--quick", action="store_true",
-                        help="a fast look: 1 epoch, at most 300 steps or 0.8 s of training per Case")
+                        help="a fast look: 1 epoch, at most 300 steps or 0.3 s of training per Case (3 timed windows at least), accuracy on 1000 test images")
     budget.add_argument("--precision", type=CONVERTERS["precision_pct"], dest="precision_pct",
                         help="stop a Case once its median images/s is known within +-this %% (95%% interval over "
                              "at least 6 windows), within --max-seconds (default 2%%; --quick 5%%; 0: always "
@@ -53,9 +54,11 @@ def _add_budget_and_data_args(p: argparse.ArgumentParser) -> None:
     budget.add_argument("--warmup-steps", type=CONVERTERS["warmup_steps"],
                         help="steps excluded from throughput at least; warm-up goes on until step times settle "
                              "(default 10)")
-    budget.add_argument("--window", type=CONVERTERS["window_s"], dest="window_s", help="timed window, s (default 0.25)")
+    budget.add_argument("--window", type=CONVERTERS["window_s"], dest="window_s", help="timed window, s (default 0.1)")
     budget.add_argument("--latency-batches", type=CONVERTERS["latency_batches"],
                         help="inference batches timed one by one for latency (default 200)")
+    budget.add_argument("--eval-images", type=CONVERTERS["eval_images"],
+                        help="measure test accuracy on the first N test images (default all; --quick 1000)")
     train = p.add_argument_group("training")
     train.add_argument("--lr", type=CONVERTERS["lr"], help="learning rate at batch 4 (default 0.001)")
     train.add_argument("--lr-scaling", choices=LR_SCALINGS,

@@ -26,7 +26,8 @@ def plan_cases(spec: SweepSpec, data_cache: str, dataset: str, run_id: str = "")
     common = dict(time_limit_s=spec.time_limit_s, seed=spec.seed, target_accuracy_pct=spec.target_accuracy_pct,
                   warmup_steps=spec.warmup_steps, window_s=spec.window_s, latency_batches=spec.latency_batches,
                   dataset=dataset, data_cache=data_cache, run_id=run_id, max_steps=spec.max_steps,
-                  max_seconds=spec.max_seconds, target_precision_pct=spec.precision_pct)
+                  max_seconds=spec.max_seconds, target_precision_pct=spec.precision_pct,
+                  eval_images=spec.eval_images)
     cases = []
     for device in spec.devices:
         if spec.job:

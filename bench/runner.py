@@ -43,11 +43,19 @@ def check_temp_dir() -> None:
                          f"{_SOCKET_PATH_MAX - _SOCKET_SUFFIX} bytes, e.g. TMPDIR=/tmp)")
 
 
-def _context() -> mp.context.BaseContext:
+def start_server() -> mp.context.BaseContext:
+    """Starts the fork server without waiting for it: its imports (torch and torchvision, seconds)
+    overlap with whatever this process does next (`python -m bench run` calls it before importing
+    torch itself). Idempotent."""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["bench.worker"])
-    # Start the server and wait for its imports now, so they are not charged to the first Case.
     forkserver.ensure_running()
+    return ctx
+
+
+def _context() -> mp.context.BaseContext:
+    # Start the server (if not yet) and wait for its imports now, so they are not charged to the first Case.
+    ctx = start_server()
     ready = ctx.Process(target=_nothing)
     ready.start()
     ready.join()

@@ -39,6 +39,7 @@ class SweepSpec:
     warmup_steps: int = 10
     window_s: float = 0.5
     latency_batches: int = 200
+    eval_images: int | None = None  # test images the accuracy is measured on; None: the whole test set
     precision_pct: float | None = None  # stop a Case once its median is known within +-this %; None: the budget
     dataset: str = "auto"
     data_dir: str = "data"
@@ -86,6 +87,7 @@ class Case:
     world_size: int = 1  # data-parallel ranks (DDP); batch_size and threads are per rank
     compile_mode: str | None = None  # torch.compile's mode; None: the eager step
     target_precision_pct: float | None = None  # adaptive stop: the median known within +-this % (95%); None: off
+    eval_images: int | None = None  # accuracy over the first N test images; None: the whole test set
 
     @property
     def key(self) -> str:

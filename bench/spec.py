@@ -20,10 +20,10 @@ DATASETS = ("auto", "cifar10", "synthetic")
 LR_SCALINGS = ("none", "linear", "sqrt")
 # a Case measures until its median is known within +-precision_pct (95%), at least 6 windows, at most
 # max_seconds of training; warm-up lasts at least warmup_steps, until step times settle
-BUDGET = {"epochs": 2, "max_steps": None, "max_seconds": 12.0, "warmup_steps": 10, "window_s": 0.25,
-          "latency_batches": 200, "precision_pct": 2.0}
-QUICK = {"epochs": 1, "max_steps": 300, "max_seconds": 0.8, "warmup_steps": 5, "window_s": 0.2,
-         "latency_batches": 30, "precision_pct": 5.0}
+BUDGET = {"epochs": 2, "max_steps": None, "max_seconds": 3.0, "warmup_steps": 10, "window_s": 0.1,
+          "latency_batches": 200, "precision_pct": 2.0, "eval_images": None}
+QUICK = {"epochs": 1, "max_steps": 300, "max_seconds": 0.3, "warmup_steps": 2, "window_s": 0.05,
+         "latency_batches": 10, "precision_pct": 5.0, "eval_images": 1000}
 DEFAULTS = {"devices": None, "batch_sizes": [4, 32, 128, 512], "threads": None, "pipelines": list(PIPELINES),
             "widths": [1.0], "modes": list(MODES), "repeats": 1, "world_sizes": [1], "amp": ["off"],
             "memory_formats": ["contiguous"], "cuda_graphs": False, "time_limit": 600.0, "quick": False,
@@ -44,6 +44,7 @@ CONVERTERS = {
     "warmup_steps": converters.bounded_count(100000, "any warm-up a Case needs"),
     "window_s": converters.bounded_float(3600.0, "an hour", "0.5"),
     "latency_batches": converters.bounded_int(100000, "the batches timed one by one a Case needs", "200"),
+    "eval_images": converters.bounded_int(1000000, "any test set this model is evaluated on", "1000"),
     "lr": converters.bounded_float(10.0, "any learning rate SGD trains this model with", "0.001"),
     "lr_scaling": converters.one_of(LR_SCALINGS),
     "target_accuracy_pct": converters.accuracy_pct, "seed": converters.seed,

@@ -234,7 +234,9 @@ def train(case: Case, arrays: CifarArrays, device: torch.device, result: Result,
     optimizer = torch.optim.SGD(model.parameters(), lr=case.lr, momentum=0.9)
     if case.compile_mode is not None:
         model = compiled(case, model, arrays, compute, result, train=True, optimizer=optimizer)
-    test_x, test_y = loops.resident_tensors(arrays.test_x, arrays.test_y, compute) if ranks.rank == 0 else (None,) * 2
+    n_eval = len(arrays.test_y) if case.eval_images is None else min(case.eval_images, len(arrays.test_y))
+    test_x, test_y = (loops.resident_tensors(arrays.test_x[:n_eval], arrays.test_y[:n_eval], compute)
+                      if ranks.rank == 0 else (None,) * 2)
     epoch_batches, item, resident = _batches(case, arrays.train_x, arrays.train_y, arrays.classes, device,
                                              train=True, meter=meter, shard=ranks.shard)
     if case.cuda_graphs:  # captured before the clock starts; its warm-up takes 3 steps on the first batch
@@ -293,7 +295,8 @@ def infer(case: Case, arrays: CifarArrays, device: torch.device, result: Result,
     record_throughput(result, meter)
     record_gpu_usage(result, sampler, len(arrays.test_y), meter.images)
     # latency: the model alone on a batch already on the device, synchronised around each call
-    test_x, _ = loops.resident_tensors(arrays.test_x, arrays.test_y, compute)
+    n_latency = min(len(arrays.test_y), case.latency_batches * case.batch_size)  # the images it times, no more
+    test_x, _ = loops.resident_tensors(arrays.test_x[:n_latency], arrays.test_y[:n_latency], compute)
     test_x = test_x.contiguous(memory_format=_memory_format(case))
     inputs = (test_x[i:i + case.batch_size] for i in range(0, len(test_x), case.batch_size))
     with torch.inference_mode(), autocast:

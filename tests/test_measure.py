@@ -56,14 +56,18 @@ def test_every_window_is_closed_by_a_synchronise():
     assert clock.syncs == 1 + 1 + len(meter.windows_s) + 1
 
 
-@pytest.mark.parametrize("budget, stopped_by, steps", [
-    (measure.Budget(max_steps=7), "max_steps", 7),
-    (measure.Budget(max_seconds=0.0), "max_seconds", 1),
-    (measure.Budget(), None, 30),
+@pytest.mark.parametrize("budget, window_s, stopped_by, steps", [
+    (measure.Budget(max_steps=7), 10.0, "max_steps", 7),
+    # a spent time budget stops the Case once it has BUDGET_MIN_WINDOWS (3) windows: here one a step,
+    # after the one warm-up step
+    (measure.Budget(max_seconds=0.0), 0.0, "max_seconds", 1 + measure.BUDGET_MIN_WINDOWS),
+    # windows closed only at epoch ends (one each): the three epochs end before a third window opens
+    (measure.Budget(max_seconds=0.0), 10.0, None, 30),
+    (measure.Budget(), 10.0, None, 30),
 ])
-def test_budget_stops_the_case(budget, stopped_by, steps):
+def test_budget_stops_the_case(budget, window_s, stopped_by, steps):
     clock = FakeClock()
-    meter = measure.StepMeter(clock, warmup_steps=1, window_s=10.0, budget=budget)
+    meter = measure.StepMeter(clock, warmup_steps=1, window_s=window_s, budget=budget)
     _run(meter, clock, steps=10, epochs=3)
     assert meter.stopped_by == stopped_by and meter.steps == steps
 

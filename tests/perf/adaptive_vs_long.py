@@ -7,7 +7,7 @@ median and its stop reason, the long run's median and 95% interval, and whether 
 inside the long run's interval; then how many did, and the time each way took.
 
     python tests/perf/adaptive_vs_long.py [--rounds 2] [--batch-sizes 32,128] [--pipelines resident,tutorial]
-        [--threads 1] [--precision 2] [--max-seconds 12] [--long-seconds 30]
+        [--threads 1] [--precision 2] [--max-seconds 3] [--long-seconds 30]
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def main() -> int:
     p.add_argument("--modes", default="train")
     p.add_argument("--threads", default="1")
     p.add_argument("--precision", type=float, default=2.0)
-    p.add_argument("--max-seconds", type=float, default=12.0)
+    p.add_argument("--max-seconds", type=float, default=3.0)
     p.add_argument("--long-seconds", type=float, default=30.0)
     args = p.parse_args()
 
