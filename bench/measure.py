@@ -105,6 +105,8 @@ class StepMeter:
     window_steps: int | None = None  # set from the warm-up when `agree` is given
     data_wait_measured: bool = False  # batches() was used: data_wait_s means something
     new_shape_steps: int = 0
+    timed_faults: int = 0  # minor page faults of this process (all its threads) inside the kept windows
+    _fault_mark: int = 0
     _warmup_so_far: float = 0.0
     _warmup_step_s: list[float] = field(default_factory=list)
     _batch_sizes: set[int] = field(default_factory=set)
@@ -228,6 +230,7 @@ class StepMeter:
         return now - self._host_window_start >= self.window_s
 
     def _open_window(self):
+        self._fault_mark = minor_faults()
         mark = self.clock.mark()
         self._marks = [mark]
         self._window_images = 0
@@ -238,11 +241,14 @@ class StepMeter:
         # synchronise: the marks of queued CUDA work are only readable once it is done
         self.clock.sync()
         self._last_steps = []
+        now = minor_faults()
+        faults, self._fault_mark = now - self._fault_mark, now
         if len(self._marks) < 2:
             return 0.0
         steps = self._last_steps = [self.clock.seconds(a, b) for a, b in zip(self._marks, self._marks[1:])]
         total = sum(steps)
         if keep:
+            self.timed_faults += faults
             self.windows_s.append(total)
             self.windows_images.append(self._window_images)
             self.step_s.extend(steps)
@@ -308,6 +314,12 @@ def percentiles(values: list[float], qs=(50, 90, 99)) -> tuple[float | None, ...
     if not values:
         return (None,) * len(qs)
     return tuple(float(np.percentile(values, q)) for q in qs)
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far, every thread's (getrusage): pages the kernel had to map,
+    e.g. because the allocator gave freed memory back and it is being touched again."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def peak_rss_mb() -> float:

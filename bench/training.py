@@ -215,6 +215,7 @@ def record_throughput(result: Result, meter: measure.StepMeter) -> None:
     result.warmup_s, result.train_s, result.epoch_s = meter.warmup_s, meter.train_s, meter.epoch_s
     result.steps, result.images, result.stopped_by = meter.steps, meter.images, meter.stopped_by or "epochs"
     result.new_shape_steps = meter.new_shape_steps
+    result.minor_faults_per_step = meter.timed_faults / len(meter.step_s) if meter.step_s else None
     window_total = sum(meter.windows_s)
     if meter.data_wait_measured:
         result.data_wait_pct = 100.0 * meter.data_wait_s / window_total if window_total else None
@@ -255,7 +256,9 @@ def train(case: Case, arrays: CifarArrays, device: torch.device, result: Result,
             meter.end_epoch()
         if ranks.rank == 0:  # accuracy after every epoch, outside the timed windows
             t0 = time.perf_counter()
-            accuracy, per_class = loops.evaluate(net, test_x, test_y, len(arrays.classes))
+            # at the Case's batch size, as the tutorial's test loader: a larger one would free blocks that change
+            # how malloc serves the next epoch's steps (cnn/loops.py, _SLICE_BYTES)
+            accuracy, per_class = loops.evaluate(net, test_x, test_y, len(arrays.classes), batch_size=case.batch_size)
             result.eval_s += time.perf_counter() - t0
             result.epoch_accuracy_pct.append(accuracy)
             result.test_accuracy_pct, result.class_accuracy_pct = accuracy, dict(zip(arrays.classes, per_class))

@@ -76,3 +76,24 @@ def test_tutorial_model_learns_on_real_cifar10_images(mini: Path):
     assert losses[-1] < losses[0]
     assert accuracy >= 20.0, f"test accuracy {accuracy:.1f}% after 10 epochs on real images"
     assert len(per_class) == 10
+
+
+def test_resident_tensors_decode_in_slices_under_mallocs_mmap_threshold(monkeypatch):
+    # a temporary of 128 KiB or more, once freed, would raise glibc's mmap threshold and change how malloc
+    # serves the training loop after it (cnn/loops.py): every copy made while decoding stays under it
+    images = np.random.default_rng(0).integers(0, 256, (300, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(300) % 10
+    sizes, real_array = [], np.array
+
+    def recording_array(*args, **kwargs):
+        out = real_array(*args, **kwargs)
+        sizes.append(out.nbytes)
+        return out
+
+    monkeypatch.setattr(np, "array", recording_array)
+    x, y = loops.resident_tensors(images, labels, torch.device("cpu"))
+    monkeypatch.setattr(np, "array", real_array)
+    assert sizes and max(sizes) < 128 * 1024
+    # numerically the tutorial's transform, whole: (pixel / 255 - 0.5) / 0.5, NCHW
+    expected = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+    assert x.is_contiguous() and torch.allclose(x, expected, atol=1e-6) and y.tolist() == labels.tolist()

@@ -252,3 +252,25 @@ def test_data_parallel_ranks_run_their_budget_whatever_their_own_precision():
     _run(meter, clock, steps=500)
     assert meter.stopped_by == "max_seconds" and len(votes) == 11  # the warm-up vote, then 10 between windows
     assert votes[1:10] == [0.0] * 9  # sure or not, a rank asks to go on until the budget
+
+
+def test_minor_faults_are_counted_inside_kept_windows_only(monkeypatch):
+    # 7 page faults a step, read from a stand-in for getrusage that the fake clock drives; the warm-up's
+    # faults (and the dropped partial-batch step's) stay out, as its time does
+    clock = FakeClock(0.01)
+    monkeypatch.setattr(measure, "minor_faults", lambda: int(round(clock.now / clock.step_s)) * 7)
+    meter = measure.StepMeter(clock, warmup_steps=5, window_s=0.0)
+    meter.start_epoch()
+    for n in [4] * 20 + [2]:  # the last step is a new batch size: dropped from the windows
+        clock.advance()
+        meter.on_step(n)
+    meter.end_epoch()
+    assert len(meter.step_s) == 15 and meter.timed_faults == 7 * 15
+
+
+def test_minor_faults_reads_this_process():
+    before = measure.minor_faults()
+    block = bytearray(64 * 2**20)  # 64 MB, zero pages touched: the kernel maps them one by one
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    assert measure.minor_faults() - before >= 64 * 2**20 // 4096 // 2  # huge pages may map several at once
