@@ -88,6 +88,10 @@ def rank_main(case_fields: dict, progress=None, started: float | None = None) ->
     started = started or time.time()
     device = rank_device(case, local)
     cuda = device.type == "cuda"
+    if case.malloc == "tuned":  # each rank is a process of its own
+        from bench import allocator
+
+        allocator.tune()
     set_threads(case)
     gpu = Result(case=case)  # this rank's own figures, filled by the training path
     if cuda:

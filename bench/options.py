@@ -26,6 +26,10 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
                           help="off, bf16 (autocast), or both: off,bf16 (default off)")
     variants.add_argument("--memory-formats", type=CONVERTERS["memory_formats"],
                           help="contiguous, channels_last, or both (default contiguous)")
+    variants.add_argument("--malloc", type=CONVERTERS["mallocs"], dest="mallocs",
+                          help="default (glibc's malloc as a plain script gets it), tuned (it keeps freed memory "
+                               "instead of unmapping it each step: what MALLOC_MMAP_THRESHOLD_ and "
+                               "MALLOC_TRIM_THRESHOLD_ give a script), or both: default,tuned (default default)")
     variants.add_argument("--compile", type=CONVERTERS["compile"],
                           help="torch.compile the step: off, on, or both: off,on (default off)")
     variants.add_argument("--compile-modes", "--compile-mode", type=CONVERTERS["compile_modes"], dest="compile_modes",

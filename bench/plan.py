@@ -35,12 +35,13 @@ def plan_cases(spec: SweepSpec, data_cache: str, dataset: str, run_id: str = "")
         threads_axis = spec.threads if device == "cpu" else [None]
         for mode, pipeline, width, threads, batch_size in itertools.product(
                 spec.modes, spec.pipelines, spec.widths, threads_axis, spec.batch_sizes):
-            for repeat, amp, memory_format, graphs, world, compile_mode in _variants(spec, device, mode, pipeline):
+            for repeat, amp, memory_format, malloc, graphs, world, compile_mode in _variants(spec, device, mode,
+                                                                                              pipeline):
                 cases.append(Case(
                     mode=mode, device=device, pipeline=pipeline, batch_size=batch_size, threads=threads,
                     width=width, repeat=repeat, epochs=spec.epochs,
                     lr=effective_lr(spec.lr, spec.lr_scaling, batch_size * world), world_size=world,
-                    num_workers=spec.num_workers, amp=amp, memory_format=memory_format, cuda_graphs=graphs,
+                    num_workers=spec.num_workers, amp=amp, memory_format=memory_format, malloc=malloc, cuda_graphs=graphs,
                     compile_mode=compile_mode, **common))
     # repeats round-robin: every Case once, then every Case again, so drift spreads over all of them
     return sorted(cases, key=lambda c: c.repeat)
@@ -55,18 +56,18 @@ def job_case(device: str, common: dict) -> Case:
 
 
 def _variants(spec: SweepSpec, device: str, mode: str, pipeline: str):
-    """(repeat, amp, memory format, CUDA graphs, world size, compile mode) for one point; each only where
+    """(repeat, amp, memory format, malloc, CUDA graphs, world size, compile mode) for one point; each only where
     it applies: graphs on the resident pipeline's eager training step on a CUDA device, beside it; world
     sizes above 1 (data-parallel training) in train mode, without graphs; torch.compile on one process."""
     graphs = [False, True] if spec.cuda_graphs and device.startswith("cuda") and pipeline == "resident" \
         and mode == "train" else [False]
     worlds = spec.world_sizes if mode == "train" else [1]
     compiled = [None] * ("off" in spec.compile) + (spec.compile_modes if "on" in spec.compile else [])
-    for repeat, amp, memory_format, world in itertools.product(range(spec.repeats), spec.amp, spec.memory_formats,
-                                                               worlds):
+    for repeat, amp, memory_format, malloc, world in itertools.product(
+            range(spec.repeats), spec.amp, spec.memory_formats, spec.mallocs, worlds):
         for g in graphs if world == 1 else [False]:
             for compile_mode in compiled if world == 1 and not g else [None] * ("off" in spec.compile):
-                yield repeat, amp, memory_format, g, world, compile_mode
+                yield repeat, amp, memory_format, malloc, g, world, compile_mode
 
 
 def oversubscription(case: Case, physical_cores: int) -> str | None:

@@ -19,7 +19,8 @@ def step_variant(df: pd.DataFrame) -> pd.Series:
     base = column("cuda_graphs", False).combine(compiled, lambda g, c: "graphs" if g else c)
     amp = column("amp", "off").map(lambda a: "" if a == "off" else f"+{a}")
     layout = column("memory_format", "contiguous").map(lambda m: "+channels-last" if m == "channels_last" else "")
-    return base + amp + layout
+    malloc = column("malloc", "default").map(lambda m: "+malloc-tuned" if m == "tuned" else "")
+    return base + amp + layout + malloc
 
 
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:

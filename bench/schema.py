@@ -11,6 +11,7 @@ MODES = ("train", "infer")
 PIPELINES = ("tutorial", "resident")  # see cnn/loops.py
 AMP = ("off", "bf16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
+MALLOCS = ("default", "tuned")  # glibc malloc as a plain script gets it, or tuned (bench/allocator.py)
 COMPILE = ("off", "on")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 JOB = "job"  # the tutorial's own job, end to end: a Case mode of its own (bench/job.py)
@@ -47,6 +48,7 @@ class SweepSpec:
     download: bool = True
     amp: list[str] = field(default_factory=lambda: ["off"])
     memory_formats: list[str] = field(default_factory=lambda: ["contiguous"])
+    mallocs: list[str] = field(default_factory=lambda: ["default"])
     cuda_graphs: bool = False
     world_sizes: list[int] = field(default_factory=lambda: [1])
     compile: list[str] = field(default_factory=lambda: ["off"])
@@ -83,6 +85,7 @@ class Case:
     run_id: str = ""
     amp: str = "off"  # "bf16": forward and loss under autocast
     memory_format: str = "contiguous"  # or "channels_last"
+    malloc: str = "default"  # or "tuned": glibc's malloc keeps freed memory (bench/allocator.py)
     cuda_graphs: bool = False  # the resident training step captured in a CUDA graph
     world_size: int = 1  # data-parallel ranks (DDP); batch_size and threads are per rank
     compile_mode: str | None = None  # torch.compile's mode; None: the eager step
@@ -106,6 +109,7 @@ class Case:
         """Empty for the tutorial's own step, so plain keys stay as they were."""
         parts = [f"amp-{self.amp}" if self.amp != "off" else "",
                  "channels-last" if self.memory_format == "channels_last" else "",
+                 "malloc-tuned" if self.malloc == "tuned" else "",
                  "graphs" if self.cuda_graphs else "",
                  "" if self.compile_mode is None else
                  ("compile" if self.compile_mode == "default" else f"compile-{self.compile_mode}")]

@@ -14,7 +14,7 @@ import psutil
 
 from bench import converters
 from bench.devices import cuda_index
-from bench.schema import AMP, COMPILE, COMPILE_MODES, MEMORY_FORMATS, MODES, PIPELINES, SweepSpec
+from bench.schema import AMP, COMPILE, COMPILE_MODES, MALLOCS, MEMORY_FORMATS, MODES, PIPELINES, SweepSpec
 
 DATASETS = ("auto", "cifar10", "synthetic")
 LR_SCALINGS = ("none", "linear", "sqrt")
@@ -26,7 +26,7 @@ QUICK = {"epochs": 1, "max_steps": 300, "max_seconds": 0.3, "warmup_steps": 2, "
          "latency_batches": 10, "precision_pct": 5.0, "eval_images": 1000}
 DEFAULTS = {"devices": None, "batch_sizes": [4, 32, 128, 512], "threads": None, "pipelines": list(PIPELINES),
             "widths": [1.0], "modes": list(MODES), "repeats": 1, "world_sizes": [1], "amp": ["off"],
-            "memory_formats": ["contiguous"], "cuda_graphs": False, "time_limit": 600.0, "quick": False,
+            "memory_formats": ["contiguous"], "mallocs": ["default"], "cuda_graphs": False, "time_limit": 600.0, "quick": False,
             "lr": 0.001, "lr_scaling": "none", "target_accuracy_pct": 50.0, "seed": 0, "num_workers": 2,
             "dataset": "auto", "data_dir": "data", "no_verify": False, "no_download": False,
             "compile": ["off"], "compile_modes": ["default"], "no_job": False, "price": None,
@@ -36,7 +36,7 @@ CONVERTERS = {
     "devices": converters.devices, "batch_sizes": converters.batch_sizes, "threads": converters.thread_counts,
     "pipelines": converters.choices(PIPELINES), "widths": converters.widths, "modes": converters.choices(MODES),
     "repeats": converters.bounded_int(converters.MAX_REPEATS, "repeats a sweep can take", "3"), "world_sizes": converters.world_sizes, "amp": converters.choices(AMP),
-    "memory_formats": converters.choices(MEMORY_FORMATS),
+    "memory_formats": converters.choices(MEMORY_FORMATS), "mallocs": converters.choices(MALLOCS),
     "epochs": converters.bounded_int(1000, "the epochs a benchmark Case can run", "2"),
     "max_steps": converters.bounded_int(converters._STEPS_CAP, "the steps a Case can run in a day", "300"),
     "max_seconds": converters.seconds_or_zero,
@@ -121,7 +121,7 @@ def build_spec(values: dict, n_cuda: int) -> SweepSpec:
                      target_accuracy_pct=v["target_accuracy_pct"], num_workers=v["num_workers"],
                      dataset=v["dataset"], data_dir=v["data_dir"], verify=not v["no_verify"],
                      download=not v["no_download"], skipped_devices=skipped, amp=v["amp"],
-                     memory_formats=v["memory_formats"], cuda_graphs=v["cuda_graphs"],
+                     memory_formats=v["memory_formats"], mallocs=v["mallocs"], cuda_graphs=v["cuda_graphs"],
                      world_sizes=v["world_sizes"], compile=v["compile"], compile_modes=v["compile_modes"],
                      job=not v["no_job"], price=v["price"] or {}, **budget)
 

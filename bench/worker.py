@@ -19,7 +19,7 @@ import psutil
 import torch
 import torchvision  # noqa: F401  (preloaded by the fork server with torch)
 
-from bench import contention, measure, training
+from bench import allocator, contention, measure, training
 from bench.job import record_job
 from bench.schema import JOB, Case, Result
 from cnn import data
@@ -58,10 +58,14 @@ def _run(case: Case, progress: Progress | None, started: float) -> Result:
     result = Result(case=case)
     device = torch.device(case.device)
     unavailable = training.compile_unavailable(device.type) if case.compile_mode is not None else None
+    if case.malloc == "tuned":
+        unavailable = unavailable or allocator.unavailable()
     if unavailable:
         result.status, result.error = "skipped", unavailable
         return result
     try:
+        if case.malloc == "tuned":  # before the Case allocates anything
+            allocator.tune()
         training.set_threads(case)
         torch.manual_seed(case.seed)
         if device.type == "cuda":

@@ -1,19 +1,21 @@
-"""Benchmark (not a test): is the harness honest, and what does the input pipeline cost?
+"""Benchmark (not a test): does the harness measure what a user's own training loop gets?
 
-Measures, side by side in one run, alternating so the machine's drift hits both alike:
-- the harness's training images/s for a Case (median over its timed windows), and
-- a minimal hand-written loop doing the same work (same data, model, batch size,
-  threads, steps) in a fresh process, timed as total images / total time after warm-up.
+For each configuration (pipeline x batch size) it measures, alternately in ABBA order (harness, minimal,
+minimal, harness, ...: a drift of the machine hits both sides alike), the harness's training images/s for
+the Case (total images over total time of its timed windows) and a minimal hand-written loop doing the same
+work (same data, model, batch size, threads, steps) in a fresh `python -c` process, timed as total images /
+total time after the same warm-up. Each round gives one ratio harness/minimal. After --min-rounds, it
+computes a bootstrap 95% confidence interval of the median ratio and stops once it decides: the interval
+lies inside 1 +- (--target-pct) (agreement, the only way it is claimed) or wholly outside it (disagreement);
+at --rounds it says which it could not tell: an interval within +-target of its centre that crosses the
+band's edge, or one wider than that (the machine was too noisy to decide). Every measurement also prints minor page
+faults per timed step on both sides: glibc's malloc may map and unmap a loop's per-step memory each step
+or keep it, which process history decides (cnn/loops.py, README: Truth check).
 
-The harness reports the median over windows; the minimal loop can only give total
-images / total time. So the harness's total over its windows (same definition) is
-compared too: that ratio is the overhead check, the other shows what the median does.
-Ratios are taken per round (harness and minimal run back to back), then the median.
-Prints, per configuration, the figures and ratios, then the resident/tutorial ratio at
-each batch size, and the harness's per-Case start-up overhead.
+    python tests/perf/harness_vs_minimal.py [--batch-sizes 4,32,128] [--pipelines tutorial,resident]
+        [--steps 1000] [--rounds 16] [--min-rounds 6] [--target-pct 3] [--threads 2] [--device cuda:0]
 
-    python tests/perf/harness_vs_minimal.py [--steps 3000] [--rounds 3] [--batch-sizes 4] [--device cuda:0]
-
+Exit status 0 when every configuration agrees, 1 when one disagrees or could not be decided.
 On CUDA both sides train on the GPU with cuDNN autotuning on (as the harness does), the minimal
 loop timed between two device synchronises; the tutorial pipeline pins memory and copies with
 non_blocking, as the harness does there.
@@ -27,6 +29,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -71,11 +75,13 @@ MINIMAL = textwrap.dedent("""
         y = torch.from_numpy(labels).to(dev)
         order = torch.randperm(len(y), device=dev)
         batches = ((x[order[i:i + bs]], y[order[i:i + bs]]) for i in range(0, len(y), bs))
+    import resource
+    faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     done = timed_images = 0
     for inputs, target in batches:
         if done == warmup:
             sync()
-            t0 = time.perf_counter()
+            t0, f0 = time.perf_counter(), faults()
         if done >= warmup:
             timed_images += len(target)
         optimizer.zero_grad()
@@ -88,17 +94,41 @@ MINIMAL = textwrap.dedent("""
         if done == warmup + steps:
             break
     sync()
-    print(timed_images / (time.perf_counter() - t0))
+    print(timed_images / (time.perf_counter() - t0), (faults() - f0) / (done - warmup))
 """)
 
 
-def minimal_images_per_s(cache: str, pipeline: str, bs: int, threads: int, steps: int, warmup: int,
-                         device: str = "cpu") -> float:
+def minimal_run(cache: str, pipeline: str, bs: int, threads: int, steps: int, warmup: int,
+                device: str = "cpu") -> tuple[float, float]:
+    """(images/s, minor page faults per timed step) of the minimal loop in a fresh interpreter."""
     out = subprocess.run([sys.executable, "-c", MINIMAL, cache, pipeline, str(bs), str(threads), str(steps),
                           str(warmup), device], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"the minimal loop failed on {device}: {out.stderr.strip().splitlines()[-1:]}")
-    return float(out.stdout.strip().splitlines()[-1])
+    rate, faults = out.stdout.strip().splitlines()[-1].split()
+    return float(rate), float(faults)
+
+
+def bootstrap_median_ci(values: list[float], resamples: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the median."""
+    data = np.asarray(values, dtype=float)
+    picks = np.random.default_rng(seed).integers(0, len(data), (resamples, len(data)))
+    medians = np.median(data[picks], axis=1)
+    return float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
+
+
+def decide(ratios: list[float], target_pct: float) -> tuple[str, float, float, float]:
+    """(verdict, centre, low, high) of the median ratio's interval: 'agrees' when it lies inside 1 +- target,
+    'disagrees' when it lies wholly outside, 'straddles' when it is within +-target of its centre but crosses
+    the band's edge, else 'noisy' (wider than +-target)."""
+    low, high = bootstrap_median_ci(ratios)
+    centre = statistics.median(ratios)
+    band = target_pct / 100
+    if 1 - band <= low and high <= 1 + band:
+        return "agrees", centre, low, high
+    if high < 1 - band or low > 1 + band:
+        return "disagrees", centre, low, high
+    return ("straddles" if (high - low) / 2 <= band * centre else "noisy"), centre, low, high
 
 
 def main() -> int:
@@ -108,58 +138,70 @@ def main() -> int:
     from cnn.data import prepare_synthetic
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=3000, help="timed steps per measurement")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=1000, help="timed steps per measurement")
+    parser.add_argument("--rounds", type=int, default=16, help="the most rounds per configuration")
+    parser.add_argument("--min-rounds", type=int, default=6, help="rounds before the interval may stop it")
+    parser.add_argument("--target-pct", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-sizes", default="4")
+    parser.add_argument("--batch-sizes", default="4,32,128")
+    parser.add_argument("--pipelines", default="tutorial,resident")
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
-    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--json", help="also write every measurement and verdict to this file")
     args = parser.parse_args()
 
     prepared = prepare_synthetic()
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     warmup = 10
-    spec = SweepSpec(devices=[args.device], batch_sizes=batch_sizes, threads=[args.threads],
-                     pipelines=["tutorial", "resident"], widths=[1.0], modes=["train"], epochs=1,
-                     max_steps=warmup + args.steps, max_seconds=None, warmup_steps=warmup, window_s=0.5)
+    spec = SweepSpec(devices=[args.device], batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
+                     threads=[args.threads], pipelines=args.pipelines.split(","), widths=[1.0], modes=["train"],
+                     epochs=1, max_steps=warmup + args.steps, max_seconds=None, warmup_steps=warmup, window_s=0.5)
     cases = plan_cases(spec, str(prepared.cache_dir), prepared.name)
-    figures = {c.key: {"harness": [], "harness_total": [], "minimal": [], "startup_s": []} for c in cases}
-    for r in range(args.rounds):
-        for case in cases:
-            result = runner.run_one(case)
-            if result.status != "ok":
-                raise SystemExit(f"the harness's Case {case.key} ended {result.status}: {result.error}")
-            figures[case.key]["harness"].append(result.images_per_s)
-            figures[case.key]["harness_total"].append(sum(result.windows_images) / sum(result.windows_s))
-            figures[case.key]["startup_s"].append(result.startup_s)
-            figures[case.key]["minimal"].append(minimal_images_per_s(
-                str(prepared.cache_dir), case.pipeline, case.batch_size, args.threads, args.steps, warmup,
-                args.device))
-            print(f"round {r + 1}: {case.key}: harness {result.images_per_s:.0f}, "
-                  f"minimal {figures[case.key]['minimal'][-1]:.0f} images/s", flush=True)
-
-    print(f"\n{'case':34} {'harness':>8} {'h.total':>8} {'minimal':>8} {'total/minimal':>14} "
-          f"{'median/minimal':>15}\n(images/s: medians of {args.rounds} rounds of {args.steps} timed steps, "
-          f"{args.threads} threads; ratios: median of the per-round ratios)")
-    medians = {}
-    for key, f in figures.items():
-        h, t, m = (statistics.median(f[k]) for k in ("harness", "harness_total", "minimal"))
-        total_ratio = statistics.median(a / b for a, b in zip(f["harness_total"], f["minimal"]))
-        median_ratio = statistics.median(a / b for a, b in zip(f["harness"], f["minimal"]))
-        medians[key] = h
-        verdict = "agrees within 3%" if 0.97 <= total_ratio <= 1.03 else "DISAGREES by more than 3%"
-        print(f"{key:34} {h:8.0f} {t:8.0f} {m:8.0f} {total_ratio:14.3f} {median_ratio:15.3f}  {verdict}")
-    print()
-    for bs in batch_sizes:
-        tut, res = (medians[c.key] for p in ("tutorial", "resident") for c in cases
-                    if c.pipeline == p and c.batch_size == bs)
-        print(f"batch {bs}: resident / tutorial = {res / tut:.2f}x ({res:.0f} vs {tut:.0f} images/s)")
-    startups = [s for f in figures.values() for s in f["startup_s"]]
+    ctx = runner._context()
+    report: dict[str, dict] = {}
+    for case in cases:
+        rows: list[dict] = []
+        verdict = ("noisy", float("nan"), float("nan"), float("nan"))
+        for rnd in range(args.rounds):
+            row: dict = {}
+            for side in ("harness", "minimal") if rnd % 2 == 0 else ("minimal", "harness"):
+                if side == "harness":
+                    result = runner.run_one(case, ctx)
+                    if result.status != "ok":
+                        raise SystemExit(f"the harness's Case {case.key} ended {result.status}: {result.error}")
+                    row.update(harness=sum(result.windows_images) / sum(result.windows_s),
+                               harness_median=result.images_per_s, harness_faults=result.minor_faults_per_step,
+                               startup_s=result.startup_s)
+                else:
+                    row["minimal"], row["minimal_faults"] = minimal_run(
+                        str(prepared.cache_dir), case.pipeline, case.batch_size, args.threads, args.steps, warmup,
+                        args.device)
+            row["ratio"] = row["harness"] / row["minimal"]
+            rows.append(row)
+            print(f"{case.key:34} round {rnd + 1:2}: harness {row['harness']:8.0f} ({row['harness_faults'] or 0:6.0f} "
+                  f"faults/step)  minimal {row['minimal']:8.0f} ({row['minimal_faults']:6.0f} faults/step)  "
+                  f"ratio {row['ratio']:.3f}", flush=True)
+            if len(rows) >= max(args.min_rounds, 2):
+                verdict = decide([r["ratio"] for r in rows], args.target_pct)
+                if verdict[0] in ("agrees", "disagrees"):
+                    break
+        report[case.key] = {"pipeline": case.pipeline, "batch_size": case.batch_size, "rounds": rows,
+                            "verdict": verdict[0], "ratio": verdict[1], "ci": [verdict[2], verdict[3]]}
+    print(f"\n{'case':34} {'rounds':>6} {'harness':>8} {'minimal':>8} {'median ratio':>12} {'95% CI':>13}  verdict "
+          f"(harness/minimal, images/s medians; {args.steps} timed steps, {args.threads} threads, {args.device})")
+    for key, r in report.items():
+        h = statistics.median(x["harness"] for x in r["rounds"])
+        m = statistics.median(x["minimal"] for x in r["rounds"])
+        word = {"agrees": f"agrees within {args.target_pct:g}%",
+                "disagrees": f"DISAGREES by more than {args.target_pct:g}%",
+                "straddles": f"not shown to agree: the interval crosses {1 - args.target_pct / 100:g} or "
+                             f"{1 + args.target_pct / 100:g} after {len(r['rounds'])} rounds",
+                "noisy": f"undecided: too noisy for +-{args.target_pct:g}% in {len(r['rounds'])} rounds"}[r["verdict"]]
+        print(f"{key:34} {len(r['rounds']):6} {h:8.0f} {m:8.0f} {r['ratio']:12.3f} {r['ci'][0]:6.3f}-{r['ci'][1]:.3f}  {word}")
+    startups = [x["startup_s"] for r in report.values() for x in r["rounds"]]
     print(f"per-Case start-up (fork to first step, data cache warm): median {statistics.median(startups):.2f} s, "
           f"max {max(startups):.2f} s over {len(startups)} Cases")
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=1))
-    return 0
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0 if all(r["verdict"] == "agrees" for r in report.values()) else 1
 
 
 if __name__ == "__main__":
