@@ -46,7 +46,7 @@ step sweep "$python" -m bench run --devices cpu,cuda --cuda-graphs --dataset syn
     ${BENCH_SWEEP_ARGS:-}
 # shellcheck disable=SC2086
 step truth "$python" tests/perf/harness_vs_minimal.py --device cuda:0 --json "$out/truth.json" \
-    ${TRUTH_ARGS:---steps 1000 --rounds 3 --batch-sizes 4,32,128}
+    ${TRUTH_ARGS:---steps 1000 --rounds 6 --min-rounds 4 --batch-sizes 4,32,128}
 if [ -f "$out/sweep/report.md" ]; then
     { echo; echo "== verdict (sweep/report.md)"; sed -n '1,12p' "$out/sweep/report.md"; } | tee -a "$summary"
 fi

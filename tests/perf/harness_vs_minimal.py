@@ -179,7 +179,7 @@ def main() -> int:
             print(f"{case.key:34} round {rnd + 1:2}: harness {row['harness']:8.0f} ({row['harness_faults'] or 0:6.0f} "
                   f"faults/step)  minimal {row['minimal']:8.0f} ({row['minimal_faults']:6.0f} faults/step)  "
                   f"ratio {row['ratio']:.3f}", flush=True)
-            if len(rows) >= max(args.min_rounds, 2):
+            if len(rows) >= max(min(args.min_rounds, args.rounds), 2):
                 verdict = decide([r["ratio"] for r in rows], args.target_pct)
                 if verdict[0] in ("agrees", "disagrees"):
                     break
