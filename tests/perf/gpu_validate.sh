@@ -10,7 +10,7 @@
 #
 # Settings (environment): BENCH_CHECK_ARGS, options for bench check (e.g. "--devices cuda:1"); BENCH_SWEEP_ARGS,
 # extra options for the sweep (later options win, e.g. "--devices cuda") (e.g. "--max-seconds 4" to fit a
-# time-limited machine); TRUTH_ARGS, options for the truth check (default: 3 rounds of 1000 steps at
+# time-limited machine); TRUTH_ARGS, options for the truth check (default: up to 6 ABBA rounds of 1000 steps at
 # batch 4, 32 and 128); PYTHON (default python). Then commit the sweep as a sample, e.g.
 #   cp -r OUT_DIR/sweep reports/sample-gpu-h100 && python -m bench report reports/sample-gpu-h100
 set -uo pipefail
