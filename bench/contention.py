@@ -1,7 +1,8 @@
 """Was the machine busy while a Case ran? Other processes' CPU use (the whole machine's busy CPU time less
 this Case's own process tree), hypervisor steal time and the clock, read with psutil at the Case's start and
 end. A busy machine is data, not a finding: a Case measured beside a neighbour is marked `contended`, the
-runner measures it again once the sweep is done, and the report says which findings rest on such Cases.
+runner measures it again at once if the machine is quiet by then, and the report says which findings rest on
+such Cases.
 """
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ similar rule: the spread around the median small enough).
 from __future__ import annotations
 
 from fractions import Fraction
+from functools import lru_cache
 
 import numpy as np
 
@@ -20,12 +21,22 @@ MIN_WINDOWS = 6  # the fewest windows whose extreme order statistics bound the m
 def median_interval(rates, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
     """The order-statistic confidence interval of the median of `rates`, or None when there are too few
     to bound it at `confidence`. With n sorted rates x(1)..x(n) it is [x(j), x(n+1-j)] for the largest j
-    whose coverage, 1 - 2 P(Binomial(n, 1/2) < j), is at least `confidence`. Exact integer arithmetic,
-    one pass over j: a Case of thousands of windows takes milliseconds."""
+    whose coverage, 1 - 2 P(Binomial(n, 1/2) < j), is at least `confidence`."""
     x = np.sort(np.asarray(rates, dtype=float))
     n = len(x)
     if n == 0 or not np.all(np.isfinite(x)):
         return None
+    best = _rank(n, confidence)
+    if best is None:
+        return None
+    return float(x[best - 1]), float(x[n - best])
+
+
+@lru_cache(maxsize=1024)
+def _rank(n: int, confidence: float) -> int | None:
+    """The j of median_interval for n windows. It depends on n alone, and the same n is asked for more than once
+    (the interval and its half-width, for each summary and each precision check). Exact integer arithmetic,
+    one pass over j: thousands of windows take milliseconds."""
     alpha = Fraction(1) - Fraction(confidence).limit_denominator(10**6)
     allowed = alpha.numerator * 2 ** n  # coverage >= confidence  <=>  2 * below * denominator <= allowed
     best, term, below = None, 1, 0  # term = C(n, j - 1), below = sum of C(n, i) for i < j
@@ -35,9 +46,7 @@ def median_interval(rates, confidence: float = CONFIDENCE) -> tuple[float, float
             break
         best = j
         term = term * (n - j + 1) // j
-    if best is None:
-        return None
-    return float(x[best - 1]), float(x[n - best])
+    return best
 
 
 def half_width_pct(rates, confidence: float = CONFIDENCE) -> float | None:

@@ -91,7 +91,7 @@ def resident_tensors(images: np.ndarray, labels: np.ndarray, device: torch.devic
     decoded in slices of under 128 KiB so that no freed temporary changes how malloc serves the loop after it."""
     n = len(images)
     x = torch.empty((n, 3, 32, 32), dtype=torch.float32, device=device)
-    per = max(1, _SLICE_BYTES // max(int(np.prod(images.shape[1:])) * images.itemsize, 1))
+    per = max(1, _SLICE_BYTES // max(images[:1].nbytes, 1))  # images a slice holds
     for start in range(0, n, per):
         u8 = torch.from_numpy(np.array(images[start:start + per])).to(device)
         x[start:start + per].copy_(u8.permute(0, 3, 1, 2))  # layout change and uint8 -> float in one pass
