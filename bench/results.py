@@ -28,9 +28,8 @@ def summary_table(results: list[Result]) -> str:
                          world_size=frame.get("world_size", pd.Series(1, index=frame.index)).fillna(1).astype(int),
                          stop=stop_reason(frame),
                          busy=frame.get("other_cpu_cores", pd.Series(None, index=frame.index, dtype=float)))
-    for column in ("images_per_s_ci_pct",):
-        if column not in frame:
-            frame[column] = None
+    if "images_per_s_ci_pct" not in frame:  # runs from before intervals
+        frame["images_per_s_ci_pct"] = None
     frame = frame[SUMMARY_COLUMNS].copy()
     frame["threads"] = frame["threads"].map(lambda t: "-" if pd.isna(t) else int(t))
     frame["width"] = frame["width"].map(lambda w: f"{w:g}")
