@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from bench import devices, gpu_monitor, measure
 from bench.schema import Case, Result
-from cnn import loops
+from cnn import loops, normalised
 from cnn.cifar_files import CifarArrays
 from cnn.model import Net
 
@@ -159,8 +159,19 @@ def compiled(case: Case, net: nn.Module, arrays: CifarArrays, compute: torch.dev
     return model
 
 
-def _batches(case: Case, images: np.ndarray, labels: np.ndarray, classes, device: torch.device, train: bool,
-             meter: measure.StepMeter, shard: tuple[int, int] | None = None):
+def resident_tensors(case: Case, split: str, images: np.ndarray, labels: np.ndarray,
+                     compute: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cnn.loops.resident_tensors of the split's first len(images) images; on a CPU mapped from the normalised
+    copy the sweep cached beside the data (cnn/normalised.py) when there is a trusted one: the same numbers,
+    without each Case spending most of a second decoding them into fresh memory."""
+    cached = normalised.load(case.data_cache, split) if compute.type == "cpu" else None
+    if cached is None or len(cached) < len(images):
+        return loops.resident_tensors(images, labels, compute)
+    return torch.from_numpy(cached[:len(images)]), torch.from_numpy(np.asarray(labels, dtype=np.int64))
+
+
+def _batches(case: Case, split: str, images: np.ndarray, labels: np.ndarray, classes, device: torch.device,
+             train: bool, meter: measure.StepMeter, shard: tuple[int, int] | None = None):
     """(epoch -> batches, item_every_step, resident tensors or None) for the Case's pipeline; with
     `shard` (rank, world size) a rank's part of each epoch (see cnn.loops).
 
@@ -180,7 +191,7 @@ def _batches(case: Case, images: np.ndarray, labels: np.ndarray, classes, device
             return loops.tutorial_batches(meter.batches(loader), compute, non_blocking=cuda,
                                           memory_format=_memory_format(case))
         return tutorial_epoch, True, None
-    x, y = loops.resident_tensors(images, labels, compute)
+    x, y = resident_tensors(case, split, images, labels, compute)
     x = x.contiguous(memory_format=_memory_format(case))
     generator = torch.Generator(device=compute).manual_seed(case.seed)  # the same permutation on every rank
     waited = meter.batches if device.type == "cpu" else iter
@@ -236,9 +247,9 @@ def train(case: Case, arrays: CifarArrays, device: torch.device, result: Result,
     if case.compile_mode is not None:
         model = compiled(case, model, arrays, compute, result, train=True, optimizer=optimizer)
     n_eval = len(arrays.test_y) if case.eval_images is None else min(case.eval_images, len(arrays.test_y))
-    test_x, test_y = (loops.resident_tensors(arrays.test_x[:n_eval], arrays.test_y[:n_eval], compute)
+    test_x, test_y = (resident_tensors(case, "test", arrays.test_x[:n_eval], arrays.test_y[:n_eval], compute)
                       if ranks.rank == 0 else (None,) * 2)
-    epoch_batches, item, resident = _batches(case, arrays.train_x, arrays.train_y, arrays.classes, device,
+    epoch_batches, item, resident = _batches(case, "train", arrays.train_x, arrays.train_y, arrays.classes, device,
                                              train=True, meter=meter, shard=ranks.shard)
     if case.cuda_graphs:  # captured before the clock starts; its warm-up takes 3 steps on the first batch
         x, y = resident
@@ -282,7 +293,7 @@ def infer(case: Case, arrays: CifarArrays, device: torch.device, result: Result,
     if case.compile_mode is not None:
         net = compiled(case, net, arrays, compute, result, train=False)
     meter = case_meter(case, device, math.ceil(len(arrays.test_y) / case.batch_size), progress)
-    epoch_batches, item, _ = _batches(case, arrays.test_x, arrays.test_y, arrays.classes, device, train=False,
+    epoch_batches, item, _ = _batches(case, "test", arrays.test_x, arrays.test_y, arrays.classes, device, train=False,
                                       meter=meter)
     autocast = torch.autocast(compute.type, dtype=_amp(case), enabled=_amp(case) is not None)
     sampler, monitored = monitor_gpu(device, result)
