@@ -18,18 +18,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from torchvision.datasets import CIFAR10
-from torchvision.datasets.utils import calculate_md5, download_url
 
-PY_FOLDER = CIFAR10.base_folder  # "cifar-10-batches-py"
-ARCHIVE = CIFAR10.filename  # "cifar-10-python.tar.gz"
+# torchvision's CIFAR10 names and digests (tests/test_data.py holds these to its class attributes), written out
+# because importing torchvision takes 2 s here and `bench run` prepares its data while the fork server imports it
+PY_FOLDER = "cifar-10-batches-py"  # CIFAR10.base_folder
+ARCHIVE = "cifar-10-python.tar.gz"  # CIFAR10.filename
 BIN_FOLDER = "cifar-10-batches-bin"
-URL = CIFAR10.url
-ARCHIVE_MD5 = CIFAR10.tgz_md5
-TRAIN_FILES = [name for name, _ in CIFAR10.train_list]
-TEST_FILES = [name for name, _ in CIFAR10.test_list]
-OFFICIAL_MD5 = {name: md5 for name, md5 in CIFAR10.train_list + CIFAR10.test_list}
-OFFICIAL_MD5[CIFAR10.meta["filename"]] = CIFAR10.meta["md5"]
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"  # CIFAR10.url
+ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"  # CIFAR10.tgz_md5
+TRAIN_LIST = [["data_batch_1", "c99cafc152244af753f735de768cd75f"], ["data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"],
+              ["data_batch_3", "54ebc095f3ab1f0389bbae665268c751"], ["data_batch_4", "634d18415352ddfa80567beed471001a"],
+              ["data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb"]]  # CIFAR10.train_list
+TEST_LIST = [["test_batch", "40351d587109b95175f43aff81a1287e"]]  # CIFAR10.test_list
+META = {"filename": "batches.meta", "key": "label_names", "md5": "5ff9c542aee3614f3951f8cda6e48888"}  # CIFAR10.meta
+TRAIN_FILES = [name for name, _ in TRAIN_LIST]
+TEST_FILES = [name for name, _ in TEST_LIST]
+OFFICIAL_MD5 = {name: md5 for name, md5 in TRAIN_LIST + TEST_LIST}
+OFFICIAL_MD5[META["filename"]] = META["md5"]
 BIN_TRAIN_FILES = [f"{name}.bin" for name in TRAIN_FILES]
 BIN_TEST_FILES = [f"{name}.bin" for name in TEST_FILES]
 BIN_RECORD = 1 + 3072
@@ -163,7 +168,7 @@ def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.
 
 def read_python_folder(folder: Path, name: str = "cifar10") -> CifarArrays:
     """Parses the official "python version" folder (`cifar-10-batches-py/`)."""
-    meta = CIFAR10.meta["filename"]
+    meta = META["filename"]
     _require_files(folder, TRAIN_FILES + TEST_FILES + [meta])
     classes = _checked_classes(folder / meta, _unpickle(folder / meta).get("label_names"))
     train = _concat([_read_py_batch(folder / n) for n in TRAIN_FILES])
@@ -202,9 +207,15 @@ def verify_python_folder(folder: Path) -> None:
         path = folder / fname
         if not path.is_file():
             raise DataError(f"{path}: missing (the official folder has {', '.join(OFFICIAL_MD5)})")
-        actual = calculate_md5(str(path))
+        actual = _md5(path)
         if actual != md5:
             raise DataError(f"{path}: MD5 {actual} is not the official {md5}; {NO_VERIFY_HINT}")
+
+
+def _md5(path: Path) -> str:
+    from torchvision.datasets.utils import calculate_md5
+
+    return calculate_md5(str(path))
 
 
 def verify_binary_folder(folder: Path) -> None:
@@ -218,7 +229,7 @@ def verify_binary_folder(folder: Path) -> None:
 
 
 def verify_archive(path: Path, md5: str = ARCHIVE_MD5) -> None:
-    actual = calculate_md5(str(path))
+    actual = _md5(path)
     if actual != md5:
         raise DataError(f"{path}: MD5 {actual} is not the official {md5}; {NO_VERIFY_HINT}")
 
@@ -290,6 +301,8 @@ def download_archive(root: Path, url: str = URL, md5: str | None = ARCHIVE_MD5, 
 
     A failed or corrupt download is removed so the next try starts clean.
     """
+    from torchvision.datasets.utils import download_url
+
     path = root / ARCHIVE
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout_s)  # torchvision's urlopen has no timeout of its own

@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import transforms
 from torchvision.datasets import VisionDataset
 
-MEAN = (0.5, 0.5, 0.5)
-STD = (0.5, 0.5, 0.5)
+from cnn.normalised import MEAN, STD, normalise_into
+
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 OnStep = Callable[[int], bool]
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -90,21 +90,8 @@ def resident_tensors(images: np.ndarray, labels: np.ndarray, device: torch.devic
     """The whole set as one normalised NCHW float tensor on the device (numerically the tutorial's transform),
     decoded in slices of under 128 KiB so that no freed temporary changes how malloc serves the loop after it."""
     x = torch.empty((len(images), 3, 32, 32), dtype=torch.float32, device=device)
-    normalise_into(x, images)
+    normalise_into(x, images, _SLICE_BYTES)
     return x, torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
-
-
-def normalise_into(x: torch.Tensor, images: np.ndarray, slice_bytes: int = _SLICE_BYTES) -> None:
-    """Fills x (N, 3, 32, 32 float32) with the images (N, 32, 32, 3 uint8) as the tutorial's transform makes
-    them, a slice of at most `slice_bytes` of images at a time."""
-    per = max(1, slice_bytes // max(images[:1].nbytes, 1))  # images a slice holds
-    scale = torch.tensor(STD, device=x.device).view(1, 3, 1, 1) * 255
-    shift = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1) * 255
-    for start in range(0, len(images), per):
-        u8 = torch.from_numpy(np.array(images[start:start + per])).to(x.device)
-        part = x[start:start + per]
-        part.copy_(u8.permute(0, 3, 1, 2))  # layout change and uint8 -> float in one pass
-        part.sub_(shift).div_(scale)
 
 
 def resident_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator,

@@ -17,9 +17,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cnn import data
 
+MEAN = (0.5, 0.5, 0.5)  # the tutorial's Normalize
+STD = (0.5, 0.5, 0.5)
 SPLITS = {"train": "train_x", "test": "test_x"}
 RECORD = "normalised.json"
 _VERSION = 1
@@ -66,13 +69,22 @@ def load(cache_dir: str | Path, split: str) -> np.ndarray | None:
     return images
 
 
+def normalise_into(x: torch.Tensor, images: np.ndarray, slice_bytes: int) -> None:
+    """Fills x (N, 3, 32, 32 float32) with the images (N, 32, 32, 3 uint8) as the tutorial's transform makes
+    them, a slice of at most `slice_bytes` of images at a time."""
+    per = max(1, slice_bytes // max(images[:1].nbytes, 1))  # images a slice holds
+    scale = torch.tensor(STD, device=x.device).view(1, 3, 1, 1) * 255
+    shift = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1) * 255
+    for start in range(0, len(images), per):
+        u8 = torch.from_numpy(np.array(images[start:start + per])).to(x.device)
+        part = x[start:start + per]
+        part.copy_(u8.permute(0, 3, 1, 2))  # layout change and uint8 -> float in one pass
+        part.sub_(shift).div_(scale)
+
+
 def write(cache_dir: str | Path) -> None:
     """Writes the normalised train and test images and their signed record, unless a trusted pair is there.
     OSError when the folder cannot take them (e.g. a full disk); nothing half-written is left to be trusted."""
-    import torch
-
-    from cnn import loops
-
     cache_dir = Path(cache_dir)
     if all(load(cache_dir, split) is not None for split in SPLITS):
         return
@@ -86,7 +98,7 @@ def write(cache_dir: str | Path) -> None:
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(images), 3, 32, 32))
-            loops.normalise_into(torch.from_numpy(out), images, slice_bytes=4 << 20)  # no Case runs in this process
+            normalise_into(torch.from_numpy(out), images, slice_bytes=4 << 20)  # no Case runs in this process
             out.flush()  # on disk now, so no write-back competes with the Cases that read it
             del out
             os.replace(tmp, path)

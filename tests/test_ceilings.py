@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -137,3 +139,13 @@ def test_a_sweep_goes_on_when_its_ceiling_worker_fails_and_the_report_says_the_c
     md = bench.make_report(tmp_path / "run").markdown.read_text()
     assert "against an unknown fp32 matmul ceiling (RuntimeError: " in md
     assert "| cpu | fp32 | - | -1 | RuntimeError: " in md  # the ceilings table says why
+
+
+def test_the_environment_names_torchvisions_build_without_importing_it():
+    import torchvision
+
+    code = ("import sys; from bench import environment; env = environment.capture(query_cuda=False); "
+            "print(env['torchvision'], 'torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == [torchvision.__version__, "False"]

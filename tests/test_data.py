@@ -9,6 +9,8 @@ import json
 import os
 import pickle
 import tarfile
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -217,3 +219,21 @@ def test_full_size_synthetic_set_is_cifar_sized(synthetic):
     arrays = data.load_arrays(synthetic.cache_dir)
     assert (len(arrays.train_y), len(arrays.test_y)) == (50000, 10000)
     assert isinstance(arrays.train_x, np.memmap)
+
+
+def test_the_official_names_and_digests_written_out_are_torchvisions():
+    from torchvision.datasets import CIFAR10
+
+    assert (cifar_files.PY_FOLDER, cifar_files.ARCHIVE, cifar_files.URL, cifar_files.ARCHIVE_MD5) == \
+        (CIFAR10.base_folder, CIFAR10.filename, CIFAR10.url, CIFAR10.tgz_md5)
+    assert (cifar_files.TRAIN_LIST, cifar_files.TEST_LIST, cifar_files.META) == \
+        (CIFAR10.train_list, CIFAR10.test_list, CIFAR10.meta)
+
+
+def test_preparing_data_does_not_import_torchvision():
+    """`bench run` prepares its data while the fork server imports torchvision: the 2 s import is not paid twice."""
+    code = ("import sys; from cnn import data; data.prepare_synthetic(n_train=20, n_test=10); "
+            "print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "False"

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from dataclasses import replace
 
 import psutil
 import pytest
 
 from bench import runner
+from conftest import ROOT
 from bench.plan import plan_cases
 from bench.schema import SweepSpec
 
@@ -87,3 +90,17 @@ def test_bf16_autocast_and_channels_last_run_on_the_cpu(case, mode):
     result = runner.run_one(variant)
     assert result.status == "ok", result.error
     assert result.case.key.endswith("/amp-bf16/channels-last") and result.steps == 12
+
+
+def test_the_sweeps_own_process_leaves_torchvision_to_the_fork_server(tmp_path, synthetic):
+    """Importing torchvision takes 2 s of CPU here: done by `bench run` itself it would compete with the fork
+    server's import at the start and with the first Case measured beside it."""
+    code = ("import atexit, runpy, sys; "
+            "atexit.register(lambda: print('torchvision' in sys.modules, file=sys.stderr)); "
+            "sys.argv = ['bench', 'run', '--quick', '--dataset', 'synthetic', '--modes', 'infer', '--pipelines', "
+            f"'resident', '--batch-sizes', '8', '--threads', '1', '--no-job', '--no-report', '--out', '{tmp_path / 'r'}']; "
+            "runpy.run_module('bench', run_name='__main__', alter_sys=True)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "False"
+    assert '"status": "ok"' in (tmp_path / "r" / "results.jsonl").read_text()
