@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bench import repeats
 from bench.compute import achieved_gflops
 from bench.cost import cost_table
 from bench.job import job_table, time_to_target
@@ -264,6 +265,7 @@ class Analysis:
 def analyse(df: pd.DataFrame) -> Analysis:
     """The tables behind the verdict, the charts and the report, from a results frame (with the
     columns `bench.compute.with_ceilings` adds where the compute shares are wanted)."""
+    df = repeats.collapse(df)  # a Case's repeats as one figure, with the interval of its processes
     cases = df[df["mode"] != JOB]  # the throughput tables are of the sweep's Cases
     sp, best, jobs, to_target = speedups(cases), best_throughput(cases), job_table(df), time_to_target(df)
     ok = ok_rows(cases)

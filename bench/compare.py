@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bench import repeats
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -69,6 +71,7 @@ def compare_runs(baseline: pd.DataFrame, new: pd.DataFrame, metric: str = "image
     one that did not finish in the baseline cannot be compared and is listed with its status."""
     m = METRICS[metric]
     threshold = threshold_pct / 100
+    baseline, new = repeats.collapse(baseline), repeats.collapse(new)  # repeats: one figure per Case, each run
     base, cur = baseline.set_index("key"), new.set_index("key")
     common = [k for k in base.index if k in cur.index]
     if not common:

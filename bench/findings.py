@@ -132,6 +132,7 @@ def _precision_caveats(ok: pd.DataFrame) -> list[str]:
                        f"{len(short) - budget} ran out of epochs; their intervals are wider, up to "
                        + (f"+-{widest:.0f}%" if pd.notna(widest) else "unknown (under 6 windows)")
                        + " (see 'How sure each figure is').")
+    out += _process_caveat(timed)
     if "contended" in timed and timed["contended"].fillna(False).astype(bool).any():
         busy = timed[timed["contended"].fillna(False).astype(bool)]
         out.append(f"{len(busy)} of {len(timed)} Cases were measured while other processes used the CPU (up to "
@@ -139,6 +140,23 @@ def _precision_caveats(ok: pd.DataFrame) -> list[str]:
                    f"crossover and ceiling-share findings drawn from them, reflect the neighbours as much as the "
                    f"model; run again on a quiet machine (e.g. {busy.iloc[0]['key']}).")
     return out
+
+
+def _process_caveat(timed: pd.DataFrame) -> list[str]:
+    """What the intervals cover: one process's windows, or (with --repeats) the processes of each Case."""
+    if timed.empty:
+        return []
+    processes = timed["processes"].fillna(1) if "processes" in timed else pd.Series(1, index=timed.index)
+    if (processes <= 1).all():
+        return ["Each figure was measured in one process: its interval says how its own timed windows varied, "
+                "not how far the same Case run again in a new process lands, which can be further on a shared "
+                "machine (--repeats 3 measures that, and each interval then covers it)."]
+    repeated = timed[processes > 1]
+    lo, hi = int(processes[processes > 1].min()), int(processes.max())
+    return [f"{len(repeated)} Cases were measured in {lo if lo == hi else f'{lo}-{hi}'} processes each (--repeats): their "
+            f"figures are the processes' geometric mean, and their intervals cover how far processes of one Case "
+            f"landed from each other (+-{repeated['between_process_pct'].iloc[0]:.1f}%, one standard deviation, "
+            f"pooled over those Cases), not only one process's windows."]
 
 
 def _contended(rows: pd.DataFrame) -> str:

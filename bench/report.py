@@ -9,7 +9,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 import pandas as pd
 
-from bench import analysis, charts, findings
+from bench import analysis, charts, findings, repeats
 from bench.compute import with_ceilings
 from bench.cost import with_prices
 from bench.results import precision_table
@@ -134,7 +134,9 @@ def _sections(a: analysis.Analysis, ceilings: pd.DataFrame, df: pd.DataFrame) ->
                  "cuDNN autotuning; inside the budget, on every device alike)", a.outside_windows),
                 ("How sure each figure is: median images/s, its 95% interval (+-% of the median) over the windows "
                  "timed; stop 'precise' when the interval reached the target, 'budget' when --max-seconds came "
-                 "first; others_cores: other processes' CPU use while it ran (contended above 0.5)",
+                 "first; others_cores: other processes' CPU use while it ran (contended above 0.5); processes: "
+                 "how many processes measured it (--repeats): then the interval is over processes, with the spread "
+                 "between processes (between_%) pooled over the run's repeated Cases",
                  precision_table(df)),
                 ("Warnings recorded with each Case", a.warnings),
                 ("Cases that did not finish", a.unfinished)]
@@ -159,7 +161,7 @@ class Report:
 def build_report(run_dirs: list[Path], out_dir: Path) -> Report:
     """Writes the report files into out_dir."""
     runs = [RunFolder(p).load() for p in run_dirs]
-    df = combined_frame(runs)
+    df = repeats.collapse(combined_frame(runs))  # a Case's repeats as one figure (its processes' interval)
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped = {d: why for r in runs for d, why in r.environment.get("skipped_devices", {}).items()}
     tables = analysis.analyse(df)

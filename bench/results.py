@@ -57,5 +57,9 @@ def precision_table(frame: pd.DataFrame) -> pd.DataFrame:
         "target_+-%": ok.get("target_precision_pct", pd.Series(None, index=ok.index)),
         "stop": stop_reason(ok),
         "others_cores": ok.get("other_cpu_cores", pd.Series(None, index=ok.index, dtype=float)),
-        "contended": ok.get("contended", pd.Series(None, index=ok.index))})
+        "contended": ok.get("contended", pd.Series(None, index=ok.index)),
+        "processes": ok.get("processes", pd.Series(None, index=ok.index, dtype=float)).astype("Int64"),
+        "between_%": ok.get("between_process_pct", pd.Series(None, index=ok.index, dtype=float)).round(1)})
+    if (table["processes"].fillna(1) <= 1).all():
+        table = table.drop(columns=["processes", "between_%"])
     return table.dropna(axis=1, how="all").reset_index(drop=True)

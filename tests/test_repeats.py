@@ -1,0 +1,91 @@
+"""bench/repeats.py: a Case's processes (--repeats) as one figure whose interval covers how processes differ."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import analysis, compare, findings, repeats
+
+
+def _row(batch: int, repeat: int, rate: float | None, status: str = "ok", run: str = "run-a", windows=3, **kw):
+    return {"key": f"train/cpu/resident/b{batch}/t1/w1/r{repeat}", "run_id": run, "status": status, "mode": "train",
+            "device": "cpu", "pipeline": "resident", "batch_size": batch, "threads": 1, "width": 1.0,
+            "repeat": repeat, "images_per_s": rate, "images_per_s_p25": rate and rate * 0.99,
+            "images_per_s_p75": rate and rate * 1.01, "images_per_s_spread_pct": 2.0,
+            "images_per_s_ci_low": rate and rate * 0.995, "images_per_s_ci_high": rate and rate * 1.005,
+            "images_per_s_ci_pct": 0.5, "windows_s": [0.1] * windows if rate else [], "stopped_by": "precise",
+            "contended": False, "warnings": [], "dataset": "synthetic", "error": None, "step_ms_p50": 10.0 + repeat,
+            "test_accuracy_pct": np.nan, **kw}
+
+
+@pytest.mark.parametrize("dof, exact", [(1, 12.7062), (2, 4.3027), (3, 3.1824), (5, 2.5706), (8, 2.3060),
+                                        (20, 2.0860), (60, 2.0003)])
+def test_t95_is_students(dof, exact):
+    assert repeats.t95(dof) == pytest.approx(exact, rel=2e-3)
+
+
+@pytest.fixture
+def runs() -> pd.DataFrame:
+    # batch 32: three processes at 900, 1000, 1100; batch 128: 2000, 2000 and one that failed; batch 512 once
+    return pd.DataFrame([_row(32, 0, 900.0), _row(32, 1, 1000.0), _row(32, 2, 1100.0),
+                         _row(128, 0, 2000.0), _row(128, 1, 2000.0), _row(128, 2, None, status="oom", error="oom"),
+                         _row(512, 0, 3000.0)])
+
+
+def test_repeats_become_one_figure_with_the_pooled_spread_between_processes(runs):
+    out = repeats.collapse(runs).set_index("key")
+    logs32 = np.log([900.0, 1000.0, 1100.0])
+    dof = 2 + 1  # (3 - 1) + (2 - 1)
+    sd = math.sqrt((((logs32 - logs32.mean()) ** 2).sum() + 0.0) / dof)
+    b32 = out.loc["train/cpu/resident/b32/t1/w1"]
+    assert b32["images_per_s"] == pytest.approx(math.exp(logs32.mean()))
+    half = repeats.t95(dof) * sd / math.sqrt(3)
+    assert b32["images_per_s_ci_low"] == pytest.approx(math.exp(logs32.mean() - half))
+    assert b32["images_per_s_ci_high"] == pytest.approx(math.exp(logs32.mean() + half))
+    assert b32["processes"] == 3 and len(b32["windows_s"]) == 9 and b32["step_ms_p50"] == 11.0
+    assert b32["between_process_pct"] == pytest.approx(100 * (math.exp(sd) - 1))
+    # two equal processes still get the machine's spread: their agreement is luck as much as precision
+    b128 = out.loc["train/cpu/resident/b128/t1/w1"]
+    assert b128["images_per_s"] == pytest.approx(2000) and b128["processes"] == 2
+    assert b128["images_per_s_ci_high"] / 2000 == pytest.approx(math.exp(repeats.t95(dof) * sd / math.sqrt(2)))
+    # the failed repeat stays a row of its own; a Case measured once keeps its own key and interval
+    assert out.loc["train/cpu/resident/b128/t1/w1/r2", "status"] == "oom"
+    once = out.loc["train/cpu/resident/b512/t1/w1/r0"]
+    assert once["processes"] == 1 and once["images_per_s_ci_low"] == pytest.approx(3000 * 0.995)
+    assert len(out) == 4
+
+
+def test_collapsing_twice_changes_nothing_and_a_run_without_repeats_only_gains_the_count(runs):
+    once = repeats.collapse(runs)
+    pd.testing.assert_frame_equal(repeats.collapse(once), once)
+    single = runs[runs["repeat"] == 0]
+    out = repeats.collapse(single)
+    assert list(out["key"]) == list(single["key"]) and out["processes"].tolist() == [1, 1, 1]
+
+
+def test_the_analysis_no_longer_takes_the_best_of_the_repeats(runs):
+    best = analysis.analyse(runs).best.set_index("batch_size")
+    assert best.loc[32, "images_per_s"] == pytest.approx(math.exp(np.log([900.0, 1000.0, 1100.0]).mean()))
+    assert best.loc[32, "images_per_s"] < 1100
+
+
+def test_compare_matches_repeated_cases_by_their_figure_over_processes(runs):
+    slower = runs.assign(images_per_s=runs["images_per_s"] * 0.5, images_per_s_ci_low=runs["images_per_s_ci_low"] * 0.5,
+                         images_per_s_ci_high=runs["images_per_s_ci_high"] * 0.5, run_id="run-b")
+    table = compare.compare_runs(runs, slower).table.set_index("key")
+    assert table.loc["train/cpu/resident/b32/t1/w1", "verdict"] == "REGRESSION"
+    assert table.loc["train/cpu/resident/b32/t1/w1", "ratio"] == pytest.approx(0.5)
+    # a 5% step between runs lies inside the spread of the processes: no difference
+    near = runs.assign(images_per_s=runs["images_per_s"] * 0.95, run_id="run-b")
+    assert compare.compare_runs(runs, near, threshold_pct=3).table.set_index("key").loc[
+        "train/cpu/resident/b32/t1/w1", "verdict"] != "REGRESSION"
+
+
+def test_the_caveat_says_what_the_intervals_cover(runs):
+    single = analysis.analyse(runs[runs["repeat"] == 0])
+    assert any("measured in one process" in c for c in findings.verdict(single).caveats)
+    several = findings.verdict(analysis.analyse(runs)).caveats
+    assert any("2 Cases were measured in 2-3 processes" in c and "pooled" in c for c in several)
