@@ -1,4 +1,4 @@
-"""Imported by the fork server Cases are forked from (bench.runner.start_server), and by nothing else.
+"""Imported by the fork server Cases are forked from (bench.forkserver.start_server), and by nothing else.
 
 When a sweep ends, the server is told so and exits; its interpreter then tore down torch's and torchvision's
 many objects for 1.5 s here, all the while holding the sweep's stdout and stderr open, so whatever reads

@@ -295,12 +295,16 @@ def summarise(windows_s: list[float], windows_images: list[int], step_s: list[fl
     return Throughput(median, p25, p75, spread, step_ms, warnings, interval, precision.half_width_pct(rates))
 
 
+LATENCY_MIN_CALLS = 3
+
+
 def latencies_ms(clock: DeviceClock, run: Callable[[torch.Tensor], object], inputs: Iterable[torch.Tensor],
-                 limit: int) -> list[float]:
-    """Per-batch latency: each call is synchronised before and after, so it is whole."""
+                 limit: int, budget_s: float | None = None) -> list[float]:
+    """Per-batch latency: each call is synchronised before and after, so it is whole. At most `limit` calls, and
+    with `budget_s` none begun once the calls timed add up to it (after at least LATENCY_MIN_CALLS)."""
     out = []
     for i, x in enumerate(inputs):
-        if i >= limit:
+        if i >= limit or (budget_s is not None and len(out) >= LATENCY_MIN_CALLS and sum(out) >= 1000 * budget_s):
             break
         clock.sync()
         t0 = time.perf_counter()

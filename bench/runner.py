@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from multiprocessing import forkserver
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -22,35 +20,11 @@ from pathlib import Path
 
 import psutil
 
+from bench.forkserver import check_temp_dir, start_server  # noqa: F401  (the sweep's API)
 from bench.run_folder import RunError, RunFolder
 from bench.schema import Case, Result
 
 POLL_S = 0.1
-
-
-# the fork server listens on <temp dir>/pymp-XXXXXXXX/listener-XXXXXXXX, and a Unix socket's path has
-# at most 107 bytes on Linux
-_SOCKET_PATH_MAX, _SOCKET_SUFFIX = 107, len("/pymp-xxxxxxxx/listener-xxxxxxxx")
-
-
-def check_temp_dir() -> None:
-    """ValueError, one line, when the temp folder's path is too long for the fork server's socket
-    (Python's own error, 'AF_UNIX path too long', comes as a traceback after the set-up)."""
-    folder = tempfile.gettempdir()
-    if len(os.fsencode(folder)) + _SOCKET_SUFFIX > _SOCKET_PATH_MAX:
-        raise ValueError(f"TMPDIR: '{folder[:40]}...' is {len(os.fsencode(folder))} bytes long, too long for the "
-                         f"Unix socket Cases are started through (expected a temp folder of at most "
-                         f"{_SOCKET_PATH_MAX - _SOCKET_SUFFIX} bytes, e.g. TMPDIR=/tmp)")
-
-
-def start_server() -> mp.context.BaseContext:
-    """Starts the fork server without waiting for it: its imports (torch and torchvision, seconds)
-    overlap with whatever this process does next (`python -m bench run` calls it before importing
-    torch itself). Idempotent."""
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["bench.worker", "bench.forkserver_exit"])
-    forkserver.ensure_running()
-    return ctx
 
 
 def _context() -> mp.context.BaseContext:

@@ -163,6 +163,7 @@ class Result:
     latency_ms_p50: float | None = None
     latency_ms_p90: float | None = None
     latency_ms_p99: float | None = None
+    latency_calls: int | None = None  # the calls the latency percentiles come from (--latency-batches, --max-seconds)
     loss: float | None = None
     test_accuracy_pct: float | None = None
     class_accuracy_pct: dict[str, float] | None = None

@@ -310,9 +310,10 @@ def infer(case: Case, arrays: CifarArrays, device: torch.device, result: Result,
     record_gpu_usage(result, sampler, len(arrays.test_y), meter.images)
     # latency: the model alone on a batch already on the device, synchronised around each call
     n_latency = min(len(arrays.test_y), case.latency_batches * case.batch_size)  # the images it times, no more
-    test_x, _ = loops.resident_tensors(arrays.test_x[:n_latency], arrays.test_y[:n_latency], compute)
+    test_x, _ = resident_tensors(case, "test", arrays.test_x[:n_latency], arrays.test_y[:n_latency], compute)
     test_x = test_x.contiguous(memory_format=_memory_format(case))
     inputs = (test_x[i:i + case.batch_size] for i in range(0, len(test_x), case.batch_size))
-    with torch.inference_mode(), autocast:
-        lat = measure.latencies_ms(meter.clock, net, inputs, case.latency_batches)
+    with torch.inference_mode(), autocast:  # within the Case's time budget too, as its throughput
+        lat = measure.latencies_ms(meter.clock, net, inputs, case.latency_batches, budget_s=case.max_seconds)
     result.latency_ms_p50, result.latency_ms_p90, result.latency_ms_p99 = measure.percentiles(lat)
+    result.latency_calls = len(lat)

@@ -1,6 +1,8 @@
 """bench/measure.py: windows, warm-up, budgets and summaries, on a clock we control."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -110,6 +112,19 @@ def test_latency_syncs_around_every_call():
     clock = FakeClock()
     lat = measure.latencies_ms(clock, lambda x: x, iter(range(10)), limit=4)
     assert len(lat) == 4 and clock.syncs == 8
+
+
+def test_latency_stops_at_its_time_budget_after_the_fewest_calls_it_needs(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(measure, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def call(x):  # 20 ms a call
+        now[0] += 0.02
+
+    assert len(measure.latencies_ms(FakeClock(), call, iter(range(50)), limit=50, budget_s=0.1)) == 5
+    assert len(measure.latencies_ms(FakeClock(), call, iter(range(50)), limit=50, budget_s=0.0)) == 3  # never under 3
+    assert len(measure.latencies_ms(FakeClock(), call, iter(range(50)), limit=7, budget_s=10.0)) == 7
+    assert len(measure.latencies_ms(FakeClock(), call, iter(range(50)), limit=9)) == 9
 
 
 def test_cuda_windows_use_events_and_close_with_a_device_synchronise():
