@@ -249,3 +249,37 @@ def test_an_accuracy_chart_with_nothing_to_compare_is_left_out_and_the_report_sa
     assert "accuracy.png" not in rep.charts and not (run / "accuracy.png").exists()
     assert "- Left out: accuracy.png: no two batch sizes both trained the same full epochs and learnt" \
         in rep.markdown.read_text()
+
+
+def _figure(i: int):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3, 2))
+    fig.add_subplot().plot([0, 1, 2], [i, i * i, 1])
+    return fig
+
+
+def test_charts_drawn_in_a_forked_child_are_the_ones_drawn_here(tmp_path: Path):
+    from bench import report
+
+    figs = [_figure(i) for i in range(4)]
+    report._save_charts([(tmp_path / f"c{i}.png", f) for i, f in enumerate(figs)])
+    for i, f in enumerate(figs):
+        f.savefig(tmp_path / f"serial{i}.png", dpi=report.CHART_DPI)
+        assert (tmp_path / f"c{i}.png").read_bytes() == (tmp_path / f"serial{i}.png").read_bytes()
+
+
+def test_charts_a_failed_child_left_undrawn_are_drawn_here(tmp_path: Path, monkeypatch):
+    from bench import report
+
+    real = report._child_succeeded
+
+    def failed(pid):  # the child is reaped, and its charts removed as if it had died before drawing them
+        real(pid)
+        for p in tmp_path.glob("c[13].png"):
+            p.unlink()
+        return False
+
+    monkeypatch.setattr(report, "_child_succeeded", failed)
+    report._save_charts([(tmp_path / f"c{i}.png", _figure(i)) for i in range(4)])
+    assert sorted(p.name for p in tmp_path.glob("c*.png")) == ["c0.png", "c1.png", "c2.png", "c3.png"]
