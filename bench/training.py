@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from bench import devices, gpu_monitor, measure
-from bench.schema import Case, Result
+from bench.schema import JOB, Case, Result
 from cnn import loops, normalised
 from cnn.cifar_files import CifarArrays
 from cnn.model import Net
@@ -232,6 +232,17 @@ def record_throughput(result: Result, meter: measure.StepMeter) -> None:
         result.data_wait_pct = 100.0 * meter.data_wait_s / window_total if window_total else None
 
 
+EVAL_BATCH = 500
+
+
+def eval_batch_size(case: Case, last: bool) -> int:
+    """The accuracy pass's batch: the Case's own while another epoch follows (a larger batch would free blocks
+    that change how malloc serves the next epoch's steps: cnn/loops.py, _SLICE_BYTES) and for the tutorial's job
+    (its test loader's batch is part of its time); after the last epoch of any other Case, nothing timed follows,
+    so EVAL_BATCH (at batch 4, 1,000 images took 0.2-0.3 s of a 0.6 s --quick Case)."""
+    return case.batch_size if case.mode == JOB or not last else max(case.batch_size, EVAL_BATCH)
+
+
 def train(case: Case, arrays: CifarArrays, device: torch.device, result: Result, started: float,
           progress: Progress | None, ranks: Ranks = SINGLE) -> tuple[nn.Module, measure.StepMeter]:
     """Trains the Case (one rank's part of it with `ranks`), accuracy measured on rank 0 after every
@@ -267,9 +278,9 @@ def train(case: Case, arrays: CifarArrays, device: torch.device, result: Result,
             meter.end_epoch()
         if ranks.rank == 0:  # accuracy after every epoch, outside the timed windows
             t0 = time.perf_counter()
-            # at the Case's batch size, as the tutorial's test loader: a larger one would free blocks that change
-            # how malloc serves the next epoch's steps (cnn/loops.py, _SLICE_BYTES)
-            accuracy, per_class = loops.evaluate(net, test_x, test_y, len(arrays.classes), batch_size=case.batch_size)
+            accuracy, per_class = loops.evaluate(net, test_x, test_y, len(arrays.classes),
+                                                 batch_size=eval_batch_size(case, last=bool(meter.stopped_by)
+                                                                            or epoch == case.epochs - 1))
             result.eval_s += time.perf_counter() - t0
             result.epoch_accuracy_pct.append(accuracy)
             result.test_accuracy_pct, result.class_accuracy_pct = accuracy, dict(zip(arrays.classes, per_class))
