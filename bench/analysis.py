@@ -14,7 +14,6 @@ import pandas as pd
 from bench import repeats
 from bench.compute import achieved_gflops
 from bench.cost import cost_table
-from bench.job import job_table, time_to_target
 from bench.rows import CONFIG, PLAIN, ok_rows
 from bench.schema import JOB
 
@@ -32,6 +31,33 @@ def best_throughput(df: pd.DataFrame) -> pd.DataFrame:
     cols = CONFIG + ["threads", "images_per_s", "images_per_s_p25", "images_per_s_p75", "images_per_s_spread_pct"]
     cols += ["compile_s"] * ("compile_s" in ok)
     return ok.loc[idx, cols].sort_values(CONFIG).reset_index(drop=True)
+
+
+def job_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The tutorial's job per machine and device: wall time and its parts, measured or projected, and the
+    test accuracy reached after the part measured."""
+    cols = ["machine", "device", "threads_used", "job_s", "job_startup_s", "job_data_s", "job_compute_s",
+            "job_eval_s", "job_fraction", "job_projected", "epochs_completed", "test_accuracy_pct"]
+    ok = ok_rows(df)
+    if "job_s" not in ok:
+        return pd.DataFrame(columns=cols)
+    ok = ok[(ok["mode"] == JOB) & ok["job_s"].notna()]
+    return ok[[c for c in cols if c in ok]].sort_values(["machine", "device"]).reset_index(drop=True)
+
+
+def time_to_target(df: pd.DataFrame) -> pd.DataFrame:
+    """Per machine and device, the Case that reached the target accuracy in the least training time
+    (time-to-accuracy, as DAWNBench ranks), the tutorial's job included; none where no Case reached it."""
+    cols = ["machine", "device", "mode", "pipeline", "variant", "batch_size", "threads", "target_accuracy_pct",
+            "time_to_target_s"]
+    ok = ok_rows(df)
+    if "time_to_target_s" not in ok:
+        return pd.DataFrame(columns=cols)
+    ok = ok[ok["mode"].isin(["train", JOB]) & ok["time_to_target_s"].notna()]
+    if ok.empty:
+        return pd.DataFrame(columns=cols)
+    idx = ok.groupby(["machine", "device", "target_accuracy_pct"])["time_to_target_s"].idxmin()
+    return ok.loc[idx, cols].reset_index(drop=True)
 
 
 def speedups(df: pd.DataFrame) -> pd.DataFrame:

@@ -5,14 +5,12 @@ A job Case trains through the same path as every training Case (bench/training.p
 budget. When the budget stops it before its 2 epochs, the rest is projected from the steady throughput
 its timed windows measured, and the Result says so (`job_projected`, `job_fraction`); the accuracy is
 then the one reached after the measured part, never a projected one. Its tables for the report
-(`job_table`, and `time_to_target` over every training Case) are pure functions of the results frame.
+(`job_table`, and `time_to_target` over every training Case) are in bench/analysis.py: every Case's process
+imports this module, and pandas (0.46 s) has no place there.
 """
 from __future__ import annotations
 
-import pandas as pd
-
-from bench.rows import ok_rows
-from bench.schema import JOB, Result
+from bench.schema import Result
 
 
 def record_job(result: Result) -> None:
@@ -37,30 +35,3 @@ def record_job(result: Result) -> None:
     result.job_s = result.job_startup_s + train_s + result.job_eval_s
     result.job_fraction = fraction
     result.job_projected = projected
-
-
-def job_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The tutorial's job per machine and device: wall time and its parts, measured or projected, and the
-    test accuracy reached after the part measured."""
-    cols = ["machine", "device", "threads_used", "job_s", "job_startup_s", "job_data_s", "job_compute_s",
-            "job_eval_s", "job_fraction", "job_projected", "epochs_completed", "test_accuracy_pct"]
-    ok = ok_rows(df)
-    if "job_s" not in ok:
-        return pd.DataFrame(columns=cols)
-    ok = ok[(ok["mode"] == JOB) & ok["job_s"].notna()]
-    return ok[[c for c in cols if c in ok]].sort_values(["machine", "device"]).reset_index(drop=True)
-
-
-def time_to_target(df: pd.DataFrame) -> pd.DataFrame:
-    """Per machine and device, the Case that reached the target accuracy in the least training time
-    (time-to-accuracy, as DAWNBench ranks), the tutorial's job included; none where no Case reached it."""
-    cols = ["machine", "device", "mode", "pipeline", "variant", "batch_size", "threads", "target_accuracy_pct",
-            "time_to_target_s"]
-    ok = ok_rows(df)
-    if "time_to_target_s" not in ok:
-        return pd.DataFrame(columns=cols)
-    ok = ok[ok["mode"].isin(["train", JOB]) & ok["time_to_target_s"].notna()]
-    if ok.empty:
-        return pd.DataFrame(columns=cols)
-    idx = ok.groupby(["machine", "device", "target_accuracy_pct"])["time_to_target_s"].idxmin()
-    return ok.loc[idx, cols].reset_index(drop=True)

@@ -104,3 +104,11 @@ def test_the_sweeps_own_process_leaves_torchvision_to_the_fork_server(tmp_path, 
     assert out.returncode == 0, out.stderr
     assert out.stderr.strip().splitlines()[-1] == "False"
     assert '"status": "ok"' in (tmp_path / "r" / "results.jsonl").read_text()
+
+
+def test_a_cases_process_does_not_import_pandas():
+    """The fork server imports what a Case needs before the first Case can start: pandas (0.46 s here) is the
+    report's, not a Case's."""
+    out = subprocess.run([sys.executable, "-c", "import sys, bench.worker; print('pandas' in sys.modules)"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"
