@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.forkserver import check_temp_dir, start_server  # noqa: F401  (the sweep's API)
+from bench.forkserver import case_main, check_temp_dir, nothing, start_server  # noqa: F401  (the sweep's API)
 from bench.run_folder import RunError, RunFolder
 from bench.schema import Case, Result
 
@@ -30,22 +30,12 @@ POLL_S = 0.1
 def _context() -> mp.context.BaseContext:
     # Start the server (if not yet) and wait for its imports now, so they are not charged to the first Case.
     ctx = start_server()
-    ready = ctx.Process(target=_nothing)
+    ready = ctx.Process(target=nothing)
     ready.start()
     ready.join()
     return ctx
 
 
-def _nothing() -> None:
-    pass
-
-
-def _case_main(*args) -> None:
-    """A Case's process: bench.worker.child_main, named here so that this process need not import bench.worker
-    (torchvision, 2 s of CPU, taken from the first Case measured beside it); the fork server has it imported."""
-    from bench import worker
-
-    worker.child_main(*args)
 
 
 def _kill_tree(pid: int | None) -> None:
@@ -103,7 +93,7 @@ def run_one(case: Case, ctx=None, on_progress: Callable[[dict], None] | None = N
     """Runs one Case in a child process and returns its Result, whatever happens to the child."""
     ctx = ctx or _context()
     receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_case_main, args=(asdict(case), sender, time.time()), name=f"bench-{case.key}")
+    proc = ctx.Process(target=case_main, args=(asdict(case), sender, time.time()), name=f"bench-{case.key}")
     result = None
     try:  # from the start: an interrupt arriving just after the fork must still take the child down
         _start(proc)
