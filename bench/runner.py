@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
@@ -131,33 +131,61 @@ def run_one(case: Case, ctx=None, on_progress: Callable[[dict], None] | None = N
     return result
 
 
+RETRY_SHARE = 0.1  # measuring contended Cases again may add at most this share to the time the Cases took
+
+
+@dataclass
+class _RetryBudget:
+    measured_s: float = 0.0  # the Cases' first measurements
+    retried_s: float = 0.0  # waiting for quiet and measuring again
+
+    def allows(self) -> bool:
+        return self.retried_s <= RETRY_SHARE * self.measured_s
+
+
 def run_cases(cases: list[Case], run_dir: Path, display) -> list[Result]:
     """Runs the Cases in order, appending each Result to results.jsonl as it ends (one line per Case)."""
     ctx = _context()
     folder = RunFolder(run_dir)
-    return [_run_and_append(case, ctx, folder, display) for case in cases]
+    budget = _RetryBudget()
+    return [_run_and_append(case, ctx, folder, display, budget) for case in cases]
 
 
-def _measured(case: Case, ctx, display) -> Result:
+def _measured(case: Case, ctx, display, budget: _RetryBudget) -> Result:
     """A Case measured while other processes were busy (`contended`) is measured again at once if the machine
-    is quiet by then, and the second figure kept when it is ok; one still contended stays marked so."""
+    is quiet by then, and the second figure kept when it is ok; one still contended stays marked so. Measuring
+    again takes at most RETRY_SHARE more time than the sweep's Cases took (on a busy machine a --quick sweep
+    otherwise spent a third of its time on it); past that, contended Cases stay marked and say why."""
     from bench import contention
 
+    started = time.monotonic()
     result = run_one(case, ctx, on_progress=display.case_progress)
-    if result.status == "ok" and result.contended and contention.machine_is_quiet():
+    budget.measured_s += time.monotonic() - started
+    if result.status != "ok" or not result.contended:
+        return result
+    if not budget.allows():
+        result.warnings.append(f"not measured again: measuring contended Cases again had taken its share of the "
+                               f"sweep's time ({RETRY_SHARE:.0%})")
+        return result
+    started = time.monotonic()
+    try:
+        if not contention.machine_is_quiet():
+            return result
         again = run_one(case, ctx, on_progress=display.case_progress)
-        if again.status == "ok":
-            again.warnings.append(f"measured again: the first try was contended (other processes "
-                                  f"{result.other_cpu_cores:.2f} cores, steal {result.steal_pct:.1f}%, "
-                                  f"{result.images_per_s or float('nan'):.0f} images/s)")
-            return again
-        result.warnings.append(f"measuring it again once the machine was quiet ended as {again.status}")
+    finally:
+        budget.retried_s += time.monotonic() - started
+    if again.status == "ok":
+        again.warnings.append(f"measured again: the first try was contended (other processes "
+                              f"{result.other_cpu_cores:.2f} cores, steal {result.steal_pct:.1f}%, "
+                              f"{result.images_per_s or float('nan'):.0f} images/s)")
+        return again
+    result.warnings.append(f"measuring it again once the machine was quiet ended as {again.status}")
     return result
 
 
-def _run_and_append(case: Case, ctx, folder: RunFolder, display) -> Result:
+def _run_and_append(case: Case, ctx, folder: RunFolder, display, budget: _RetryBudget) -> Result:
     display.case_started(case)
-    result = _measured(case, ctx, display)
+    result = _measured(case, ctx, display, budget)
     try:
         folder.append(result)
     except RunError:  # measured, not writable: shown whole, so it can be added to results.jsonl by hand

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from bench import contention, runner
 from bench.run_folder import RunFolder
@@ -103,3 +104,32 @@ def test_a_second_measurement_that_fails_keeps_the_first(tmp_path: Path, monkeyp
     (kept,) = RunFolder(tmp_path).results()
     assert kept.status == "ok" and kept.images_per_s == 100.0 and kept.contended
     assert "ended as timeout" in kept.warnings[-1]
+
+
+def test_measuring_again_takes_at_most_its_share_of_the_sweeps_time(tmp_path: Path, monkeypatch):
+    """Each first measurement takes 1 s, each wait for quiet 0.5 s and each second one 1 s: with RETRY_SHARE
+    0.1, the first contended Case is measured again (1.5 s spent), the next only once 15 s of Cases are behind."""
+    now, runs = [0.0], []
+
+    def run_one(case, ctx=None, on_progress=None):
+        now[0] += 1.0
+        runs.append(case.batch_size)
+        first = runs.count(case.batch_size) == 1
+        return Result(case=case, images_per_s=100.0, contended=first, other_cpu_cores=1.0 if first else 0.0,
+                      steal_pct=0.0)
+
+    def quiet():
+        now[0] += 0.5
+        return True
+
+    monkeypatch.setattr(runner, "_context", lambda: None)
+    monkeypatch.setattr(runner, "run_one", run_one)
+    monkeypatch.setattr(runner, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(contention, "machine_is_quiet", quiet)
+    assert runner.RETRY_SHARE == 0.1
+    runner.run_cases([_case(b) for b in range(1, 21)], tmp_path, _Display())
+    again = [b for b in range(1, 21) if runs.count(b) == 2]
+    assert again == [1, 15]
+    results = {r.case.batch_size: r for r in RunFolder(tmp_path).results()}
+    assert not results[1].contended and "measured again" in results[1].warnings[-1]
+    assert results[2].contended and "had taken its share of the sweep's time (10%)" in results[2].warnings[-1]
