@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
@@ -92,12 +93,15 @@ def _sweep(spec: SweepSpec, folder, run_id: str, resume: bool, display, warn) ->
     cases = plan_cases(all_devices, str(prepared.cache_dir), prepared.name, run_id)
     done = {r.case.key for r in folder.results() if r.status in ("ok", "skipped")} if resume else set()
     todo = [c for c in cases if c.device not in spec.skipped_devices and c.key not in done]
-    if any(c.device == "cpu" for c in todo):
-        _cache_normalised(prepared.cache_dir, warn)
+    normalising = _cache_normalised(prepared.cache_dir) if any(c.device == "cpu" for c in todo) else None
     for text in oversubscription_warnings(todo, psutil.cpu_count(logical=False) or 1):
         warn(f"{text} (recorded in those Cases' warnings)")
     env = environment.capture(query_cuda=False)  # no CUDA here: the ceiling worker reads the GPUs
     import bench.report  # noqa: F401  (the report's imports, a second, made while the fork server still imports)
+    if normalising is not None:  # done before anything is measured
+        normalising.join()
+        if normalising.failure:
+            warn(normalising.failure)
     if todo:  # a resume with nothing left to run has nothing to hold against a ceiling
         env.update(ceilings.measure_in_worker(spec.devices, spec.widths, spec.amp))
     for device, reasons in env.get("ceilings", {}).get("matmul_missing", {}).items():
@@ -124,15 +128,28 @@ def _sweep(spec: SweepSpec, folder, run_id: str, resume: bool, display, warn) ->
     return frame
 
 
-def _cache_normalised(cache_dir, warn) -> None:
-    """The normalised images CPU Cases map instead of decoding each (cnn/normalised.py), written once per data set."""
-    from cnn import normalised
+class _Normalising(threading.Thread):
+    """Writes the normalised images CPU Cases map instead of decoding each (cnn/normalised.py), once per data set,
+    beside the set-up that follows (its numpy and torch work runs without the GIL: 1 s on a first run here)."""
 
-    try:
-        normalised.write(cache_dir)
-    except OSError as e:
-        warn(f"the normalised images could not be cached beside the data ({e.strerror or e}); each CPU Case "
-             f"decodes them itself, as before (slower to start, measured the same)")
+    def __init__(self, cache_dir):
+        super().__init__(name="bench-normalise", daemon=True)
+        self.cache_dir, self.failure = cache_dir, None
+
+    def run(self) -> None:
+        from cnn import normalised
+
+        try:
+            normalised.write(self.cache_dir)
+        except OSError as e:
+            self.failure = (f"the normalised images could not be cached beside the data ({e.strerror or e}); each "
+                            f"CPU Case decodes them itself, as before (slower to start, measured the same)")
+
+
+def _cache_normalised(cache_dir) -> _Normalising:
+    thread = _Normalising(cache_dir)
+    thread.start()
+    return thread
 
 
 def prepare_data(spec: SweepSpec):

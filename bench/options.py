@@ -50,7 +50,7 @@ def _add_budget_and_data_args(p: argparse.ArgumentParser) -> None:
     budget.add_argument("--time-limit", type=CONVERTERS["time_limit"],
                         help="kill a Case after this many seconds; it is recorded as a timeout (default 600)")
     budget.add_argument("--quick", action="store_true",
-                        help="a fast look: 1 epoch, at most 300 steps or 0.3 s of training per Case (3 timed windows at least), accuracy on 1000 test images")
+                        help="a fast look: 1 epoch, at most 300 steps or 0.3 s of training per Case (3 timed windows at least), accuracy on 500 test images, latency from at most 5 calls")
     budget.add_argument("--precision", type=CONVERTERS["precision_pct"], dest="precision_pct",
                         help="stop a Case once its median images/s is known within +-this %% (95%% interval over "
                              "at least 6 windows), within --max-seconds (default 2%%; --quick 5%%; 0: always "

@@ -82,10 +82,22 @@ def normalise_into(x: torch.Tensor, images: np.ndarray, slice_bytes: int) -> Non
         part.sub_(shift).div_(scale)
 
 
+def _remove_abandoned(cache_dir: Path) -> None:
+    """Half-written copies left by a process that ended while writing them (hundreds of MB each)."""
+    for tmp in cache_dir.glob("*_normalised.npy.tmp-*"):
+        try:
+            os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            pass  # not ours to judge: another user's process, or not a name we write
+
+
 def write(cache_dir: str | Path) -> None:
     """Writes the normalised train and test images and their signed record, unless a trusted pair is there.
     OSError when the folder cannot take them (e.g. a full disk); nothing half-written is left to be trusted."""
     cache_dir = Path(cache_dir)
+    _remove_abandoned(cache_dir)
     if all(load(cache_dir, split) is not None for split in SPLITS):
         return
     key, digests = data._cache_key(), _source_digests(cache_dir)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -117,3 +119,14 @@ def test_a_cpu_case_maps_the_cached_copy_and_decodes_only_without_one(cache: Pat
     x, _ = training.resident_tensors(case, "train", arrays.train_x, arrays.train_y, CPU)
     assert decoded == [len(arrays.train_x)]
     assert torch.equal(x, real(arrays.train_x, arrays.train_y, CPU)[0])
+
+
+def test_a_copy_abandoned_half_written_by_a_dead_process_is_removed(cache: Path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    abandoned = cache / f"train_x_normalised.npy.tmp-{dead}"
+    alive = cache / f"test_x_normalised.npy.tmp-{os.getpid()}"  # a writer still at work: left alone
+    abandoned.write_bytes(b"x" * 100)
+    alive.write_bytes(b"x" * 100)
+    normalised.write(cache)
+    assert not abandoned.exists() and alive.exists()
