@@ -141,9 +141,10 @@ class _Normalising(threading.Thread):
 
         try:
             normalised.write(self.cache_dir)
-        except OSError as e:
-            self.failure = (f"the normalised images could not be cached beside the data ({e.strerror or e}); each "
-                            f"CPU Case decodes them itself, as before (slower to start, measured the same)")
+        except Exception as e:  # noqa: BLE001  (a full disk, a memory error: the Cases decode for themselves)
+            why = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
+            self.failure = (f"the normalised images could not be cached beside the data ({why}); each CPU Case "
+                            f"decodes them itself, as before (slower to start, measured the same)")
 
 
 def _cache_normalised(cache_dir) -> _Normalising:

@@ -74,7 +74,10 @@ class Watch:
         return Load(round(other, 3), round(100.0 * (steal - self.steal) / (wall * cpus), 2), mhz)
 
 
-def machine_is_quiet(sample_s: float = 0.3) -> bool:
+QUIET_SAMPLE_S = 0.3
+
+
+def machine_is_quiet(sample_s: float = QUIET_SAMPLE_S) -> bool:
     """Whether other processes leave the machine free now (sampled for `sample_s` from an idle caller)."""
     watch = Watch()
     time.sleep(sample_s)

@@ -8,5 +8,23 @@ ends a forked child with os._exit), so this changes nothing for them.
 """
 import atexit
 import os
+import sys
 
-atexit.register(os._exit, 0)
+
+
+def _in_fork_server() -> bool:
+    """Whether this import is the fork server's preloading (multiprocessing.forkserver.main is on the stack)."""
+    frame = sys._getframe()
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "main" and code.co_filename.endswith(os.path.join("multiprocessing", "forkserver.py")):
+            return True
+        frame = frame.f_back
+    return False
+
+
+# Only in the server itself: any other process that imported this module by mistake (a test run, say) keeps its
+# exit status.
+REGISTERED = _in_fork_server()
+if REGISTERED:
+    atexit.register(os._exit, 0)

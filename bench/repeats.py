@@ -41,8 +41,18 @@ def _measured(df: pd.DataFrame) -> pd.Series:
 
 def _groups(df: pd.DataFrame) -> pd.Series:
     """Which rows are repeats of one Case: the run and the key without its repeat."""
-    run = df["run_id"].astype(str) if "run_id" in df else pd.Series("", index=df.index)
-    return run + "|" + df["key"].astype(str).str.replace(REPEAT, "", regex=True)
+    return _run(df) + "|" + df["key"].astype(str).str.replace(REPEAT, "", regex=True)
+
+
+def _run(df: pd.DataFrame) -> pd.Series:
+    return df["run_id"].astype(str) if "run_id" in df else pd.Series("", index=df.index)
+
+
+def _pools(df: pd.DataFrame) -> pd.Series:
+    """Whose spread between processes is pooled: a run's Cases on one device (a GPU's processes differ from each
+    other unlike a CPU's, and so do two machines')."""
+    device = df["device"].astype(str) if "device" in df else pd.Series("", index=df.index)
+    return _run(df) + "|" + device
 
 
 def _window_rates(g: pd.DataFrame) -> np.ndarray:
@@ -54,8 +64,8 @@ def _window_rates(g: pd.DataFrame) -> np.ndarray:
 
 
 def between_processes(df: pd.DataFrame) -> tuple[float, int] | None:
-    """(the standard deviation of log images/s between processes of one Case, pooled over the Cases with at
-    least two measured processes; its degrees of freedom), or None when no Case has two."""
+    """(the standard deviation of log images/s between processes of one Case, pooled over the Cases of `df` with
+    at least two measured processes; its degrees of freedom), or None when no Case has two."""
     ok = df[_measured(df) & df["key"].astype(str).str.contains(REPEAT)]
     if ok.empty:
         return None
@@ -70,47 +80,63 @@ def between_processes(df: pd.DataFrame) -> tuple[float, int] | None:
 
 
 def collapse(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per Case over its repeats (unchanged where a Case ran once): key without its repeat, images/s the
-    geometric mean of its processes' medians with the interval above, `processes` how many, `windows_s` all their
-    windows, other numbers their median. Repeats that did not finish stay as rows of their own."""
+    """One row per Case and run, keyed without its repeat: over two processes or more that measured it, images/s
+    is the geometric mean of their medians with the interval above, `processes` how many, `windows_s` all their
+    windows, other numbers their median; with one, that process's row; with none, its first repeat's (its
+    status and error). Repeats that did not finish are named in the row's warnings. Rows whose key names no
+    repeat are left as they are, so collapsing twice changes nothing."""
     if df.empty or "key" not in df or "images_per_s" not in df:
         return df
-    measured = _measured(df) & df["key"].astype(str).str.contains(REPEAT)  # a key without /rN is no repeat
-    groups = _groups(df)
-    counts = groups[measured].value_counts()
-    repeated = measured & groups.map(counts).fillna(0).gt(1)
+    df = df.drop_duplicates(subset=[c for c in ("run_id", "key") if c in df])  # a run folder given twice
+    repeatable = df["key"].astype(str).str.contains(REPEAT)
+    measured = _measured(df)
     once = pd.Series(np.where(measured, 1.0, np.nan), index=df.index)
-    out = df.assign(processes=df["processes"].fillna(once) if "processes" in df else once)  # idempotent
-    spread = between_processes(df)
-    if not repeated.any() or spread is None:
-        return out
-    sd, dof = spread
-    t = t95(dof)
+    df = df.assign(processes=df["processes"].fillna(once) if "processes" in df else once)
+    if not repeatable.any():
+        return df
+    spreads = {pool: between_processes(rows) for pool, rows in df[repeatable].groupby(_pools(df[repeatable]))}
+    pools, groups = _pools(df), _groups(df)
     rows = []
-    for _, g in df[repeated].groupby(groups[repeated], sort=False):
-        row = g.iloc[0].copy()
-        for column in g.columns:
-            if is_numeric_dtype(g[column]) and not is_bool_dtype(g[column]) and g[column].notna().any():
-                row[column] = g[column].median()
-        logs = np.log(pd.to_numeric(g["images_per_s"]))
-        centre, half = float(logs.mean()), t * sd / math.sqrt(len(g))
-        row["images_per_s"] = math.exp(centre)
-        row["images_per_s_ci_low"], row["images_per_s_ci_high"] = math.exp(centre - half), math.exp(centre + half)
-        row["images_per_s_ci_pct"] = 100 * (math.exp(half) - 1)
+    for _, g in df[repeatable].groupby(groups[repeatable], sort=False):
+        ok = g[measured[g.index]]
+        if len(ok) >= 2:
+            row = _combined(ok, spreads[pools[ok.index[0]]])
+        else:
+            row = (ok if len(ok) else g).iloc[0].copy()
         row["key"] = REPEAT.sub("", str(row["key"]))
-        row["repeat"] = np.nan
-        row["processes"] = len(g)
-        row["between_process_pct"] = 100 * (math.exp(sd) - 1)
-        for column in ("windows_s", "windows_images"):
-            if column in g:
-                row[column] = [w for ws in g[column] if isinstance(ws, list) for w in ws]
-        rates = _window_rates(g)  # before the lists above are joined: from g
-        if len(rates):  # the spread of every window of every process
-            row["images_per_s_p25"], row["images_per_s_p75"] = np.percentile(rates, [25, 75])
-        row["images_per_s_p25"] = min(row["images_per_s_p25"], row["images_per_s"])  # the figure inside its spread
-        row["images_per_s_p75"] = max(row["images_per_s_p75"], row["images_per_s"])
-        row["images_per_s_spread_pct"] = 100 * (row["images_per_s_p75"] - row["images_per_s_p25"]) / row["images_per_s"]
-        row["warnings"] = sorted({w for ws in g.get("warnings", []) if isinstance(ws, list) for w in ws})
-        row["contended"] = bool(pd.Series(g["contended"]).fillna(False).astype(bool).any()) if "contended" in g else None
+        failed = g.drop(ok.index)
+        if len(ok) and len(failed):
+            row["warnings"] = list(row["warnings"] if isinstance(row.get("warnings"), list) else []) + [
+                f"repeat {r['repeat']:.0f} ended as {r['status']}" + (f": {r['error']}" if isinstance(r.get("error"), str) else "")
+                for _, r in failed.iterrows()]
         rows.append(row)
-    return pd.concat([out[~repeated], pd.DataFrame(rows)], ignore_index=True)
+    return pd.concat([df[~repeatable], pd.DataFrame(rows)], ignore_index=True)
+
+
+def _combined(g: pd.DataFrame, spread: tuple[float, int]) -> pd.Series:
+    """The row of a Case measured by the processes in g (two or more, all ok)."""
+    sd, dof = spread
+    row = g.iloc[0].copy()
+    for column in g.columns:
+        if is_numeric_dtype(g[column]) and not is_bool_dtype(g[column]) and g[column].notna().any():
+            row[column] = g[column].median()
+    logs = np.log(pd.to_numeric(g["images_per_s"]))
+    centre, half = float(logs.mean()), t95(dof) * sd / math.sqrt(len(g))
+    row["images_per_s"] = math.exp(centre)
+    row["images_per_s_ci_low"], row["images_per_s_ci_high"] = math.exp(centre - half), math.exp(centre + half)
+    row["images_per_s_ci_pct"] = 100 * (math.exp(half) - 1)
+    row["repeat"] = np.nan
+    row["processes"] = len(g)
+    row["between_process_pct"] = 100 * (math.exp(sd) - 1)
+    rates = _window_rates(g)
+    for column in ("windows_s", "windows_images"):
+        if column in g:
+            row[column] = [w for ws in g[column] if isinstance(ws, list) for w in ws]
+    if len(rates):  # the spread of every window of every process
+        row["images_per_s_p25"], row["images_per_s_p75"] = np.percentile(rates, [25, 75])
+    row["images_per_s_p25"] = min(row["images_per_s_p25"], row["images_per_s"])  # the figure inside its spread
+    row["images_per_s_p75"] = max(row["images_per_s_p75"], row["images_per_s"])
+    row["images_per_s_spread_pct"] = 100 * (row["images_per_s_p75"] - row["images_per_s_p25"]) / row["images_per_s"]
+    row["warnings"] = sorted({w for ws in g.get("warnings", []) if isinstance(ws, list) for w in ws})
+    row["contended"] = bool(pd.Series(g["contended"]).fillna(False).astype(bool).any()) if "contended" in g else None
+    return row

@@ -171,7 +171,7 @@ def _save_charts(charts: list[tuple[Path, Figure]]) -> None:
     hangs is replaced by drawing its charts here."""
     theirs: list[tuple[Path, Figure]] = []
     pid = 0
-    if len(charts) > 2 and (os.cpu_count() or 1) > 1 and hasattr(os, "fork"):
+    if len(charts) > 2 and _cpus() > 1 and hasattr(os, "fork"):
         theirs, charts = charts[1::2], charts[0::2]
         pid = os.fork()
         if pid == 0:  # the child: nothing but the drawing, then out without any exit handler
@@ -182,11 +182,22 @@ def _save_charts(charts: list[tuple[Path, Figure]]) -> None:
                 status = 0
             finally:
                 os._exit(status)
-    for path, fig in charts:
-        fig.savefig(path, dpi=CHART_DPI)
-    if pid and not _child_succeeded(pid):
+    try:
+        for path, fig in charts:
+            fig.savefig(path, dpi=CHART_DPI)
+    finally:
+        drawn = not pid or _child_succeeded(pid)  # reaped whatever happens here
+    if not drawn:
         for path, fig in theirs:
             fig.savefig(path, dpi=CHART_DPI)
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on (its affinity, e.g. a container's cpuset), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _child_succeeded(pid: int) -> bool:

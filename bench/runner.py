@@ -131,39 +131,45 @@ def run_one(case: Case, ctx=None, on_progress: Callable[[dict], None] | None = N
     return result
 
 
-RETRY_SHARE = 0.1  # measuring contended Cases again may add at most this share to the time the Cases took
+RETRY_SHARE = 0.1  # measuring contended Cases again may add at most this share to the time the Cases take
 
 
 @dataclass
 class _RetryBudget:
-    measured_s: float = 0.0  # the Cases' first measurements
+    cases: int  # in the sweep
+    measured_s: float = 0.0  # the first measurements so far
+    measured: int = 0
     retried_s: float = 0.0  # waiting for quiet and measuring again
 
-    def allows(self) -> bool:
-        return self.retried_s <= RETRY_SHARE * self.measured_s
+    def allows(self, cost_s: float) -> bool:
+        """Whether one more retry, expected to cost `cost_s`, keeps the retries within RETRY_SHARE of the time the
+        sweep's first measurements are on course to take."""
+        projected_s = self.measured_s / max(self.measured, 1) * self.cases
+        return self.retried_s + cost_s <= RETRY_SHARE * projected_s
 
 
 def run_cases(cases: list[Case], run_dir: Path, display) -> list[Result]:
     """Runs the Cases in order, appending each Result to results.jsonl as it ends (one line per Case)."""
     ctx = _context()
     folder = RunFolder(run_dir)
-    budget = _RetryBudget()
+    budget = _RetryBudget(len(cases))
     return [_run_and_append(case, ctx, folder, display, budget) for case in cases]
 
 
 def _measured(case: Case, ctx, display, budget: _RetryBudget) -> Result:
     """A Case measured while other processes were busy (`contended`) is measured again at once if the machine
     is quiet by then, and the second figure kept when it is ok; one still contended stays marked so. Measuring
-    again takes at most RETRY_SHARE more time than the sweep's Cases took (on a busy machine a --quick sweep
-    otherwise spent a third of its time on it); past that, contended Cases stay marked and say why."""
+    again may add at most RETRY_SHARE to the time the sweep's Cases are on course to take (on a busy machine a
+    --quick sweep otherwise spent a third of its time on it); past that, contended Cases stay marked and say why."""
     from bench import contention
 
     started = time.monotonic()
     result = run_one(case, ctx, on_progress=display.case_progress)
-    budget.measured_s += time.monotonic() - started
+    took = time.monotonic() - started
+    budget.measured_s, budget.measured = budget.measured_s + took, budget.measured + 1
     if result.status != "ok" or not result.contended:
         return result
-    if not budget.allows():
+    if not budget.allows(took + contention.QUIET_SAMPLE_S):
         result.warnings.append(f"not measured again: measuring contended Cases again had taken its share of the "
                                f"sweep's time ({RETRY_SHARE:.0%})")
         return result

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +27,21 @@ STD = (0.5, 0.5, 0.5)
 SPLITS = {"train": "train_x", "test": "test_x"}
 RECORD = "normalised.json"
 _VERSION = 1
+ABANDONED_AFTER_S = 600  # a half-written copy untouched this long is a dead writer's
 
 
 def _path(cache_dir: Path, split: str) -> Path:
     return cache_dir / f"{SPLITS[split]}_normalised.npy"
 
 
-def _identity(path: Path) -> list[int]:
-    info = path.stat()
+def _identity(info: os.stat_result) -> list[int]:
     return [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+
+
+def _private(info: os.stat_result) -> bool:
+    """Ours and writable by nobody (written read-only): a rewrite within one tick of a coarse file clock, which
+    the change time would not show, needs its owner to make it writable first, and that changes the change time."""
+    return info.st_uid == os.getuid() and not info.st_mode & 0o222
 
 
 def _source_digests(cache_dir: Path) -> dict[str, str] | None:
@@ -57,12 +64,18 @@ def load(cache_dir: str | Path, split: str) -> np.ndarray | None:
             return None
         if record.get("version") != _VERSION or entry["source_sha256"] != (_source_digests(cache_dir) or {}).get(split):
             return None
-        if entry["identity"] != _identity(path):
-            return None
-        images = np.load(path, mmap_mode="c")  # copy-on-write: a Case that wrote to it would not change the file
+        with open(path, "rb") as f:  # identity and contents read through one descriptor: no swap in between
+            info = os.fstat(f.fileno())
+            if entry["identity"] != _identity(info) or not _private(info):
+                return None
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            if dtype != np.float32 or fortran or shape[1:] != (3, 32, 32) or list(shape) != entry["shape"]:
+                return None
+            # copy-on-write: a Case that wrote to it would not change the file
+            images = np.memmap(f, dtype=np.float32, mode="c", shape=shape, offset=f.tell())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    if images.dtype != np.float32 or images.shape[1:] != (3, 32, 32) or list(images.shape) != entry["shape"]:
         return None
     if images.size:
         images.reshape(-1)[::1024].sum()  # one float in every 4 KiB page
@@ -86,11 +99,13 @@ def _remove_abandoned(cache_dir: Path) -> None:
     """Half-written copies left by a process that ended while writing them (hundreds of MB each)."""
     for tmp in cache_dir.glob("*_normalised.npy.tmp-*"):
         try:
+            if time.time() - tmp.stat().st_mtime < ABANDONED_AFTER_S:
+                continue  # perhaps a writer in another PID namespace or on another host sharing the folder
             os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
         except ProcessLookupError:
             tmp.unlink(missing_ok=True)
-        except (ValueError, PermissionError):
-            pass  # not ours to judge: another user's process, or not a name we write
+        except (ValueError, OSError):
+            pass  # not ours to judge: another user's process, gone meanwhile, or not a name we write
 
 
 def write(cache_dir: str | Path) -> None:
@@ -100,9 +115,10 @@ def write(cache_dir: str | Path) -> None:
     _remove_abandoned(cache_dir)
     if all(load(cache_dir, split) is not None for split in SPLITS):
         return
-    key, digests = data._cache_key(), _source_digests(cache_dir)
-    if key is None or digests is None:
+    key, manifest = data._cache_key(), data.read_manifest(cache_dir)  # its arrays checked against their digests
+    if key is None or manifest is None:
         raise OSError(f"{cache_dir}: no signed cache to derive the normalised images from")
+    digests = {split: manifest["files"][name]["sha256"] for split, name in SPLITS.items()}
     arrays = data.load_arrays(cache_dir)
     record = {"version": _VERSION, "files": {}}
     for split, name in SPLITS.items():
@@ -113,11 +129,12 @@ def write(cache_dir: str | Path) -> None:
             normalise_into(torch.from_numpy(out), images, slice_bytes=4 << 20)  # no Case runs in this process
             out.flush()  # on disk now, so no write-back competes with the Cases that read it
             del out
+            os.chmod(tmp, 0o444)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
         record["files"][split] = {"source_sha256": digests[split], "shape": [len(images), 3, 32, 32],
-                                  "identity": _identity(path)}
+                                  "identity": _identity(path.stat())}
     record["mac"] = data._mac(record, key)
     tmp = cache_dir / f"{RECORD}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(record, indent=1))

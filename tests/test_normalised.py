@@ -50,7 +50,9 @@ def test_a_trusted_copy_is_not_written_again(cache: Path):
 
 def _rewrite_same_bytes(path: Path) -> None:
     time.sleep(0.01)  # a later change time, even on a coarse clock
+    os.chmod(path, 0o644)  # written read-only
     path.write_bytes(path.read_bytes())
+    os.chmod(path, 0o444)
 
 
 @pytest.mark.parametrize("spoil", ["file rewritten", "values changed", "record edited", "record missing",
@@ -60,15 +62,15 @@ def test_anything_that_changed_the_copy_or_its_source_makes_it_untrusted_and_wri
     if spoil == "file rewritten":  # the same bytes: still not the file that was signed
         _rewrite_same_bytes(path)
     elif spoil == "values changed":
+        os.chmod(path, 0o644)
         with open(path, "r+b") as f:
             f.seek(-4, os.SEEK_END)
             f.write(np.float32(9.0).tobytes())
     elif spoil == "record edited":  # a planted record naming the planted file, without the user's key
         body = json.loads(record.read_text())
-        body["files"]["train"]["identity"] = normalised._identity(path)
         body["mac"] = "0" * 64
         _rewrite_same_bytes(path)
-        body["files"]["train"]["identity"] = normalised._identity(path)
+        body["files"]["train"]["identity"] = normalised._identity(path.stat())
         record.write_text(json.dumps(body))
     elif spoil == "record missing":
         record.unlink()
@@ -124,9 +126,28 @@ def test_a_cpu_case_maps_the_cached_copy_and_decodes_only_without_one(cache: Pat
 def test_a_copy_abandoned_half_written_by_a_dead_process_is_removed(cache: Path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True).stdout.strip()
+    old = time.time() - normalised.ABANDONED_AFTER_S - 60
     abandoned = cache / f"train_x_normalised.npy.tmp-{dead}"
-    alive = cache / f"test_x_normalised.npy.tmp-{os.getpid()}"  # a writer still at work: left alone
-    abandoned.write_bytes(b"x" * 100)
-    alive.write_bytes(b"x" * 100)
+    alive = cache / f"test_x_normalised.npy.tmp-{os.getpid()}"  # its writer is still at work: left alone
+    recent = cache / f"test_x_normalised.npy.tmp-{dead}0"  # perhaps a writer on another host: too recent to judge
+    for tmp in (abandoned, alive, recent):
+        tmp.write_bytes(b"x" * 100)
+    for tmp in (abandoned, alive):
+        os.utime(tmp, (old, old))
     normalised.write(cache)
-    assert not abandoned.exists() and alive.exists()
+    assert not abandoned.exists() and alive.exists() and recent.exists()
+
+
+def test_a_copy_others_could_write_is_not_trusted_even_under_a_record_naming_it(cache: Path):
+    path, record = cache / "train_x_normalised.npy", cache / normalised.RECORD
+    os.chmod(path, 0o664)
+    body = json.loads(record.read_text())
+    body["files"]["train"]["identity"] = normalised._identity(path.stat())
+    body["mac"] = data._mac(body, data._cache_key())
+    record.write_text(json.dumps(body))
+    assert normalised.load(cache, "train") is None
+    os.chmod(path, 0o444)
+    body["files"]["train"]["identity"] = normalised._identity(path.stat())
+    body["mac"] = data._mac(body, data._cache_key())
+    record.write_text(json.dumps(body))
+    assert normalised.load(cache, "train") is not None  # the same record, for the file as written: trusted

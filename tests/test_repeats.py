@@ -51,11 +51,11 @@ def test_repeats_become_one_figure_with_the_pooled_spread_between_processes(runs
     b128 = out.loc["train/cpu/resident/b128/t1/w1"]
     assert b128["images_per_s"] == pytest.approx(2000) and b128["processes"] == 2
     assert b128["images_per_s_ci_high"] / 2000 == pytest.approx(math.exp(repeats.t95(dof) * sd / math.sqrt(2)))
-    # the failed repeat stays a row of its own; a Case measured once keeps its own key and interval
-    assert out.loc["train/cpu/resident/b128/t1/w1/r2", "status"] == "oom"
-    once = out.loc["train/cpu/resident/b512/t1/w1/r0"]
+    # the failed repeat is named in the Case's warnings; a Case measured once keeps its own interval
+    assert b128["warnings"] == ["repeat 2 ended as oom: oom"]
+    once = out.loc["train/cpu/resident/b512/t1/w1"]
     assert once["processes"] == 1 and once["images_per_s_ci_low"] == pytest.approx(3000 * 0.995)
-    assert len(out) == 4
+    assert len(out) == 3
 
 
 def test_collapsing_twice_changes_nothing_and_a_run_without_repeats_only_gains_the_count(runs):
@@ -63,7 +63,8 @@ def test_collapsing_twice_changes_nothing_and_a_run_without_repeats_only_gains_t
     pd.testing.assert_frame_equal(repeats.collapse(once), once)
     single = runs[runs["repeat"] == 0]
     out = repeats.collapse(single)
-    assert list(out["key"]) == list(single["key"]) and out["processes"].tolist() == [1, 1, 1]
+    assert list(out["key"]) == [k.removesuffix("/r0") for k in single["key"]] and out["processes"].tolist() == [1, 1, 1]
+    pd.testing.assert_frame_equal(repeats.collapse(pd.concat([single, single])), out)  # one run folder given twice
 
 
 def test_the_analysis_no_longer_takes_the_best_of_the_repeats(runs):
@@ -89,3 +90,20 @@ def test_the_caveat_says_what_the_intervals_cover(runs):
     assert any("measured in one process" in c for c in findings.verdict(single).caveats)
     several = findings.verdict(analysis.analyse(runs)).caveats
     assert any("2 Cases were measured in 2-3 processes" in c and "pooled" in c for c in several)
+
+
+def test_compare_finds_a_case_whose_repeats_all_failed_and_matches_runs_of_different_repeat_counts(runs):
+    failed = runs.assign(status="oom", images_per_s=None, error="out of memory", run_id="run-b")
+    table = compare.compare_runs(runs, failed).table.set_index("key")
+    assert table.loc["train/cpu/resident/b32/t1/w1", "verdict"] == "REGRESSION: was ok, now oom"
+    once = runs[runs["repeat"] == 0].assign(run_id="run-b")
+    table = compare.compare_runs(runs, once).table.set_index("key")
+    assert table.loc["train/cpu/resident/b32/t1/w1", "ratio"] == pytest.approx(900 / math.exp(np.log([900.0, 1000.0, 1100.0]).mean()))
+
+
+def test_the_spread_between_processes_is_pooled_per_device():
+    rows = [_row(32, r, rate) for r, rate in enumerate([900.0, 1000.0, 1100.0])]
+    rows += [dict(_row(32, r, rate), device="cuda:0", key=f"train/cuda:0/resident/b32/t1/w1/r{r}")
+             for r, rate in enumerate([50000.0, 50010.0, 49990.0])]
+    out = repeats.collapse(pd.DataFrame(rows)).set_index("device")
+    assert out.loc["cpu", "between_process_pct"] > 5 and out.loc["cuda:0", "between_process_pct"] < 0.1

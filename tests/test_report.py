@@ -259,11 +259,15 @@ def _figure(i: int):
     return fig
 
 
-def test_charts_drawn_in_a_forked_child_are_the_ones_drawn_here(tmp_path: Path):
+def test_charts_drawn_in_a_forked_child_are_the_ones_drawn_here(tmp_path: Path, monkeypatch):
     from bench import report
 
+    real, children = report._child_succeeded, []
+    monkeypatch.setattr(report, "_child_succeeded", lambda pid: children.append(real(pid)) or children[-1])
+    monkeypatch.setattr(report, "_cpus", lambda: 2)
     figs = [_figure(i) for i in range(4)]
     report._save_charts([(tmp_path / f"c{i}.png", f) for i, f in enumerate(figs)])
+    assert children == [True]  # drawn by the child, not redrawn here
     for i, f in enumerate(figs):
         f.savefig(tmp_path / f"serial{i}.png", dpi=report.CHART_DPI)
         assert (tmp_path / f"c{i}.png").read_bytes() == (tmp_path / f"serial{i}.png").read_bytes()
@@ -281,5 +285,6 @@ def test_charts_a_failed_child_left_undrawn_are_drawn_here(tmp_path: Path, monke
         return False
 
     monkeypatch.setattr(report, "_child_succeeded", failed)
+    monkeypatch.setattr(report, "_cpus", lambda: 2)
     report._save_charts([(tmp_path / f"c{i}.png", _figure(i)) for i in range(4)])
     assert sorted(p.name for p in tmp_path.glob("c*.png")) == ["c0.png", "c1.png", "c2.png", "c3.png"]

@@ -113,3 +113,15 @@ def test_a_cases_process_does_not_import_pandas():
     out = subprocess.run([sys.executable, "-c", f"import sys, {', '.join(sorted(modules))}; print('pandas' in sys.modules)"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_only_the_fork_server_skips_its_teardown_at_exit():
+    out = subprocess.run([sys.executable, "-c", "import bench.forkserver, bench.forkserver_exit; raise SystemExit(3)"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 3  # not forced to 0
+    # in the server it is registered: a child forked from it (which inherits its modules) says so by its status
+    code = ("from bench.forkserver import start_server; ctx = start_server(); "
+            "p = ctx.Process(target=exec, args=(\"import sys; sys.exit(0 if sys.modules['bench.forkserver_exit']"
+            ".REGISTERED else 5)\",)); p.start(); p.join(); print(p.exitcode)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.stdout.strip() == "0", out.stderr
