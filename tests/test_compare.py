@@ -71,7 +71,7 @@ def test_bench_compare_exits_1_on_a_regression_and_0_without(tmp_path: Path):
     slower = _run(tmp_path / "slower", {4: 1000.0, 128: 3000.0})
     proc = run_bench("compare", str(base), str(slower), "--threshold", "10%")
     assert proc.returncode == 1, proc.stderr
-    assert "train/cpu/resident/b128/t2/w1/r0" in proc.stdout and "REGRESSION" in proc.stdout
+    assert "train/cpu/resident/b128/t2/w1 " in proc.stdout and "REGRESSION" in proc.stdout
     assert proc.stdout.rstrip().endswith("1 regression(s) in 2 Cases found in both runs (2 with images_per_s in both)")
     assert run_bench("compare", str(base), str(base)).returncode == 0
     assert run_bench("compare", str(base), str(slower), "--threshold", "60").returncode == 0
@@ -166,7 +166,7 @@ def test_a_real_slowdown_is_caught_the_same_sweep_beside_a_busy_loop_on_its_cpu(
         for slowed in order:
             measure(f"{'slowed' if slowed else 'base'}-{attempt}", slowed)
         proc = run_bench("compare", str(tmp_path / f"base-{attempt}"), str(tmp_path / f"slowed-{attempt}"))
-        if proc.returncode == 1 and "train/cpu/resident/b128/t1/w1/r0" in proc.stdout and "REGRESSION" in proc.stdout:
+        if proc.returncode == 1 and "train/cpu/resident/b128/t1/w1 " in proc.stdout and "REGRESSION" in proc.stdout:
             return
         outputs.append(proc.stdout + proc.stderr)
     pytest.fail("the run beside a busy loop was not reported as a regression:\n" + "\n".join(outputs))

@@ -193,7 +193,7 @@ def test_each_cases_warnings_appear_in_the_report_beside_its_key(tmp_path: Path)
                               warnings=["throughput varied: IQR is 40% of the median over 2 windows",
                                         "only 2 timed window(s): the spread is not meaningful"]))
     md = report.build_report([run], run).markdown.read_text()
-    assert ("| train/cpu/resident/b8/t1/w1/r0 | throughput varied: IQR is 40% of the median over 2 windows; only 2 "
+    assert ("| train/cpu/resident/b8/t1/w1 | throughput varied: IQR is 40% of the median over 2 windows; only 2 "
             "timed window(s): the spread is not meaningful |") in md
 
 
