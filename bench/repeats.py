@@ -87,8 +87,11 @@ def collapse(df: pd.DataFrame) -> pd.DataFrame:
     repeat are left as they are, so collapsing twice changes nothing."""
     if df.empty or "key" not in df or "images_per_s" not in df:
         return df
-    df = df.drop_duplicates(subset=[c for c in ("run_id", "key") if c in df])  # a run folder given twice
+    df = df.reset_index(drop=True)
     repeatable = df["key"].astype(str).str.contains(REPEAT)
+    twice = df[repeatable].duplicated(subset=[c for c in ("run_id", "key") if c in df])  # a run folder given twice
+    df = df.drop(twice[twice].index)
+    repeatable = repeatable.drop(twice[twice].index)
     measured = _measured(df)
     once = pd.Series(np.where(measured, 1.0, np.nan), index=df.index)
     df = df.assign(processes=df["processes"].fillna(once) if "processes" in df else once)
