@@ -135,8 +135,10 @@ def _precision_caveats(ok: pd.DataFrame) -> list[str]:
     out += _process_caveat(timed)
     if "contended" in timed and timed["contended"].fillna(False).astype(bool).any():
         busy = timed[timed["contended"].fillna(False).astype(bool)]
-        out.append(f"{len(busy)} of {len(timed)} Cases were measured while other processes used the CPU (up to "
-                   f"{busy['other_cpu_cores'].max():.1f} cores on average): their figures, and the thread-scaling, "
+        steal = busy["steal_pct"].max() if "steal_pct" in busy else float("nan")
+        out.append(f"{len(busy)} of {len(timed)} Cases were measured while other processes or the hypervisor used "
+                   f"the CPU (other processes up to {busy['other_cpu_cores'].max():.1f} cores on average"
+                   + (f", steal up to {steal:.0f}%" if pd.notna(steal) else "") + "): their figures, and the thread-scaling, "
                    f"crossover and ceiling-share findings drawn from them, reflect the neighbours as much as the "
                    f"model; run again on a quiet machine (e.g. {busy.iloc[0]['key']}).")
     return out

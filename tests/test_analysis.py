@@ -298,3 +298,18 @@ def test_below_twice_chance_the_budget_was_too_short_to_learn():
     [finding] = _accuracy_findings([_trained(32, 12.7, 0.2, "time"), _trained(128, 9.8, 0.1, "time")])
     assert finding.startswith("Accuracy: no training Case learnt (best 12.7%, below 20%, twice chance): the budget "
                               "was too short to learn")
+
+
+def test_findings_drawn_from_contended_cases_say_so_and_the_caveat_names_the_load(table):
+    quiet = table.assign(contended=False, other_cpu_cores=0.0, steal_pct=0.0)
+    v = sentences.verdict(analysis.analyse(quiet))
+    assert not any("rests on contended" in f for f in v.findings)
+    assert not any("hypervisor" in c for c in v.caveats)
+    busy = quiet.copy()
+    two = (busy.device == "cpu") & (busy.pipeline == "tutorial") & (busy.threads == 2) & (busy.batch_size == 128)
+    busy.loc[two, ["contended", "other_cpu_cores", "steal_pct"]] = [True, 1.2, 7.0]
+    v = sentences.verdict(analysis.analyse(busy))
+    threads = [f for f in v.findings if f.startswith("Threads (tutorial pipeline)")]
+    assert threads and threads[0].endswith("(rests on contended Cases: see the caveats).")
+    assert any(c.startswith("1 of ") and "other processes up to 1.2 cores on average, steal up to 7%" in c
+               for c in v.caveats)
