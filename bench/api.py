@@ -81,7 +81,8 @@ def _sweep(spec: SweepSpec, folder, run_id: str, resume: bool, display, warn) ->
     from bench.plan import oversubscription_warnings, plan_cases
     from bench.progress import Display
     from bench.run_folder import results_frame
-    from bench.runner import check_temp_dir, run_cases
+    from bench.forkserver import check_temp_dir
+    from bench.runner import run_cases
 
     check_temp_dir()
     prepared = prepare_data(spec)

@@ -155,10 +155,13 @@ def _process_caveat(timed: pd.DataFrame) -> list[str]:
                 "machine (--repeats 3 measures that, and each interval then covers it)."]
     repeated = timed[processes > 1]
     lo, hi = int(processes[processes > 1].min()), int(processes.max())
+    spread = repeated["between_process_pct"]
+    spread_text = (f"+-{spread.min():.1f}%" if spread.min() == spread.max()
+                   else f"+-{spread.min():.1f}% to +-{spread.max():.1f}%")
     return [f"{len(repeated)} Cases were measured in {lo if lo == hi else f'{lo}-{hi}'} processes each (--repeats): their "
             f"figures are the processes' geometric mean, and their intervals cover how far processes of one Case "
-            f"landed from each other (+-{repeated['between_process_pct'].iloc[0]:.1f}%, one standard deviation, "
-            f"pooled over those Cases), not only one process's windows."]
+            f"landed from each other ({spread_text}, one standard deviation, pooled over those Cases of a device), "
+            f"not only one process's windows."]
 
 
 def _contended(rows: pd.DataFrame) -> str:

@@ -302,15 +302,16 @@ def latencies_ms(clock: DeviceClock, run: Callable[[torch.Tensor], object], inpu
                  limit: int, budget_s: float | None = None) -> list[float]:
     """Per-batch latency: each call is synchronised before and after, so it is whole. At most `limit` calls, and
     with `budget_s` none begun once the calls timed add up to it (after at least LATENCY_MIN_CALLS)."""
-    out = []
+    out, spent_ms = [], 0.0
     for i, x in enumerate(inputs):
-        if i >= limit or (budget_s is not None and len(out) >= LATENCY_MIN_CALLS and sum(out) >= 1000 * budget_s):
+        if i >= limit or (budget_s is not None and len(out) >= LATENCY_MIN_CALLS and spent_ms >= 1000 * budget_s):
             break
         clock.sync()
         t0 = time.perf_counter()
         run(x)
         clock.sync()
         out.append((time.perf_counter() - t0) * 1000.0)
+        spent_ms += out[-1]
     return out
 
 

@@ -5,8 +5,9 @@ A Case's own interval comes from the windows of one process. On a small shared m
 same Case lands further away than that (tests/perf/adaptive_vs_long.py: up to ~12% here, while each interval
 said +-1-3%): where its memory lands, how malloc serves it, what the hypervisor does meanwhile. Repeats measure
 that. Their figure is the geometric mean of the processes' medians, and its 95% interval is Student's t on the
-logarithms with the spread between processes pooled over every repeated Case of the run (the machine's, much
-better known from 30 Cases than from the 2-3 processes of one; each Case's own processes still weigh in it).
+logarithms with the spread between processes pooled over the run's repeated Cases on the same device (the
+machine's, much better known from 30 Cases than from the 2-3 processes of one; each Case's own processes still
+weigh in it).
 Before this, the analysis took the best of the repeats: an optimistic figure, the more so the more repeats.
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 import pandas as pd
 
-from bench import analysis, charts, findings, repeats
+from bench import analysis, charts, findings
 from bench.compute import with_ceilings
 from bench.cost import with_prices
 from bench.results import precision_table
@@ -115,7 +115,7 @@ def _figures(a: analysis.Analysis, train_images: int) -> tuple[list[tuple[str, s
     return figs, left_out
 
 
-def _sections(a: analysis.Analysis, ceilings: pd.DataFrame, df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+def _sections(a: analysis.Analysis, ceilings: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     sections = [("The tutorial's job per device (seconds; projected where job_projected)", a.jobs),
                 ("Time to the target accuracy: the fastest Case per device", a.time_to_target),
                 ("Cost per device (USD, at each run's --price)", a.costs),
@@ -139,8 +139,8 @@ def _sections(a: analysis.Analysis, ceilings: pd.DataFrame, df: pd.DataFrame) ->
                  "timed; stop 'precise' when the interval reached the target, 'budget' when --max-seconds came "
                  "first; others_cores: other processes' CPU use while it ran (contended above 0.5); processes: "
                  "how many processes measured it (--repeats): then the interval is over processes, with the spread "
-                 "between processes (between_%) pooled over the run's repeated Cases",
-                 precision_table(df)),
+                 "between processes (between_%) pooled over the run's repeated Cases on the same device",
+                 precision_table(a.frame)),
                 ("Warnings recorded with each Case", a.warnings),
                 ("Cases that did not finish", a.unfinished)]
     return [(title, _drop_blank(table)) for title, table in sections]
@@ -215,7 +215,7 @@ def _child_succeeded(pid: int) -> bool:
 def build_report(run_dirs: list[Path], out_dir: Path) -> Report:
     """Writes the report files into out_dir."""
     runs = [RunFolder(p).load() for p in run_dirs]
-    df = repeats.collapse(combined_frame(runs))  # a Case's repeats as one figure (its processes' interval)
+    df = combined_frame(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped = {d: why for r in runs for d, why in r.environment.get("skipped_devices", {}).items()}
     tables = analysis.analyse(df)
@@ -231,7 +231,7 @@ def build_report(run_dirs: list[Path], out_dir: Path) -> Report:
     RunFolder(out_dir).write_csv([r for run in runs for r in RunFolder(run.path).results()])
     datasets = ", ".join(sorted(df["dataset"].dropna().unique()))
     title = "Does a GPU help the CIFAR-10 tutorial CNN?"
-    sections = _sections(tables, _ceilings(runs), df)
+    sections = _sections(tables, _ceilings(runs))
     md = _markdown(title, verdict, runs, datasets, figures, sections, left_out)
     (out_dir / "report.md").write_text(md)
     (out_dir / "report.html").write_text(_html(title, verdict, runs, datasets, figures, images, sections, left_out))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.forkserver import case_main, check_temp_dir, nothing, start_server  # noqa: F401  (the sweep's API)
+from bench.forkserver import case_main, nothing, start_server
 from bench.run_folder import RunError, RunFolder
 from bench.schema import Case, Result
 
@@ -34,8 +34,6 @@ def _context() -> mp.context.BaseContext:
     ready.start()
     ready.join()
     return ctx
-
-
 
 
 def _kill_tree(pid: int | None) -> None:
