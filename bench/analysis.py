@@ -152,7 +152,9 @@ def inference_table(df: pd.DataFrame) -> pd.DataFrame:
     ok = ok_rows(df)
     ok = ok[ok["mode"] == "infer"]
     cols = ["machine", "device", "pipeline", "variant", "width", "batch_size", "threads", "images_per_s",
-            "latency_ms_p50", "latency_ms_p99", "latency_calls"]
+            "latency_ms_p50", "latency_ms_p99"]
+    if "latency_calls" in ok and ok["latency_calls"].notna().any():  # runs from before it have none
+        cols.append("latency_calls")
     return ok[[c for c in cols if c in ok]].sort_values(["machine", "device", "pipeline", "batch_size"]).reset_index(drop=True)
 
 

@@ -313,3 +313,10 @@ def test_findings_drawn_from_contended_cases_say_so_and_the_caveat_names_the_loa
     assert threads and threads[0].endswith("(rests on contended Cases: see the caveats).")
     assert any(c.startswith("1 of ") and "other processes up to 1.2 cores on average, steal up to 7%" in c
                for c in v.caveats)
+
+
+def test_the_inference_table_counts_latency_calls_only_where_a_run_recorded_them(table):
+    infer = pd.DataFrame([_row("cpu", "resident", 32, 5000.0, threads=1, mode="infer", latency_ms_p50=4.0,
+                               latency_ms_p99=5.0, latency_calls=None)])
+    assert "latency_calls" not in analysis.inference_table(infer)
+    assert analysis.inference_table(infer.assign(latency_calls=7))["latency_calls"].tolist() == [7]
