@@ -13,8 +13,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MINI = Path(os.environ.get("CIFAR10_MINI", ROOT / "tests" / "data" / "cifar10-mini"))  # 984 real images, in the repo
 
-# Caches (synthetic set, decoded arrays) go to one folder per test session, inherited by subprocesses.
-os.environ.setdefault("CNN_CACHE_DIR", tempfile.mkdtemp(prefix="cnn-cache-"))
+# Caches (synthetic set, decoded arrays, normalised copies, torch.compile's kernels: about 1 GB) go to one
+# folder per test session, inherited by subprocesses, and removed when the session ends (unless the caller
+# named it).
+OWN_CACHE: str | None = None
+if not os.environ.get("CNN_CACHE_DIR"):
+    OWN_CACHE = os.environ["CNN_CACHE_DIR"] = tempfile.mkdtemp(prefix="cnn-cache-")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(OWN_CACHE, "torchinductor"))
+
+
+def pytest_unconfigure(config) -> None:
+    """A suite run leaves no cache behind: CI machines and repeated runs would fill the disk with them."""
+    if OWN_CACHE is not None:
+        shutil.rmtree(OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture
