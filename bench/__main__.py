@@ -23,6 +23,9 @@ if __name__ == "__main__":
     # and matplotlib's many of them took 1.5-2.5 s here after every command (files are closed, results written).
     # So the exit handlers run (multiprocessing's clean-up, logging) and the process ends without the teardown.
     gc.freeze()
+    from bench.forkserver import stop_server
+
+    stop_server()  # no Case is left running (the runner waits for each); the server's imports may still be
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

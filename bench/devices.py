@@ -9,7 +9,10 @@ suite run every CUDA branch on a CPU: its fake-CUDA layer answers the `torch.cud
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch  # imported where a device is asked something: the CLI's report, compare and export need no torch
 
 
 def placement(device: torch.device) -> torch.device:
@@ -25,4 +28,6 @@ def cuda_index(device: str) -> int:
 def cuda_device_count() -> int:
     """The GPUs this process can see, without initialising CUDA here: device_count asks NVML first
     (is_available would initialise the CUDA runtime, and a process forked from this one could not use CUDA)."""
+    import torch
+
     return torch.cuda.device_count()

@@ -36,6 +36,22 @@ def start_server() -> mp.context.BaseContext:
     return ctx
 
 
+def stop_server() -> None:
+    """Ends the fork server this process started, if any, at once. Without it, a command that ends before its
+    first Case (bad input, an unusable folder) left the server importing torch and torchvision for seconds,
+    holding the command's stdout open: a pipe or a caller reading it waited for those imports (the server only
+    notices its parent's exit once they are done)."""
+    import signal
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:  # it has ended already
+        pass
+
+
 # The functions a Case's process (and the readiness probe) runs are named by module in the request to the fork
 # server, and a child imports that module before running them: defined here, a child imports nothing the fork
 # server has not (bench.runner would bring pandas, 0.5 s of every Case's start-up), and this process need not

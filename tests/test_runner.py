@@ -115,6 +115,34 @@ def test_a_cases_process_does_not_import_pandas():
     assert out.stdout.strip() == "False"
 
 
+def test_bad_input_to_bench_run_ends_at_once_though_its_fork_server_is_still_importing(tmp_path):
+    """`bench run` starts its fork server before parsing (its imports take seconds); a command refused before
+    the first Case stops it, or the server, holding the command's stdout, kept a pipe open until its imports were
+    done. Here a sitecustomize makes the server's import take 10 minutes: only a stopped server lets it end."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import time\n"
+        "if b'multiprocessing.forkserver import main' in open('/proc/self/cmdline', 'rb').read():\n"
+        "    time.sleep(600)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", "--world-sizes", "0"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "bench: --world-sizes: '0' is not a positive integer (expected e.g. 1,2)"), proc.stderr
+    assert not [p for p in psutil.process_iter(["environ"]) if (p.info["environ"] or {}).get("PYTHONPATH") ==
+                env["PYTHONPATH"]]
+
+
+def test_the_commands_that_read_results_do_not_import_torch():
+    """report, compare and export read files: torch (3.6 s here) is for the commands that measure."""
+    code = ("import sys; from bench import cli; "
+            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_only_the_fork_server_skips_its_teardown_at_exit():
     out = subprocess.run([sys.executable, "-c", "import bench.forkserver, bench.forkserver_exit; raise SystemExit(3)"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
