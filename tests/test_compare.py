@@ -140,26 +140,37 @@ def test_a_real_slowdown_is_caught_the_same_sweep_beside_a_busy_loop_on_its_cpu(
     So the runs are compared in ABBA order: baseline then slowed, and if that pair does not show the
     regression, slowed then baseline on fresh folders; a comparison that never catches it fails both."""
     # a step count, not seconds: beside busy neighbours a step can take 0.2 s, and a time budget would then
-    # end before its first timed window
+    # end before its first timed window; 10 warm-up steps cover the loops' start
     sweep = ["run", "--dataset", "synthetic", "--devices", "cpu", "--threads", "1", "--batch-sizes", "128",
              "--pipelines", "resident", "--modes", "train", "--no-report", "--no-job", "--epochs", "1",
-             "--max-steps", "40", "--max-seconds", "0", "--warmup-steps", "5", "--window", "0.1", "--precision", "0"]
+             "--max-steps", "40", "--max-seconds", "0", "--warmup-steps", "10", "--window", "0.1", "--precision", "0"]
     cpu = min(os.sched_getaffinity(0))
 
     def on_one_cpu() -> None:
         os.sched_setaffinity(0, {cpu})
 
     def measure(name: str, slowed: bool) -> None:
-        loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=on_one_cpu)
-                 for _ in range(2 if slowed else 0)]
+        # the loops start when the Case does ("started"), not with the command: its set-up (torch's import, the
+        # fork server's) then runs at full speed, and only the Case shares its CPU (the run took 3x longer)
+        proc = subprocess.Popen([sys.executable, "-m", "bench", *sweep, "--out", str(tmp_path / name)], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=on_one_cpu)
+        loops, lines = [], []
         try:
-            proc = subprocess.run([sys.executable, "-m", "bench", *sweep, "--out", str(tmp_path / name)], cwd=ROOT,
-                                  capture_output=True, text=True, timeout=240, preexec_fn=on_one_cpu)
+            for line in proc.stdout:
+                lines.append(line)
+                if slowed and not loops and line.rstrip().endswith(": started"):
+                    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=on_one_cpu)
+                             for _ in range(2)]
+            stderr = proc.stderr.read()
+            proc.wait(timeout=240)
         finally:
+            proc.kill()
             for loop in loops:
                 loop.kill()
                 loop.wait()
-        assert proc.returncode == 0, proc.stderr
+        assert proc.returncode == 0, stderr
+        assert loops or not slowed, "".join(lines)
 
     outputs = []
     for attempt, order in enumerate([(False, True), (True, False)]):
