@@ -2,6 +2,7 @@
 with small step caps; its outputs are checked for what the tutorial shows and what the sweep adds."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def test_the_stored_notebook_has_no_outputs():
 
 def test_the_notebook_runs_top_to_bottom_on_synthetic_data(tmp_path: Path):
     nb = _with_parameters(nbformat.read(NOTEBOOK, as_version=4), DATA_DIR=str(tmp_path / "data"), DOWNLOAD=False,
-                          EPOCHS=1, MAX_STEPS=200, SWEEP_BATCH_SIZES=[4, 64], SWEEP_SECONDS=0.5,
+                          EPOCHS=1, MAX_STEPS=200, SWEEP_BATCH_SIZES=[4, 64], SWEEP_SECONDS=0.5, SWEEP_EVAL_IMAGES=500,
                           OUT=str(tmp_path / "sweep"))
     started = time.monotonic()
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
@@ -55,3 +56,5 @@ def test_the_notebook_runs_top_to_bottom_on_synthetic_data(tmp_path: Path):
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 3  # the training images, then two of the report's charts
     assert (tmp_path / "sweep" / "report.html").is_file()
+    results = [json.loads(line) for line in (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()]
+    assert {r["eval_images"] for r in results} == {500}  # SWEEP_EVAL_IMAGES reached the sweep
