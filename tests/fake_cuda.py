@@ -32,8 +32,10 @@ tests/fakecuda_site (a sitecustomize that reads BENCH_FAKE_CUDA).
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -50,6 +52,39 @@ BAD_FORK = ("Cannot re-initialize CUDA in forked subprocess. To use CUDA with mu
             "'spawn' start method")
 READBACKS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.numpy,
              torch.Tensor.__float__, torch.Tensor.__int__}
+
+
+class _PatchAfterImport(importlib.abc.MetaPathFinder):
+    """Patches each named module right after it is executed, before its importer sees it."""
+
+    def __init__(self, patches: dict):
+        self.patches = patches
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in self.patches:
+            return None
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    spec.loader = _PatchingLoader(spec.loader, self.patches.pop(fullname))
+                    return spec
+        return None
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, loader, patch):
+        self.loader, self.patch = loader, patch
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self.loader.exec_module(module)
+        self.patch(module)
+
+    def __getattr__(self, name):  # get_source and the like (tracebacks show the module's lines)
+        return getattr(self.loader, name)
 
 
 class FakeCudaError(RuntimeError):
@@ -153,6 +188,7 @@ class FakeCuda:
         self._saved: list[tuple[object, str, object]] = []
         self._installed = False
         self._mode = None
+        self._finder = None
         self._lock = threading.Lock()
         self._new_process(bad_fork=False)
 
@@ -359,9 +395,7 @@ class FakeCuda:
     def install(self) -> FakeCuda:
         import torch.utils.data._utils.pin_memory as pin
 
-        import bench.ddp
         import bench.devices
-        import bench.training
 
         cuda = torch.cuda
         for name in ("is_available", "device_count", "current_device", "set_device", "synchronize",
@@ -373,12 +407,20 @@ class FakeCuda:
         self._patch(torch.accelerator, "set_device_index", self.accelerator_set_device_index)
         self._patch(pin, "pin_memory", self.pin_memory)
         self._patch(bench.devices, "placement", self.placement)
-        self._real_compile_unavailable = bench.training.compile_unavailable
-        self._patch(bench.training, "compile_unavailable", self.compile_unavailable)
         self._real_init_process_group = dist.init_process_group
         self._patch(dist, "init_process_group", self.init_process_group)
-        self._real_ddp = bench.ddp.DistributedDataParallel
-        self._patch(bench.ddp, "DistributedDataParallel", self.distributed_data_parallel)
+        # bench.training and bench.ddp bring torchvision and torch.distributed's launcher (3.3 s here): patched
+        # when a process imports them, so that every process of a faked tree (the CLI, its fork server, a rank,
+        # the truth check's minimal loop) does not pay for them
+        later = {}
+        for name, patch in (("bench.training", self._patch_training), ("bench.ddp", self._patch_ddp)):
+            if name in sys.modules:
+                patch(sys.modules[name])
+            else:
+                later[name] = patch
+        if later:
+            self._finder = _PatchAfterImport(later)
+            sys.meta_path.insert(0, self._finder)
         if self.watch_readbacks:
             self._mode = _Readbacks(self)
             self._mode.__enter__()
@@ -387,10 +429,22 @@ class FakeCuda:
         self._installed = True
         return self
 
+    def _patch_training(self, module) -> None:
+        self._real_compile_unavailable = module.compile_unavailable
+        self._patch(module, "compile_unavailable", self.compile_unavailable)
+
+    def _patch_ddp(self, module) -> None:
+        self._real_ddp = module.DistributedDataParallel
+        self._patch(module, "DistributedDataParallel", self.distributed_data_parallel)
+
     def uninstall(self) -> None:
         if self._mode is not None:
             self._mode.__exit__(None, None, None)
             self._mode = None
+        if self._finder is not None:
+            if self._finder in sys.meta_path:
+                sys.meta_path.remove(self._finder)
+            self._finder = None
         for owner, name, value in reversed(self._saved):
             setattr(owner, name, value)
         self._saved.clear()
