@@ -93,6 +93,7 @@ def rank_main(case_fields: dict, progress=None, started: float | None = None) ->
 
         allocator.tune()
     set_threads(case)
+    torch.manual_seed(case.seed)  # as a single-process Case: the same initial weights (rank 0's, broadcast) each run
     gpu = Result(case=case)  # this rank's own figures, filled by the training path
     if cuda:
         prepare_cuda(device, gpu)  # before the process group: NCCL binds the rank to the current device
