@@ -71,6 +71,10 @@ def build_spec(args: argparse.Namespace, n_cuda: int) -> SweepSpec:
     return spec_stage.build_spec(vars(args), n_cuda)
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 def _print_plan(cases, spec: SweepSpec, dataset: str) -> None:
     from bench.plan import estimate_seconds
 
@@ -80,13 +84,14 @@ def _print_plan(cases, spec: SweepSpec, dataset: str) -> None:
     least, _ = estimate_seconds(cases, precise=True)
     if not bounded:
         print(f"{len(cases)} Cases on {dataset} data; estimated duration at most (no --max-seconds; bounded by "
-              f"--time-limit) {seconds / 60:.1f} min")
+              f"--time-limit) {_duration(seconds)}")
     elif least < seconds:
-        print(f"{len(cases)} Cases on {dataset} data; estimated duration {least / 60:.1f}-{seconds / 60:.1f} min "
+        print(f"{len(cases)} Cases on {dataset} data; estimated duration {_duration(least)} to {_duration(seconds)} "
               f"(from every Case precise to +-{spec.precision_pct:g}% at its sixth window, to every Case running "
               f"its whole --max-seconds)")
     else:
-        print(f"{len(cases)} Cases on {dataset} data; estimated duration about {seconds / 60:.1f} min")
+        print(f"{len(cases)} Cases on {dataset} data; estimated duration about {_duration(seconds)} (longer where a "
+              f"Case's warm-up and three timed steps outlast its --max-seconds, as large batches' may)")
     for device, why in spec.skipped_devices.items():
         print(f"  skipped device {device}: {why}")
     from bench.plan import oversubscription_warnings
@@ -101,7 +106,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     spec = build_spec(args, cuda_device_count())
     if getattr(args, "write_cases", None):
         return _write_cases(spec, Path(args.write_cases))
-    dataset = args.dataset if args.dataset != "auto" else "auto-detected"
+    dataset = spec.dataset if spec.dataset != "auto" else "auto-detected"
     _print_plan(plan_cases(spec, data_cache="", dataset=dataset), spec, dataset)
     return 0
 

@@ -7,7 +7,12 @@ import math
 from bench.precision import MIN_WINDOWS
 from bench.schema import JOB, Case, SweepSpec
 
-STARTUP_S = 1.5  # a Case's own start, data and model set-up, measured on a 2-core machine
+# Measured on a 2-core CPU (a --quick sweep's timeline, data cached): 4.5 s before its first Case, 2.1 s of report
+SWEEP_SETUP_S = 5.0  # before the first Case: the fork server's imports (torch, torchvision), the data's check
+REPORT_S = 2.0  # after the last Case: the tables, the charts, report.md and report.html
+CPU_START_S = 0.15  # a CPU Case's process around its budget: fork, start-up, exit (0.13-0.15 s measured)
+CUDA_START_S = 1.5  # a CUDA Case's: not yet measured on a GPU (a CUDA context alone can take a second or more)
+EVAL_S = 1.0  # scoring 10,000 test images at batch 500 on a 2-core CPU (0.6-1.8 s measured), after each epoch
 COMPILE_S = 20.0  # torch.compile's first compilation of the step on a 2-core CPU (0.1-36 s measured)
 
 
@@ -87,19 +92,22 @@ def oversubscription_warnings(cases: list[Case], physical_cores: int) -> list[st
 
 
 def estimate_seconds(cases: list[Case], precise: bool = False) -> tuple[float, bool]:
-    """(seconds, bounded): an upper bound when every Case has --max-seconds, else by the time limits. With
-    `precise`, the least a sweep can take: every Case with a precision target stops after its first six
+    """(seconds, bounded): the sweep's duration, an upper bound when every Case has --max-seconds (a Case whose
+    few windows outlast its budget, e.g. one step of 0.2 s at batch 512, takes longer), else by the time limits.
+    With `precise`, the least a sweep can take: every Case with a precision target stops after its first six
     windows (and a warm-up of twice --warmup-steps' worth of windows), the fastest the rule allows."""
-    total, bounded = 0.0, True
+    total, bounded = SWEEP_SETUP_S + REPORT_S, True
     for case in cases:
         if case.max_seconds is not None:
-            evals = 1 if case.mode == "infer" else case.epochs
             if case.compile_mode is not None:
                 total += COMPILE_S
             measured = case.max_seconds
             if precise and case.target_precision_pct is not None:
                 measured = min(case.max_seconds, (MIN_WINDOWS + 2) * case.window_s)
-            total += STARTUP_S * case.world_size + measured + 0.5 * evals
+            start = CUDA_START_S if case.device.startswith("cuda") else CPU_START_S
+            evals = 0 if case.mode == "infer" else case.epochs  # inference's latency runs within its budget
+            scored = min(case.eval_images or 10000, 10000) / 10000
+            total += start * case.world_size + measured + EVAL_S * scored * evals
         else:
             bounded = False
             total += case.time_limit_s

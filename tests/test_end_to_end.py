@@ -114,8 +114,11 @@ def test_real_cifar10_mini_through_the_cli(mini: Path, tmp_path: Path):
 def test_dry_run_plans_without_running(tmp_path: Path):
     proc = run_bench("run", "--dry-run", "--dataset", "synthetic", "--quick", "--out", str(tmp_path / "run"))
     assert proc.returncode == 0
-    assert "train/cpu/tutorial/b4/t1/w1/r0" in proc.stdout and "estimated duration" in proc.stdout
+    assert "train/cpu/tutorial/b4/t1/w1/r0" in proc.stdout and "Cases on synthetic data; estimated duration about" \
+        in proc.stdout
     assert not (tmp_path / "run").exists()
+    plan = run_bench("plan", "--batch-sizes", "4")  # no --dataset: the default, named as what it does
+    assert plan.returncode == 0 and "Cases on auto-detected data; estimated duration" in plan.stdout, plan.stdout
 
 
 def test_an_interrupted_sweep_keeps_finished_cases_and_leaves_no_process(tmp_path: Path):

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from bench.plan import effective_lr, estimate_seconds, plan_cases
+from bench.plan import REPORT_S, SWEEP_SETUP_S, effective_lr, estimate_seconds, plan_cases
 from bench.schema import Case, Result, SweepSpec
 
 
@@ -43,7 +43,7 @@ def test_estimate_is_bounded_only_with_max_seconds():
     seconds, bounded = estimate_seconds(cases)
     assert bounded and seconds >= len(cases) * 5
     cases = plan_cases(_spec(devices=["cpu"], max_seconds=None, time_limit_s=60), data_cache="/c", dataset="s")
-    assert estimate_seconds(cases) == (len(cases) * 60, False)
+    assert estimate_seconds(cases) == (SWEEP_SETUP_S + REPORT_S + len(cases) * 60, False)
 
 
 def test_result_round_trips_through_one_flat_json_line():
