@@ -53,16 +53,15 @@ def run_case(case: Case, progress: Progress | None = None, started: float | None
 
 
 def _run(case: Case, progress: Progress | None, started: float) -> Result:
-    if case.world_size > 1:
-        return _run_distributed(case, progress, started)
-    result = Result(case=case)
     device = torch.device(case.device)
     unavailable = training.compile_unavailable(device.type) if case.compile_mode is not None else None
     if case.malloc == "tuned":
         unavailable = unavailable or allocator.unavailable()
-    if unavailable:
-        result.status, result.error = "skipped", unavailable
-        return result
+    if unavailable:  # before any rank is launched: a data-parallel Case is skipped as a single-process one is
+        return Result(case=case, status="skipped", error=unavailable)
+    if case.world_size > 1:
+        return _run_distributed(case, progress, started)
+    result = Result(case=case)
     try:
         if case.malloc == "tuned":  # before the Case allocates anything
             allocator.tune()

@@ -51,7 +51,8 @@ def test_a_refused_setting_is_an_error(monkeypatch):
         allocator.tune()
 
 
-def test_without_mallopt_a_tuned_case_is_skipped_with_the_reason(monkeypatch, tmp_path):
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_without_mallopt_a_tuned_case_is_skipped_with_the_reason(monkeypatch, tmp_path, world_size):
     from bench import worker
     from cnn.data import prepare_synthetic
 
@@ -60,9 +61,10 @@ def test_without_mallopt_a_tuned_case_is_skipped_with_the_reason(monkeypatch, tm
 
     monkeypatch.setattr(allocator.ctypes, "CDLL", no_libc)
     spec = SweepSpec(devices=["cpu"], batch_sizes=[4], threads=[1], pipelines=["resident"], widths=[1.0],
-                     modes=["train"], max_steps=3, warmup_steps=1, mallocs=["tuned"])
+                     modes=["train"], max_steps=3, warmup_steps=1, mallocs=["tuned"], world_sizes=[world_size])
     case = plan_cases(spec, str(prepare_synthetic(n_train=40, n_test=20).cache_dir), "synthetic")[0]
-    result = worker.run_case(case)
+    assert case.world_size == world_size
+    result = worker.run_case(case)  # a rank would have raised "the C library has no mallopt": the Case failed
     assert result.status == "skipped" and "mallopt" in result.error
 
 
