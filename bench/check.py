@@ -2,8 +2,9 @@
 
 Checked on every device, for both pipelines (tutorial, resident) in both modes (train, infer): the
 eager step, bf16 autocast and channels_last, one variant at a time (not their combinations); the
-resident training step captured in a CUDA graph (a `skipped` row on a CPU) and under torch.compile
-(`skipped` with why where it cannot compile: an unsupported Python, no C++ compiler); and data-parallel
+resident training step captured in a CUDA graph (a `skipped` row on a CPU), under torch.compile
+(`skipped` with why where it cannot compile: an unsupported Python, no C++ compiler) and with glibc's malloc
+tuned (`--malloc tuned`; `skipped` where the C library has no mallopt); and data-parallel
 training over 2 ranks (DDP: gloo on a CPU, NCCL with one GPU per rank) for both pipelines. Every
 Case takes a few steps of the tutorial's batch 4 on a small synthetic set, in its own worker process
 (the runner's); this process never initialises CUDA. A check is ok when its Case ends ok (and, with
@@ -25,8 +26,9 @@ SPEC = SweepSpec(devices=["cpu"], batch_sizes=[4], threads=[1], pipelines=list(P
                  modes=list(MODES), epochs=1, max_steps=6, max_seconds=None, time_limit_s=120.0, warmup_steps=2,
                  window_s=0.05, latency_batches=3, num_workers=2, dataset=DATASET, amp=list(AMP),
                  memory_formats=list(MEMORY_FORMATS), cuda_graphs=True, world_sizes=[1, RANKS],
-                 compile=["off", "on"], job=False)
-VARIANTS = ("eager", "bf16 autocast", "channels_last", "CUDA graphs", "torch.compile", f"DDP, {RANKS} ranks")
+                 compile=["off", "on"], mallocs=["default", "tuned"], job=False)
+VARIANTS = ("eager", "bf16 autocast", "channels_last", "CUDA graphs", "torch.compile", "malloc tuned",
+            f"DDP, {RANKS} ranks")
 GRAPHS_CPU = "CUDA graphs: CUDA devices only"
 HEADER = f"{'device':<7} {'pipeline':<8} {'mode':<5} {'check':<13} {'status':<7} detail"
 
@@ -47,6 +49,8 @@ def variant(case: Case) -> str:
         return "CUDA graphs"
     if case.compile_mode is not None:
         return "torch.compile"
+    if case.malloc == "tuned":
+        return "malloc tuned"
     if case.amp == "bf16":
         return "bf16 autocast"
     return "channels_last" if case.memory_format == "channels_last" else "eager"
@@ -55,7 +59,7 @@ def variant(case: Case) -> str:
 def _changes(case: Case) -> int:
     """How many ways the Case's step differs from the tutorial's eager step."""
     return ((case.amp != "off") + (case.memory_format != "contiguous") + case.cuda_graphs
-            + (case.world_size > 1) + (case.compile_mode is not None))
+            + (case.world_size > 1) + (case.compile_mode is not None) + (case.malloc != "default"))
 
 
 def plan_checks(devices: list[str], skipped_devices: dict[str, str], n_cuda: int,
@@ -64,8 +68,9 @@ def plan_checks(devices: list[str], skipped_devices: dict[str, str], n_cuda: int
     device, or of a variant this machine lacks, carry why. Touches no device."""
     every = devices + [d for d in skipped_devices if d not in devices]
     # plan_cases decides where each variant applies; one variant at a time is enough to check
+    # compiling is slow, and the allocator is the process's whatever the pipeline: each once, on resident training
     cases = [c for c in plan_cases(replace(SPEC, devices=every), data_cache, DATASET) if _changes(c) <= 1
-             and (c.compile_mode is None or (c.pipeline, c.mode) == ("resident", "train"))]  # compiling is slow
+             and ((c.compile_mode is None and c.malloc == "default") or (c.pipeline, c.mode) == ("resident", "train"))]
     # plan_cases leaves graphs out on a CPU; the table shows that row, and why
     cases += [replace(c, cuda_graphs=True) for c in cases
               if not c.device.startswith("cuda") and c.pipeline == "resident" and c.mode == "train"
@@ -89,6 +94,10 @@ def _why_skipped(case: Case, skipped_devices: dict[str, str], n_cuda: int,
                f"machine has {n_cuda}"
     if case.amp == "bf16" and case.device in bf16_unsupported:
         return bf16_unsupported[case.device]
+    if case.malloc == "tuned":
+        from bench import allocator
+
+        return allocator.unavailable()
     return None
 
 

@@ -46,8 +46,9 @@ def test_check_on_the_cpu_runs_every_applicable_check_and_exits_0(cpu_check):
         assert rows["cpu", pipeline, "train", "DDP, 2 ranks"][0] == "ok"
     assert rows["cpu", "resident", "train", "CUDA graphs"] == ("skipped", "CUDA graphs: CUDA devices only")
     assert rows["cpu", "resident", "train", "torch.compile"][0] == "ok"  # this machine has a C++ compiler
+    assert rows["cpu", "resident", "train", "malloc tuned"][0] == "ok"  # and glibc
     assert not any(name == "torch.compile" for (_, pipeline, mode, name) in rows if (pipeline, mode) != ("resident", "train"))
-    assert len(rows) == 16 and sum(status == "ok" for status, _ in rows.values()) == (15 if bf16 else 11)
+    assert len(rows) == 17 and sum(status == "ok" for status, _ in rows.values()) == (16 if bf16 else 12)
     assert all(detail == "6 steps in " + detail.split(" in ")[1] for status, detail in rows.values()
                if status == "ok")
     assert "every applicable check works" in cpu_check.stdout.splitlines()[-1]
@@ -88,7 +89,8 @@ def test_a_two_gpu_machine_checks_cuda_graphs_and_two_ranks_on_cuda(monkeypatch)
     assert ("resident", "train", "CUDA graphs", None) in cuda
     assert ("tutorial", "train", "DDP, 2 ranks", None) in cuda and ("resident", "train", "DDP, 2 ranks", None) in cuda
     assert ("resident", "train", "torch.compile", None) in cuda
-    assert all(skip is None for *_, skip in cuda) and len(cuda) == 16
+    assert ("resident", "train", "malloc tuned", None) in cuda
+    assert all(skip is None for *_, skip in cuda) and len(cuda) == 17
     assert {c.case.threads for c in checks if c.case.device == "cuda:0"} == {None}
     ddp = [c.case for c in checks if c.case.world_size == 2]
     assert len(ddp) == 4 and {c.mode for c in ddp} == {"train"} and not any(c.cuda_graphs for c in ddp)
@@ -102,8 +104,21 @@ def test_one_gpu_skips_two_ranks_and_an_unusable_device_skips_every_row_with_why
             "DDP on CUDA: one GPU per rank, 2 ranks need 2 GPUs and this machine has 1") in one
     none = check.plan_checks(["cpu"], {"cuda:0": "CUDA is not available on this machine"}, 0, {})
     rows = _names(none, "cuda:0")
-    assert len(rows) == 16 and {skip for *_, skip in rows} == {"CUDA is not available on this machine"}
-    assert [c.case.device for c in none][:16] == ["cpu"] * 16  # the usable device's rows first
+    assert len(rows) == 17 and {skip for *_, skip in rows} == {"CUDA is not available on this machine"}
+    assert [c.case.device for c in none][:17] == ["cpu"] * 17  # the usable device's rows first
+
+
+def test_without_mallopt_the_tuned_malloc_row_is_skipped_with_why(monkeypatch):
+    from bench import allocator
+
+    def no_libc(name):
+        raise OSError("no such library")
+
+    monkeypatch.setattr(allocator.ctypes, "CDLL", no_libc)  # a C library other than glibc (musl, macOS)
+    rows = _names(check.plan_checks(["cpu"], {}, 0, {}), "cpu")
+    assert ("resident", "train", "malloc tuned",
+            "the C library has no mallopt (glibc's): --malloc tuned needs it") in rows
+    assert [skip for *_, skip in rows if skip] == [check.GRAPHS_CPU, allocator.unavailable()]
 
 
 def test_a_failing_check_shows_its_reason_in_its_row_and_exits_1():
@@ -121,7 +136,7 @@ def test_a_failing_check_shows_its_reason_in_its_row_and_exits_1():
 
     printed = []
     results = check.run_checks(checks, stand_in, on_result=printed.append)
-    assert len(ran) == 11 and not any(c.cuda_graphs or c.amp == "bf16" for c in ran)  # skipped checks do not run
+    assert len(ran) == 12 and not any(c.cuda_graphs or c.amp == "bf16" for c in ran)  # skipped checks do not run
     assert printed == results and check.exit_status(results) == 1
     rows = _rows(check.render(results))
     assert rows["cpu", "resident", "infer", "channels_last"] == ("failed", error)

@@ -309,7 +309,7 @@ def test_gpu_validate_runs_check_sweep_and_truth_check_into_one_folder(tmp_path)
     cuda_rows = [line for line in check.splitlines() if line.startswith("cuda:0")]
     compiled = [row for row in cuda_rows if "torch.compile" in row]
     assert len(compiled) == 1 and f"skipped {FAKE_COMPILE}" in compiled[0], check
-    assert len(cuda_rows) == 16 and all(" ok " in row for row in cuda_rows if row not in compiled), check
+    assert len(cuda_rows) == 17 and all(" ok " in row for row in cuda_rows if row not in compiled), check
     assert "CUDA graphs   ok" in check and "0 failed" in check
     results = [json.loads(x) for x in (out / "sweep" / "results.jsonl").read_text().splitlines()]
     cuda = [r for r in results if r["device"] == "cuda:0"]
