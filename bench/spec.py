@@ -22,7 +22,7 @@ LR_SCALINGS = ("none", "linear", "sqrt")
 # max_seconds of training; warm-up lasts at least warmup_steps, until step times settle
 BUDGET = {"epochs": 2, "max_steps": None, "max_seconds": 3.0, "warmup_steps": 10, "window_s": 0.1,
           "latency_batches": 200, "precision_pct": 2.0, "eval_images": None}
-QUICK = {"epochs": 1, "max_steps": 300, "max_seconds": 0.3, "warmup_steps": 2, "window_s": 0.05,
+QUICK = {"epochs": 1, "max_steps": 300, "max_seconds": 0.2, "warmup_steps": 1, "window_s": 0.05,
          "latency_batches": 5, "precision_pct": 5.0, "eval_images": 500}
 DEFAULTS = {"devices": None, "batch_sizes": [4, 32, 128, 512], "threads": None, "pipelines": list(PIPELINES),
             "widths": [1.0], "modes": list(MODES), "repeats": 1, "world_sizes": [1], "amp": ["off"],

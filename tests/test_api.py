@@ -13,7 +13,7 @@ def test_sweep_spec_takes_the_cli_options_as_keywords_and_validates_them_the_sam
     spec = bench.sweep_spec(devices=["cpu"], batch_sizes=[4, 32], threads=[1], quick=True, dataset="synthetic",
                             modes="train", no_download=True)
     assert spec.devices == ["cpu"] and spec.batch_sizes == [4, 32] and spec.threads == [1]
-    assert spec.modes == ["train"] and spec.download is False and spec.max_seconds == 0.3  # --quick's budget
+    assert spec.modes == ["train"] and spec.download is False and spec.max_seconds == 0.2  # --quick's budget
     with pytest.raises(ValueError, match=r"^--batch-sizes: '0' is not a positive integer"):
         bench.sweep_spec(batch_sizes=[0])
     with pytest.raises(ValueError, match=r"^unknown option 'batch_size' \(expected one of .*batch_sizes"):
