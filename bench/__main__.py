@@ -18,14 +18,18 @@ if __name__ == "__main__" and sys.argv[1:2] == ["run"] and not {"-h", "--help", 
 from bench.cli import main  # noqa: E402 (after the server is on its way)
 
 if __name__ == "__main__":
-    status = main()
+    from bench.forkserver import stop_server
+
+    try:
+        status = main()
+    finally:
+        # no Case is left running (the runner waits for each); the server may still be importing (a command
+        # refused before its first Case), holding this command's stdout open until it is done
+        stop_server()
     # Nothing is left to do but free the interpreter's own objects: collecting and tearing down torch's, pandas'
     # and matplotlib's many of them took 1.5-2.5 s here after every command (files are closed, results written).
     # So the exit handlers run (multiprocessing's clean-up, logging) and the process ends without the teardown.
     gc.freeze()
-    from bench.forkserver import stop_server
-
-    stop_server()  # no Case is left running (the runner waits for each); the server's imports may still be
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

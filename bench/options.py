@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.spec import CONVERTERS, DATASETS, LR_SCALINGS
+from bench.spec import CONVERTERS, DATASETS, LR_SCALINGS, QUICK
 
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
@@ -50,7 +50,10 @@ def _add_budget_and_data_args(p: argparse.ArgumentParser) -> None:
     budget.add_argument("--time-limit", type=CONVERTERS["time_limit"],
                         help="kill a Case after this many seconds; it is recorded as a timeout (default 600)")
     budget.add_argument("--quick", action="store_true",
-                        help="a fast look: 1 epoch, at most 300 steps or 0.3 s of training per Case (3 timed windows at least), accuracy on 500 test images, latency from at most 5 calls")
+                        help=f"a fast look: {QUICK['epochs']} epoch, at most {QUICK['max_steps']} steps or "
+                             f"{QUICK['max_seconds']:g} s of training per Case after a {QUICK['warmup_steps']}-step "
+                             f"warm-up (3 timed windows at least), accuracy on {QUICK['eval_images']} test images, "
+                             f"latency from at most {QUICK['latency_batches']} calls")
     budget.add_argument("--precision", type=CONVERTERS["precision_pct"], dest="precision_pct",
                         help="stop a Case once its median images/s is known within +-this %% (95%% interval over "
                              "at least 6 windows), within --max-seconds (default 2%%; --quick 5%%; 0: always "
@@ -62,7 +65,8 @@ def _add_budget_and_data_args(p: argparse.ArgumentParser) -> None:
     budget.add_argument("--latency-batches", type=CONVERTERS["latency_batches"],
                         help="inference batches timed one by one for latency (default 200)")
     budget.add_argument("--eval-images", type=CONVERTERS["eval_images"],
-                        help="measure test accuracy on the first N test images (default all; --quick 1000)")
+                        help=f"measure test accuracy on the first N test images (default all; --quick "
+                             f"{QUICK['eval_images']})")
     train = p.add_argument_group("training")
     train.add_argument("--lr", type=CONVERTERS["lr"], help="learning rate at batch 4 (default 0.001)")
     train.add_argument("--lr-scaling", choices=LR_SCALINGS,

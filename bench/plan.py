@@ -12,6 +12,10 @@ SWEEP_SETUP_S = 5.0  # before the first Case: the fork server's imports (torch, 
 REPORT_S = 2.0  # after the last Case: the tables, the charts, report.md and report.html
 CPU_START_S = 0.15  # a CPU Case's process around its budget: fork, start-up, exit (0.13-0.15 s measured)
 CUDA_START_S = 1.5  # a CUDA Case's: not yet measured on a GPU (a CUDA context alone can take a second or more)
+DDP_START_S = 1.0  # the launcher and the process group of a data-parallel Case (bench check's 6 steps: 1.0-1.2 s
+#                    with 2 ranks against 0.1-0.3 s in one process)
+LATENCY_SHARE = 0.3  # inference's latency calls, after its throughput budget and capped by the same budget (0.2-1.2 s
+#                      after the default 3 s here)
 EVAL_S = 1.0  # scoring 10,000 test images at batch 500 on a 2-core CPU (0.6-1.8 s measured), after each epoch
 COMPILE_S = 20.0  # torch.compile's first compilation of the step on a 2-core CPU (0.1-36 s measured)
 
@@ -105,9 +109,13 @@ def estimate_seconds(cases: list[Case], precise: bool = False) -> tuple[float, b
             if precise and case.target_precision_pct is not None:
                 measured = min(case.max_seconds, (MIN_WINDOWS + 2) * case.window_s)
             start = CUDA_START_S if case.device.startswith("cuda") else CPU_START_S
-            evals = 0 if case.mode == "infer" else case.epochs  # inference's latency runs within its budget
+            if case.world_size > 1:
+                start = start * case.world_size + DDP_START_S
+            if case.mode == "infer":
+                total += start + measured + LATENCY_SHARE * case.max_seconds
+                continue
             scored = min(case.eval_images or 10000, 10000) / 10000
-            total += start * case.world_size + measured + EVAL_S * scored * evals
+            total += start + measured + EVAL_S * scored * case.epochs
         else:
             bounded = False
             total += case.time_limit_s

@@ -67,21 +67,26 @@ class _PatchAfterImport(importlib.abc.MetaPathFinder):
             if finder is not self and hasattr(finder, "find_spec"):
                 spec = finder.find_spec(fullname, path, target)
                 if spec is not None:
-                    spec.loader = _PatchingLoader(spec.loader, self.patches.pop(fullname))
+                    spec.loader = _PatchingLoader(spec.loader, self, fullname)
                     return spec
         return None
 
 
 class _PatchingLoader(importlib.abc.Loader):
-    def __init__(self, loader, patch):
-        self.loader, self.patch = loader, patch
+    """The module's own loader, then the patch; the patch is spent only once the module ran (a failed import
+    that is tried again, or a find_spec that only looked, still gets it)."""
+
+    def __init__(self, loader, finder: _PatchAfterImport, fullname: str):
+        self.loader, self.finder, self.fullname = loader, finder, fullname
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module) -> None:
         self.loader.exec_module(module)
-        self.patch(module)
+        patch = self.finder.patches.pop(self.fullname, None)
+        if patch is not None:
+            patch(module)
 
     def __getattr__(self, name):  # get_source and the like (tracebacks show the module's lines)
         return getattr(self.loader, name)
@@ -393,6 +398,8 @@ class FakeCuda:
         setattr(owner, name, value)
 
     def install(self) -> FakeCuda:
+        if self._installed:
+            return self
         import torch.utils.data._utils.pin_memory as pin
 
         import bench.devices

@@ -56,8 +56,10 @@ def _benchmarks(storage: Path, *args: str, beside_a_busy_loop: bool = False) -> 
            f"--benchmark-storage=file://{storage}", *args]
     env = {**os.environ, "BENCH_TEST_STARTED": str(started),
            "PYTHONPATH": os.pathsep.join([str(plugin), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=_on_one_cpu)
+    out, err = storage.parent / "stdout.txt", storage.parent / "stderr.txt"  # files: no pipe to fill while we poll
+    with open(out, "w") as stdout_file, open(err, "w") as stderr_file:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=stdout_file, stderr=stderr_file, text=True, env=env,
+                                preexec_fn=_on_one_cpu)
     loops = []
     try:
         while beside_a_busy_loop and proc.poll() is None and not started.exists():
@@ -65,12 +67,14 @@ def _benchmarks(storage: Path, *args: str, beside_a_busy_loop: bool = False) -> 
         if beside_a_busy_loop and started.exists():
             loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=_on_one_cpu)
                      for _ in range(2)]
-        stdout, stderr = proc.communicate(timeout=240)
+        proc.wait(timeout=240)
     finally:
         proc.kill()
+        proc.wait()
         for loop in loops:
             loop.kill()
             loop.wait()
+    stdout, stderr = out.read_text(), err.read_text()
     assert loops or not beside_a_busy_loop, stdout + stderr
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -153,8 +154,10 @@ def test_a_real_slowdown_is_caught_the_same_sweep_beside_a_busy_loop_on_its_cpu(
         # the loops start when the Case does ("started"), not with the command: its set-up (torch's import, the
         # fork server's) then runs at full speed, and only the Case shares its CPU (the run took 3x longer)
         proc = subprocess.Popen([sys.executable, "-m", "bench", *sweep, "--out", str(tmp_path / name)], cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,  # one pipe: none fills
                                 preexec_fn=on_one_cpu)
+        limit = threading.Timer(240, proc.kill)  # a run that hangs ends here, and the loop below with it
+        limit.start()
         loops, lines = [], []
         try:
             for line in proc.stdout:
@@ -162,14 +165,15 @@ def test_a_real_slowdown_is_caught_the_same_sweep_beside_a_busy_loop_on_its_cpu(
                 if slowed and not loops and line.rstrip().endswith(": started"):
                     loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=on_one_cpu)
                              for _ in range(2)]
-            stderr = proc.stderr.read()
-            proc.wait(timeout=240)
+            proc.wait()
         finally:
+            limit.cancel()
             proc.kill()
+            proc.wait()
             for loop in loops:
                 loop.kill()
                 loop.wait()
-        assert proc.returncode == 0, stderr
+        assert proc.returncode == 0, "".join(lines)
         assert loops or not slowed, "".join(lines)
 
     outputs = []
