@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import tempfile
 from multiprocessing import forkserver
 
@@ -41,8 +42,6 @@ def stop_server() -> None:
     first Case (bad input, an unusable folder) left the server importing torch and torchvision for seconds,
     holding the command's stdout open: a pipe or a caller reading it waited for those imports (the server only
     notices its parent's exit once they are done)."""
-    import signal
-
     pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
     if pid is None:
         return

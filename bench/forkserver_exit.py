@@ -11,7 +11,6 @@ import os
 import sys
 
 
-
 def _in_fork_server() -> bool:
     """Whether this import is the fork server's preloading (multiprocessing.forkserver.main is on the stack)."""
     frame = sys._getframe()

@@ -44,10 +44,14 @@ def _private(info: os.stat_result) -> bool:
     return info.st_uid == os.getuid() and not info.st_mode & 0o222
 
 
+def _digests(files: dict) -> dict[str, str]:
+    """{split: the sha256 of its decoded images} from a cache manifest's files."""
+    return {split: files[key]["sha256"] for split, key in SPLITS.items()}
+
+
 def _source_digests(cache_dir: Path) -> dict[str, str] | None:
     try:
-        files = json.loads((cache_dir / "manifest.json").read_text())["files"]
-        return {split: files[key]["sha256"] for split, key in SPLITS.items()}
+        return _digests(json.loads((cache_dir / "manifest.json").read_text())["files"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -118,7 +122,7 @@ def write(cache_dir: str | Path) -> None:
     key, manifest = data._cache_key(), data.read_manifest(cache_dir)  # its arrays checked against their digests
     if key is None or manifest is None:
         raise OSError(f"{cache_dir}: no signed cache to derive the normalised images from")
-    digests = {split: manifest["files"][name]["sha256"] for split, name in SPLITS.items()}
+    digests = _digests(manifest["files"])
     arrays = data.load_arrays(cache_dir)
     record = {"version": _VERSION, "files": {}}
     for split, name in SPLITS.items():
