@@ -68,27 +68,36 @@ def test_without_mallopt_a_tuned_case_is_skipped_with_the_reason(monkeypatch, tm
     assert result.status == "skipped" and "mallopt" in result.error
 
 
-def _faults_of_fifty_steps(tune: bool) -> int:
-    """Minor page faults of 50 'steps' of three 2 MiB blocks live at once, touched and freed (as a training step's
-    tensors are), after 5 steps of warm-up, in a fresh interpreter with glibc's real malloc."""
+BLOCK_PAGES = 2**21 // 4096  # one 2 MiB block's pages
+
+
+def _faults_per_step(tune: bool) -> list[int]:
+    """Minor page faults in each of 50 'steps' of three 2 MiB blocks live at once, touched and freed (as a training
+    step's tensors are), after 5 steps of warm-up, in a fresh interpreter with glibc's real malloc."""
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import resource, torch; from bench import allocator\n"
             f"if {tune}: allocator.tune()\n"
             "f = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
             "def step():\n    blocks = [torch.empty(2**19).fill_(1) for _ in range(3)]\n    del blocks\n"
             "for _ in range(5): step()\n"
-            "f0 = f()\n"
-            "for _ in range(50): step()\n"
-            "print(f() - f0)")
+            "counts = []\n"
+            "for _ in range(50):\n    f0 = f(); step(); counts.append(f() - f0)\n"
+            "print(*counts)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    return int(out.stdout.split()[-1])
+    counts = [int(c) for c in out.stdout.split()]
+    assert len(counts) == 50, out.stdout
+    return counts
 
 
 def test_a_tuned_process_keeps_freed_memory_instead_of_faulting_it_in_again():
     # with glibc's defaults, whether the heap is trimmed (and its pages faulted in again) every step depends on
-    # what the process freed before (run by hand: ~50,000 faults in one interpreter, 0 in another), so only the
-    # tuned process, whose heap is never trimmed, is held to a figure
-    assert _faults_of_fifty_steps(tune=True) < 512
+    # what the process freed before (run by hand: 992-1,536 faults a step in one interpreter, 0 in another), so only
+    # the tuned process, whose heap is never trimmed, is held to a figure. The kernel may fault pages in on its own
+    # now and then (CI once read 1,024 faults over all 50 steps: NUMA balancing's hinting faults or a page
+    # migration touch the heap once, not every step), so the figure is the median step: a process that hands its
+    # blocks back faults all three blocks' pages (1,536) in every step
+    counts = _faults_per_step(tune=True)
+    assert sorted(counts)[len(counts) // 2] < BLOCK_PAGES, counts
 
 
 def test_the_variant_is_an_axis_with_its_own_key_and_name(capsys):
