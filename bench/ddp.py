@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import time
 import uuid
 from dataclasses import asdict
@@ -50,11 +51,18 @@ def launch(case: Case, progress=None, started: float | None = None) -> Result:
         # would initialise CUDA in this process, and every rank forked from it would then fail with
         # "Cannot re-initialize CUDA in forked subprocess"; NVML answers without touching CUDA.
         os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=case.world_size,
-                          run_id=f"bench-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
-                          rdzv_endpoint="localhost:0", rdzv_configs={"timeout": int(min(case.time_limit_s, 900))},
-                          max_restarts=0, monitor_interval=0.1, start_method="fork")
-    returns = elastic_launch(config, rank_main)(asdict(case), progress, started or time.time())
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+
+    # the launcher's per-rank folders (error files, logs) go to a folder removed afterwards: left to itself it
+    # made a new torchelastic_* folder in the temp folder for every data-parallel Case and never removed it. A
+    # failed rank's message is read into ChildFailedError before the folder goes
+    with tempfile.TemporaryDirectory(prefix="bench-ddp-") as logs:
+        config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=case.world_size,
+                              run_id=f"bench-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
+                              rdzv_endpoint="localhost:0", rdzv_configs={"timeout": int(min(case.time_limit_s, 900))},
+                              max_restarts=0, monitor_interval=0.1, start_method="fork",
+                              logs_specs=DefaultLogsSpecs(log_dir=logs))
+        returns = elastic_launch(config, rank_main)(asdict(case), progress, started or time.time())
     return Result.from_dict(returns[0])
 
 

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import replace
@@ -37,11 +38,18 @@ def _case_processes() -> list[psutil.Process]:
     return [c for s in servers for c in s.children(recursive=True)]
 
 
+def _launcher_folders() -> set[Path]:
+    """What PyTorch's elastic launcher leaves in the temp folder (the fork server's, inherited from this process)."""
+    return set(Path(tempfile.gettempdir()).glob("torchelastic_*")) | set(Path(tempfile.gettempdir()).glob("bench-ddp-*"))
+
+
 @pytest.mark.parametrize("pipeline", ["resident", "tutorial"])
 def test_two_ranks_end_with_identical_parameters_that_training_changed(synthetic, pipeline):
     case = plan_cases(_spec(pipelines=[pipeline], num_workers=1), str(synthetic.cache_dir), synthetic.name)[0]
     assert case.world_size == 2 and case.key.endswith("/ws2")
+    before = _launcher_folders()
     result = runner.run_one(case)
+    assert _launcher_folders() - before == set()  # every data-parallel Case left a torchelastic_* folder
     assert result.status == "ok", result.error
     assert result.backend == "gloo"
     assert result.case.batch_size == 8 and result.global_batch_size == 16
@@ -94,6 +102,7 @@ def test_two_launchers_meeting_at_one_endpoint_append_one_result_that_the_report
     run = tmp_path / "run"
     node = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
+            "--log-dir", str(tmp_path / "torchrun-logs"),  # by default a torchelastic_* folder in /tmp, left there
             "-m", "bench.worker", str(cases / "000.json"), "--out", str(run)]
     nodes = [subprocess.Popen(node, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
