@@ -20,17 +20,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _cpu_times() -> tuple[int, int]:
-    """(steal, all) jiffies of the whole machine, from /proc/stat (0, 1 where there is none); guest time is
-    counted inside user and nice already, so the fields after steal are left out of the total."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0, 1
-    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+def _cpu_times() -> tuple[float, float]:
+    """(steal, all) CPU seconds of the whole machine, read as bench/contention.py reads them (psutil); guest time is
+    counted inside user and nice already, so it is left out of the total."""
+    t = psutil.cpu_times()
+    return getattr(t, "steal", 0.0), sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
 
 
 def main(argv: list[str] | None = None) -> int:
