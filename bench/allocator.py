@@ -1,13 +1,21 @@
-"""The `tuned` malloc variant: glibc's malloc told to keep the memory a training step frees.
+"""The C library's allocator state a Case runs in: a setting, pinned before the Case allocates, never a coin.
 
-By default glibc's malloc maps every block of 128 KiB or more with its own mmap and unmaps it when freed,
-raising that threshold (up to 32 MiB) only when it frees a larger mapped block, and gives the top of its
-heap back to the kernel past a trim threshold. Which blocks a process has freed so far decides whether
-a training loop's per-step tensors are unmapped and faulted in again every step (measured here at batch
-128: 600-1,700 minor page faults a step, about 20% of the time) or kept: the same loop differs between
-processes by that much (README: Truth check). `tuned` sets both thresholds, as a user can with
-MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=2147483647 (or by preloading jemalloc or tcmalloc):
-every block up to 32 MiB comes from the heap and the heap is not trimmed.
+glibc's malloc maps every block of 128 KiB or more with its own mmap and unmaps it when freed, and gives the top
+of its heap back to the kernel past a trim threshold of 128 KiB. Both thresholds are dynamic: the first time a
+process frees a mapped block larger than the threshold (up to 32 MiB), glibc raises the mmap threshold to that
+size and the trim threshold to twice it, for the rest of the process. Which blocks a process happened to free
+before its loop (an import, a data set decoded in one piece) so decides whether a training step's tensors are
+unmapped and faulted in again every step or kept: one plain script, run twice, read 11,562 and 6,740 images/s
+(12 and 2,674 page faults a step; issue 23). Every Case therefore pins both thresholds with mallopt, which also
+turns the dynamic adjustment off, in one of these states:
+
+- `default`: glibc's documented defaults (128 KiB, 128 KiB), pinned: a plain script as the C library starts it,
+  freed blocks handed back to the kernel, as MALLOC_MMAP_THRESHOLD_=131072 MALLOC_TRIM_THRESHOLD_=131072 do;
+- `tuned`: memory kept between steps, every block up to 32 MiB from the heap and the heap never trimmed, as
+  MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=2147483647 do (or preloading jemalloc or tcmalloc).
+
+Where the C library has no mallopt (musl, macOS), `default` runs as the C library does and says so; `tuned` is
+skipped.
 """
 from __future__ import annotations
 
@@ -15,8 +23,10 @@ import ctypes
 import ctypes.util
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
-MMAP_THRESHOLD = 32 * 2**20  # the largest glibc accepts on 64-bit (HEAP_MAX_SIZE / 2)
-TRIM_THRESHOLD = 2**31 - 1  # never trim: mallopt takes an int
+# (mmap threshold, trim threshold) in bytes, by state; 32 MiB is the largest mmap threshold glibc accepts on
+# 64-bit (HEAP_MAX_SIZE / 2), and mallopt takes an int
+STATES = {"default": (128 * 1024, 128 * 1024), "tuned": (32 * 2**20, 2**31 - 1)}
+NOT_PINNED = "not pinned: the C library has no mallopt (glibc's)"
 
 
 def _mallopt():
@@ -30,16 +40,40 @@ def _mallopt():
     return mallopt
 
 
-def unavailable() -> str | None:
-    """Why this process cannot tune malloc, or None."""
-    return None if _mallopt() is not None else "the C library has no mallopt (glibc's): --malloc tuned needs it"
+def unavailable(state: str) -> str | None:
+    """Why this process cannot run in `state`, or None (`default` runs anywhere, unpinned where it must)."""
+    if state == "default" or _mallopt() is not None:
+        return None
+    return f"the C library has no mallopt (glibc's): --malloc {state} needs it"
 
 
-def tune() -> None:
-    """Keeps freed memory in this process from now on; RuntimeError when glibc refuses a setting."""
+def environment(state: str) -> dict[str, str]:
+    """The environment variables that put a fresh glibc process in `state` from its first allocation (for a
+    script run beside the harness in the same state)."""
+    mmap, trim = STATES[state]
+    return {"MALLOC_MMAP_THRESHOLD_": str(mmap), "MALLOC_TRIM_THRESHOLD_": str(trim)}
+
+
+def describe(state: str) -> str:
+    mmap, trim = STATES[state]
+    return f"{state}: glibc mmap threshold {_size(mmap)}, trim threshold {_size(trim)}, pinned"
+
+
+def pin(state: str) -> str:
+    """Puts this process's malloc in `state` from now on and returns what it is, for the Result; RuntimeError
+    when glibc refuses a setting or `state` needs a mallopt there is none of."""
     mallopt = _mallopt()
     if mallopt is None:
-        raise RuntimeError(unavailable())
-    for param, value in ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
+        if state != "default":
+            raise RuntimeError(unavailable(state))
+        return f"{state}: {NOT_PINNED}"
+    for param, value in zip((M_MMAP_THRESHOLD, M_TRIM_THRESHOLD), STATES[state]):
         if mallopt(param, value) != 1:  # mallopt returns 1 on success, 0 on error
             raise RuntimeError(f"mallopt({param}, {value}) was refused")
+    return describe(state)
+
+
+def _size(n: int) -> str:
+    if n >= 2**31 - 1:
+        return "never"
+    return f"{n // 2**20} MiB" if n >= 2**20 else f"{n // 1024} KiB"

@@ -29,15 +29,16 @@ def best_throughput(df: pd.DataFrame) -> pd.DataFrame:
         return ok
     idx = ok.groupby(CONFIG, dropna=False)["images_per_s"].idxmax()
     cols = CONFIG + ["threads", "images_per_s", "images_per_s_p25", "images_per_s_p75", "images_per_s_spread_pct"]
-    cols += ["compile_s"] * ("compile_s" in ok)
+    cols += ["compile_s"] * ("compile_s" in ok) + ["images_per_s_mean"] * ("images_per_s_mean" in ok)
     return ok.loc[idx, cols].sort_values(CONFIG).reset_index(drop=True)
 
 
 def job_table(df: pd.DataFrame) -> pd.DataFrame:
     """The tutorial's job per machine and device: wall time and its parts, measured or projected, and the
     test accuracy reached after the part measured."""
-    cols = ["machine", "device", "threads_used", "job_s", "job_startup_s", "job_data_s", "job_compute_s",
-            "job_eval_s", "job_fraction", "job_projected", "epochs_completed", "test_accuracy_pct"]
+    cols = ["machine", "device", "threads_used", "job_s", "job_s_low", "job_s_high", "job_startup_s", "job_import_s",
+            "job_data_s", "job_compute_s", "job_eval_s", "job_fraction", "job_projected", "malloc_state",
+            "epochs_completed", "test_accuracy_pct"]
     ok = ok_rows(df)
     if "job_s" not in ok:
         return pd.DataFrame(columns=cols)

@@ -121,8 +121,11 @@ def thread_scaling(scaling: pd.DataFrame) -> Figure:
 
 
 def epoch_time(best: pd.DataFrame, train_images: int) -> Figure:
-    """Seconds for one training epoch (train set / best images/s) per device and pipeline."""
-    data = best[best["mode"] == "train"].assign(epoch_s=lambda d: train_images / d["images_per_s"])
+    """Seconds for one training epoch per device and pipeline: the train set over the best Case's total images over
+    total time (stalls included, as a whole epoch pays them)."""
+    from bench.cost import prediction_rate
+
+    data = best[best["mode"] == "train"].assign(epoch_s=lambda d: train_images / prediction_rate(d))
     fig, ax = _figure()
     group_by = ["machine", "device", "pipeline", "variant", "width"]
     for key, g in data.groupby(group_by, dropna=False):
@@ -228,11 +231,11 @@ def data_parallel_scaling(scaling: pd.DataFrame) -> Figure:
 
 
 def job_time(jobs: pd.DataFrame) -> Figure:
-    """The tutorial's job per device as stacked parts (start-up, data wait, compute, test pass); hatched
+    """The tutorial's job per device as stacked parts (start-up, data wait, compute, test passes); hatched
     where projected from a measured part."""
     fig, ax = _figure(size=(7.0, 1.6 + 0.6 * len(jobs)))
     parts = [("job_startup_s", "start-up"), ("job_data_s", "waiting for data"), ("job_compute_s", "training compute"),
-             ("job_eval_s", "test pass")]
+             ("job_eval_s", "test passes")]
     labels = [_series_label((m, d), ["machine", "device"]) + (" (projected)" if p else "")
               for m, d, p in zip(jobs["machine"], jobs["device"], jobs["job_projected"])]
     left = pd.Series(0.0, index=jobs.index)
@@ -240,7 +243,7 @@ def job_time(jobs: pd.DataFrame) -> Figure:
         ax.barh(labels, jobs[column], left=left, label=name,
                 hatch=["//" if p else "" for p in jobs["job_projected"]])
         left = left + jobs[column]
-    ax.set_xlabel("wall time of the tutorial's job: 2 epochs at batch 4, then the test pass (s)")
+    ax.set_xlabel("wall time of the tutorial's job: imports, 2 epochs at batch 4, then its test passes (s)")
     ax.set_ylabel("device")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35 - 0.1 / len(jobs)), ncols=4)
     ax.grid(True, axis="x", alpha=0.3)

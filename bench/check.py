@@ -94,11 +94,9 @@ def _why_skipped(case: Case, skipped_devices: dict[str, str], n_cuda: int,
                f"machine has {n_cuda}"
     if case.amp == "bf16" and case.device in bf16_unsupported:
         return bf16_unsupported[case.device]
-    if case.malloc == "tuned":
-        from bench import allocator
+    from bench import allocator
 
-        return allocator.unavailable()
-    return None
+    return allocator.unavailable(case.malloc)
 
 
 def bf16_unsupported(devices: list[str], ctx) -> dict[str, str]:

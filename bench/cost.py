@@ -24,6 +24,13 @@ def with_prices(frame: pd.DataFrame, environment: dict) -> pd.DataFrame:
     return frame.assign(price_usd_per_hour=[price_for(str(d), prices) for d in frame["device"]])
 
 
+def prediction_rate(rows: pd.DataFrame) -> pd.Series:
+    """The rate a time is predicted from: total images over total time, stalls included (images_per_s_mean), or
+    the median over windows for runs that did not record it."""
+    median = rows["images_per_s"]
+    return rows["images_per_s_mean"].fillna(median) if "images_per_s_mean" in rows else median
+
+
 def cost_table(ok: pd.DataFrame, jobs: pd.DataFrame, best: pd.DataFrame, to_target: pd.DataFrame) -> pd.DataFrame:
     """Per machine and device with a price: the tutorial's job, an epoch at the fastest training
     configuration and the fastest time to the target accuracy, each in USD."""
@@ -36,7 +43,7 @@ def cost_table(ok: pd.DataFrame, jobs: pd.DataFrame, best: pd.DataFrame, to_targ
         train = best[(best["machine"] == machine) & (best["device"] == device) & (best["mode"] == "train")
                      & (best["world_size"] == 1)]
         images = g["train_images"].dropna()
-        epoch_s = (images.max() / train["images_per_s"].max()) if len(train) and len(images) else np.nan
+        epoch_s = (images.max() / prediction_rate(train).max()) if len(train) and len(images) else np.nan
         target = to_target[(to_target["machine"] == machine) & (to_target["device"] == device)]
         target_s = target["time_to_target_s"].min() if len(target) else np.nan
         job_s = job["job_s"].iloc[0] if len(job) else np.nan

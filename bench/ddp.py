@@ -27,7 +27,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 from torch.nn.parallel import DistributedDataParallel
 
-from bench import devices, measure
+from bench import allocator, devices, measure
 from bench.schema import Case, Result
 from bench.training import Ranks, prepare_cuda, record_windows, set_threads, train
 from cnn import data
@@ -96,13 +96,10 @@ def rank_main(case_fields: dict, progress=None, started: float | None = None) ->
     started = started or time.time()
     device = rank_device(case, local)
     cuda = device.type == "cuda"
-    if case.malloc == "tuned":  # each rank is a process of its own
-        from bench import allocator
-
-        allocator.tune()
+    malloc_state = allocator.pin(case.malloc)  # each rank is a process of its own, pinned before it allocates
     set_threads(case)
     torch.manual_seed(case.seed)  # as a single-process Case: the same initial weights (rank 0's, broadcast) each run
-    gpu = Result(case=case)  # this rank's own figures, filled by the training path
+    gpu = Result(case=case, malloc_state=malloc_state)  # this rank's own figures, filled by the training path
     if cuda:
         prepare_cuda(device, gpu)  # before the process group: NCCL binds the rank to the current device
     backend = "nccl" if cuda else "gloo"
@@ -191,7 +188,7 @@ def _train_rank(case: Case, device: torch.device, rank: int, world: int, progres
 
 
 # what each rank's Result holds that rank 0 gathers (accuracy fields are filled on rank 0 only)
-RANK_FIELDS = ("startup_s", "warmup_s", "train_s", "epoch_s", "eval_s", "loss", "test_accuracy_pct",
+RANK_FIELDS = ("malloc_state", "startup_s", "warmup_s", "train_s", "epoch_s", "eval_s", "loss", "test_accuracy_pct",
                "class_accuracy_pct", "epoch_accuracy_pct", "time_to_target_s", "stopped_by", "steps", "images",
                "windows_s", "windows_images", "new_shape_steps", "cudnn_benchmark", "gpu_monitor", "gpu_util_pct",
                "gpu_power_w", "gpu_energy_j_per_epoch")
@@ -211,7 +208,7 @@ def _result(case: Case, records: list[dict], backend: str, started: float) -> Re
     result.allreduce_pct = 100.0 * sum(r["allreduce_s"] for r in records) / timed if timed else None
     result.param_digest_initial = zero["initial_digest"]
     result.rank_param_digests = [r["param_digest"] for r in records]
-    for name in ("startup_s", "warmup_s", "train_s", "epoch_s", "eval_s", "loss", "test_accuracy_pct",
+    for name in ("malloc_state", "startup_s", "warmup_s", "train_s", "epoch_s", "eval_s", "loss", "test_accuracy_pct",
                  "class_accuracy_pct", "epoch_accuracy_pct", "time_to_target_s", "train_images", "test_images",
                  "stopped_by", "new_shape_steps", "cudnn_benchmark", "gpu_monitor"):
         setattr(result, name, zero.get(name))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from bench import gpu_monitor
+from bench import allocator, gpu_monitor
 
 
 def _cpu_model() -> str:
@@ -102,6 +102,12 @@ def capture(query_cuda: bool = True) -> dict:
         "cudnn_benchmark": "on in every CUDA Case, autotuning inside the warm-up",
         "torch_threads": torch.get_num_threads(),
         "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+        "libc": " ".join(platform.libc_ver()).strip() or None,
+        # every Case pins its state before it allocates (bench/allocator.py); what the user's environment asked for
+        # is overridden there, and recorded here
+        "malloc_states": {state: allocator.describe(state) for state in allocator.STATES},
+        "malloc_env": {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                                                      "LD_PRELOAD")},
         "project_version": _version("cifar10-gpu-bench"),
         "git_commit": _git_commit(),
     }

@@ -110,6 +110,10 @@ def _caveats(a: Analysis, skipped_devices: dict[str, str]) -> list[str]:
                        f"throughput: e.g. {r['key']} ran {int(r['steps'])} step(s) with {int(r['warmup_steps'])} "
                        f"of warm-up; give --max-steps (or --epochs) room for steps beyond --warmup-steps, "
                        f"and a batch size well under the data set's size.")
+    states = sorted(a.frame.get("malloc_state", pd.Series(dtype=str)).dropna().unique())
+    if states:
+        caveats.append("Allocator state, pinned in every Case before it allocated (bench/allocator.py): "
+                       + "; ".join(states) + ".")
     for status, group in a.unfinished.groupby("status"):
         caveats.append(f"{len(group)} Case(s) ended as {status}: e.g. {group.iloc[0]['key']}: {group.iloc[0]['error']}")
     return caveats

@@ -1,37 +1,234 @@
-"""The tutorial's own job as its asker runs it: 2 epochs at batch 4 through its DataLoader, then the test
-pass; its wall time from start to accuracy, in parts.
+"""The tutorial's own job, timed as its script runs it: a fresh interpreter's imports, the data and the model, one
+peek at a training batch, 2 epochs at batch 4 through its train DataLoader (restarted every epoch, 2 workers,
+`loss.item()` every step), then its two test passes through its test DataLoader (batch 4, 2 workers): overall
+accuracy, then accuracy per class counted image by image.
 
-A job Case trains through the same path as every training Case (bench/training.py), within the spec's
-budget. When the budget stops it before its 2 epochs, the rest is projected from the steady throughput
-its timed windows measured, and the Result says so (`job_projected`, `job_fraction`); the accuracy is
-then the one reached after the measured part, never a projected one. Its tables for the report
-(`job_table`, and `time_to_target` over every training Case) are in bench/analysis.py: every Case's process
-imports this module, and pandas (0.46 s) has no place there.
+Each of the four passes is timed from the moment its DataLoader starts to the moment its workers are gone. When
+the Case's budget (`--max-seconds`, `--max-steps`) is smaller than the job, every pass gets a quarter of it and runs
+its first stretch, so the measured part samples the whole job, each pass's start included; the rest of a pass is
+projected at its mean step time after the stretch's first steps (total time over total steps, stalls included),
+with a 95% interval from a block bootstrap of those step times (`job_s_low`, `job_s_high`). With no budget the job
+runs whole and is measured. The accuracy is then the one its test passes measured; after a sampled job, the one
+reached after the measured training, never a projected one. Its tables for the report (`job_table`,
+`time_to_target`) are in bench/analysis.py: every Case's process imports this module, and pandas has no place there.
 """
 from __future__ import annotations
 
-from bench.schema import Result
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from bench import devices, measure
+from bench.schema import Case, Result
+from bench.training import record_windows
+from cnn import loops
+from cnn.cifar_files import CifarArrays
+from cnn.model import Net
+
+# what the tutorial's script imports before its first line of work; a fresh interpreter pays for them every run
+TUTORIAL_IMPORTS = "import torch, torchvision, torchvision.transforms, torch.nn, torch.optim, matplotlib.pyplot, numpy"
+PASSES = ("train epoch 1", "train epoch 2", "test: accuracy", "test: per class")
+MIN_PASS_STEPS = 20  # a sampled pass runs at least this many steps, whatever its share of the time
+RESAMPLES = 2000
+BLOCKS = 20  # contiguous blocks of steps the bootstrap resamples (step times are not independent: prefetching)
+
+Progress = Callable[[dict], None]
 
 
-def record_job(result: Result) -> None:
-    """The job's figures from a finished training Result: start-up (process, data, model), data loading
-    (waiting for the DataLoader), compute, and one test pass as the tutorial runs it at the end."""
-    case = result.case
-    total_images = case.epochs * result.train_images
-    fraction = min(result.images / total_images, 1.0) if total_images else 0.0
-    projected = result.stopped_by != "epochs"
-    train_s = result.train_s
-    if projected:
-        if not result.images_per_s:
-            return  # no timed window to project from: the budget ended inside the warm-up
-        train_s += (total_images - result.images) / result.images_per_s
-    steady_s = train_s - (result.warmup_s or 0.0)
-    data_s = steady_s * (result.data_wait_pct or 0.0) / 100
-    passes = max(len(result.epoch_accuracy_pct), 1)
-    result.job_startup_s = result.startup_s
-    result.job_data_s = data_s
-    result.job_compute_s = train_s - data_s
-    result.job_eval_s = result.eval_s / passes
-    result.job_s = result.job_startup_s + train_s + result.job_eval_s
-    result.job_fraction = fraction
-    result.job_projected = projected
+@dataclass
+class Pass:
+    """One pass of the job as measured: its DataLoader's start to its workers' end."""
+
+    name: str
+    total_steps: int  # in the whole pass
+    seconds: float = 0.0
+    step_s: list[float] = field(default_factory=list)  # the first one includes the DataLoader's start
+    wait_s: list[float] = field(default_factory=list)  # waiting for each step's batch
+    stopped_by: str | None = None  # max_steps or max_seconds when its share of the budget stopped it
+
+    @property
+    def whole(self) -> bool:
+        return len(self.step_s) >= self.total_steps
+
+
+def project(p: Pass, rng: np.random.Generator, resamples: int = RESAMPLES) -> tuple[float, float, np.ndarray]:
+    """(projected seconds of the whole pass, of which waiting for data, bootstrap samples of the seconds): the
+    measured stretch plus the steps left at the stretch's mean step time after its first steps."""
+    left = p.total_steps - len(p.step_s)
+    if left <= 0:
+        return p.seconds, float(sum(p.wait_s)), np.full(resamples, p.seconds)
+    settled = min(10, len(p.step_s) // 5)  # the first steps: workers starting, the allocator's first requests
+    steps, waits = np.asarray(p.step_s[settled:]), np.asarray(p.wait_s[settled:])
+    mean = steps.mean()
+    data = float(sum(p.wait_s) + left * waits.mean())
+    blocks = np.array_split(steps, min(BLOCKS, len(steps)))
+    sums, counts = np.array([b.sum() for b in blocks]), np.array([len(b) for b in blocks])
+    picks = rng.integers(0, len(blocks), (resamples, len(blocks)))
+    means = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    return float(p.seconds + left * mean), data, p.seconds + left * means
+
+
+class Stretch:
+    """Times one pass: each step's end on the host clock (the tutorial's job synchronises every step through
+    `loss.item()` and `.sum().item()`, so host time is its wall time) and the wait for each batch; says stop once
+    the pass has had its share of the budget."""
+
+    def __init__(self, p: Pass, share_s: float | None, share_steps: int | None, tick: Callable[[], None]):
+        self.p, self.share_s, self.share_steps, self.tick = p, share_s, share_steps, tick
+        self.start = self.last = time.perf_counter()
+        self.waited = 0.0
+
+    def batches(self, loader: Iterable, device: torch.device) -> Iterator:
+        """The loader's batches copied to the device as the tutorial copies them, the wait for each recorded."""
+        iterator = iter(loader)  # the DataLoader starts its workers here, inside the pass
+        try:
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    inputs, labels = next(iterator)
+                except StopIteration:
+                    return
+                self.waited = time.perf_counter() - t0
+                yield inputs.to(device), labels.to(device)
+        finally:
+            del iterator  # its workers shut down now, inside the pass (a stopped pass breaks out early)
+
+    def on_step(self, n_images: int) -> bool:
+        now = time.perf_counter()
+        self.p.step_s.append(now - self.last)
+        self.p.wait_s.append(self.waited)
+        self.last = now
+        self.tick()
+        steps = len(self.p.step_s)
+        if self.share_steps is not None and steps >= self.share_steps:
+            self.p.stopped_by = "max_steps"
+        elif self.share_s is not None and now - self.start >= self.share_s and steps >= MIN_PASS_STEPS:
+            self.p.stopped_by = "max_seconds"
+        return self.p.stopped_by is not None
+
+
+def import_seconds() -> float:
+    """A fresh interpreter importing what the tutorial's script imports: part of the job's start-up that a Case
+    forked from a server that imported them already does not pay."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", TUTORIAL_IMPORTS], check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def run_job(case: Case, arrays: CifarArrays, device: torch.device, result: Result, started: float,
+            progress: Progress | None) -> None:
+    """Runs (or samples) the tutorial's job on the Case's device and fills the Result's job fields."""
+    compute = devices.placement(device)
+    clock = measure.DeviceClock(device)
+    import_s = import_seconds()
+    net = Net(case.width, len(arrays.classes)).to(compute)
+    optimizer = torch.optim.SGD(net.parameters(), lr=case.lr, momentum=0.9)
+    step = loops.eager_step(net, optimizer)
+    train = loops.tutorial_loader(arrays.train_x, arrays.train_y, arrays.classes, case.batch_size,
+                                  num_workers=case.num_workers, seed=case.seed)
+    test = loops.tutorial_loader(arrays.test_x, arrays.test_y, arrays.classes, case.batch_size, shuffle=False,
+                                 num_workers=case.num_workers)
+    next(iter(train))  # the tutorial shows a batch of training images before it trains
+    clock.sync()
+    result.startup_s = time.time() - started - import_s  # the process's own start-up; the imports are counted apart
+    whole = case.max_seconds is None and case.max_steps is None
+    share_s = None if case.max_seconds is None else case.max_seconds / len(PASSES)
+    share_steps = None if case.max_steps is None else max(1, math.ceil(case.max_steps / len(PASSES)))
+    passes = [Pass(name, len(train) if name.startswith("train") else len(test)) for name in PASSES]
+    tick = _ticker(passes, progress, time.perf_counter())
+
+    def timed(p: Pass, body: Callable[[Stretch], object]):
+        stretch = Stretch(p, None if whole else share_s, None if whole else share_steps, tick)
+        clock.sync()
+        out = body(stretch)
+        clock.sync()
+        p.seconds = time.perf_counter() - stretch.start
+        return out
+
+    def epoch(s: Stretch):
+        batches = s.batches(train, compute)
+        result.loss = loops.train_epoch(net, optimizer, batches, item_every_step=True, on_step=s.on_step, step=step)
+        batches.close()
+
+    for p in passes[:2]:
+        timed(p, epoch)
+    t0 = time.perf_counter()
+    images, _ = next(iter(test))  # the tutorial shows a batch of test images and what the network makes of them
+    with torch.no_grad():
+        net(images.to(compute))
+    peek_s = time.perf_counter() - t0
+    accuracy = timed(passes[2], lambda s: _closing(s, test, compute, lambda b: loops.tutorial_accuracy(net, b, s.on_step)))
+    per_class = timed(passes[3], lambda s: _closing(s, test, compute, lambda b: loops.tutorial_class_accuracy(
+        net, b, arrays.classes, s.on_step)))
+    if all(p.whole for p in passes):
+        result.test_accuracy_pct, result.class_accuracy_pct = accuracy, per_class
+    else:  # the accuracy after the training measured, outside every pass's time
+        n_eval = len(arrays.test_y) if case.eval_images is None else min(case.eval_images, len(arrays.test_y))
+        x, y = loops.resident_tensors(arrays.test_x[:n_eval], arrays.test_y[:n_eval], compute)
+        overall, classes = loops.evaluate(net, x, y, len(arrays.classes))
+        result.test_accuracy_pct, result.class_accuracy_pct = overall, dict(zip(arrays.classes, classes))
+    record_job(result, passes, import_s, peek_s)
+
+
+def _closing(s: Stretch, loader, device: torch.device, body: Callable[[Iterator], object]):
+    batches = s.batches(loader, device)
+    try:
+        return body(batches)
+    finally:
+        batches.close()
+
+
+def _ticker(passes: list[Pass], progress: Progress | None, t0: float, every_s: float = 0.5) -> Callable[[], None]:
+    """Reports steps done over the job's steps at most every `every_s` seconds."""
+    total = sum(p.total_steps for p in passes)
+    last = [t0]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        if progress is None or now - last[0] < every_s:
+            return
+        last[0] = now
+        done = sum(len(p.step_s) for p in passes)
+        progress({"step": done, "steps": total, "epoch": 2 if passes[1].step_s else 1, "epochs": 2,
+                  "elapsed_s": now - t0, "eta_s": 0.0})
+    return tick
+
+
+def record_job(result: Result, passes: list[Pass], import_s: float, peek_s: float, seed: int = 0) -> None:
+    """The job's figures from its measured passes: each pass projected whole where it was sampled, the job's time
+    as start-up + passes, with a 95% interval from the passes' bootstrap samples drawn together."""
+    rng = np.random.default_rng(seed)
+    projected = [project(p, rng) for p in passes]
+    train, test = projected[:2], projected[2:]
+    train_steps = [s for p in passes[:2] for s in p.step_s[min(10, len(p.step_s) // 5):]]
+    images = sum(len(p.step_s) for p in passes[:2]) * result.case.batch_size
+    blocks = np.array_split(np.asarray(train_steps), min(BLOCKS, len(train_steps))) if train_steps else []
+    record_windows(result, [float(b.sum()) for b in blocks], [len(b) * result.case.batch_size for b in blocks],
+                   train_steps)
+    result.train_s, result.eval_s = sum(p.seconds for p in passes[:2]), sum(p.seconds for p in passes[2:]) + peek_s
+    result.steps, result.images = sum(len(p.step_s) for p in passes), images
+    result.epochs_completed = images / (passes[0].total_steps * result.case.batch_size)
+    result.epoch_s = [point for point, _, _ in train]
+    whole = all(p.whole for p in passes)
+    result.stopped_by = "epochs" if whole else next((p.stopped_by for p in passes if p.stopped_by), "max_seconds")
+    result.job_import_s = import_s
+    result.job_startup_s = import_s + result.startup_s
+    result.job_data_s = sum(data for _, data, _ in train)
+    result.job_compute_s = sum(point for point, _, _ in train) - result.job_data_s
+    result.job_eval_s = sum(point for point, _, _ in test) + peek_s
+    result.job_s = result.job_startup_s + result.job_data_s + result.job_compute_s + result.job_eval_s
+    fixed = result.job_startup_s + peek_s
+    totals = fixed + sum(samples for _, _, samples in projected)
+    result.job_s_low, result.job_s_high = (None, None) if whole else \
+        (float(np.percentile(totals, 2.5)), float(np.percentile(totals, 97.5)))
+    measured = result.job_startup_s + result.train_s + result.eval_s
+    result.job_fraction = min(measured / result.job_s, 1.0) if result.job_s else 0.0
+    result.job_projected = not whole

@@ -27,9 +27,11 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     variants.add_argument("--memory-formats", type=CONVERTERS["memory_formats"],
                           help="contiguous, channels_last, or both (default contiguous)")
     variants.add_argument("--malloc", type=CONVERTERS["mallocs"], dest="mallocs",
-                          help="default (glibc's malloc as a plain script gets it), tuned (it keeps freed memory "
-                               "instead of unmapping it each step: what MALLOC_MMAP_THRESHOLD_ and "
-                               "MALLOC_TRIM_THRESHOLD_ give a script), or both: default,tuned (default default)")
+                          help="the allocator state every Case is pinned in before it allocates: default (glibc's "
+                               "malloc at its documented thresholds, 128 KiB, handing freed blocks back each step), "
+                               "tuned (freed memory kept between steps, as MALLOC_MMAP_THRESHOLD_=33554432 "
+                               "MALLOC_TRIM_THRESHOLD_=2147483647 give a script), or both: default,tuned "
+                               "(default default)")
     variants.add_argument("--compile", type=CONVERTERS["compile"],
                           help="torch.compile the step: off, on, or both: off,on (default off)")
     variants.add_argument("--compile-modes", "--compile-mode", type=CONVERTERS["compile_modes"], dest="compile_modes",

@@ -11,7 +11,7 @@ MODES = ("train", "infer")
 PIPELINES = ("tutorial", "resident")  # see cnn/loops.py
 AMP = ("off", "bf16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
-MALLOCS = ("default", "tuned")  # glibc malloc as a plain script gets it, or tuned (bench/allocator.py)
+MALLOCS = ("default", "tuned")  # glibc's malloc pinned at its defaults, or keeping freed memory (bench/allocator.py)
 COMPILE = ("off", "on")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 JOB = "job"  # the tutorial's own job, end to end: a Case mode of its own (bench/job.py)
@@ -85,7 +85,7 @@ class Case:
     run_id: str = ""
     amp: str = "off"  # "bf16": forward and loss under autocast
     memory_format: str = "contiguous"  # or "channels_last"
-    malloc: str = "default"  # or "tuned": glibc's malloc keeps freed memory (bench/allocator.py)
+    malloc: str = "default"  # the allocator state, pinned before the Case allocates (bench/allocator.py)
     cuda_graphs: bool = False  # the resident training step captured in a CUDA graph
     world_size: int = 1  # data-parallel ranks (DDP); batch_size and threads are per rank
     compile_mode: str | None = None  # torch.compile's mode; None: the eager step
@@ -145,6 +145,9 @@ class Result:
     images_per_s_p25: float | None = None
     images_per_s_p75: float | None = None
     images_per_s_spread_pct: float | None = None
+    # total images over total time of the timed windows, stalls included: the rate time predictions use (an epoch's
+    # time, cost); images_per_s, the median over windows, is the figure runs and Cases are compared by
+    images_per_s_mean: float | None = None
     # the 95% confidence interval of the median over windows (order statistics; bench/precision.py) and its
     # half-width, % of the median: None with fewer than 6 windows
     images_per_s_ci_low: float | None = None
@@ -173,6 +176,7 @@ class Result:
     peak_rss_mb: float | None = None
     peak_device_mem_mb: float | None = None
     threads_used: int | None = None
+    malloc_state: str | None = None  # the allocator state the Case ran in, as pinned (bench/allocator.py)
     cudnn_benchmark: bool | None = None  # None on a CPU
     gpu_monitor: str | None = None  # "nvml", or why utilisation and power were not sampled; None on a CPU
     gpu_util_pct: float | None = None
@@ -189,6 +193,9 @@ class Result:
     test_images: int | None = None
     # the tutorial's job (mode "job"): its wall time and parts, measured, or projected from a measured part
     job_s: float | None = None
+    job_s_low: float | None = None  # the 95% interval of a projected job_s (bench/job.py); None when measured whole
+    job_s_high: float | None = None
+    job_import_s: float | None = None  # a fresh interpreter's imports, part of job_startup_s
     job_startup_s: float | None = None
     job_data_s: float | None = None
     job_compute_s: float | None = None

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from bench import devices, gpu_monitor, measure
-from bench.schema import JOB, Case, Result
+from bench.schema import Case, Result
 from cnn import loops, normalised
 from cnn.cifar_files import CifarArrays
 from cnn.model import Net
@@ -214,6 +214,7 @@ def record_windows(result: Result, windows_s: list[float], windows_images: list[
     summary = measure.summarise(windows_s, windows_images, step_s)
     result.images_per_s, result.images_per_s_p25, result.images_per_s_p75 = summary.images_per_s, summary.p25, summary.p75
     result.images_per_s_spread_pct = summary.spread_pct
+    result.images_per_s_mean = sum(windows_images) / sum(windows_s) if sum(windows_s) > 0 else None
     result.images_per_s_ci_low, result.images_per_s_ci_high = summary.interval or (None, None)
     result.images_per_s_ci_pct = summary.half_width_pct
     result.step_ms_p50, result.step_ms_p90, result.step_ms_p99 = summary.step_ms
@@ -237,10 +238,9 @@ EVAL_BATCH = 500
 
 def eval_batch_size(case: Case, last: bool) -> int:
     """The accuracy pass's batch: the Case's own while another epoch follows (a larger batch would free blocks
-    that change how malloc serves the next epoch's steps: cnn/loops.py, _SLICE_BYTES) and for the tutorial's job
-    (its test loader's batch is part of its time); after the last epoch of any other Case, nothing timed follows,
-    so EVAL_BATCH (at batch 4, 1,000 images took 0.2-0.3 s of a 0.6 s --quick Case)."""
-    return case.batch_size if case.mode == JOB or not last else max(case.batch_size, EVAL_BATCH)
+    that change how malloc serves the next epoch's steps: cnn/loops.py, _SLICE_BYTES); after the last epoch nothing
+    timed follows, so EVAL_BATCH (at batch 4, 1,000 images took 0.2-0.3 s of a 0.6 s --quick Case)."""
+    return case.batch_size if not last else max(case.batch_size, EVAL_BATCH)
 
 
 def train(case: Case, arrays: CifarArrays, device: torch.device, result: Result, started: float,

@@ -20,7 +20,7 @@ import torch
 import torchvision  # noqa: F401  (preloaded by the fork server with torch)
 
 from bench import allocator, contention, measure, training
-from bench.job import record_job
+from bench.job import run_job
 from bench.schema import JOB, Case, Result
 from cnn import data
 
@@ -55,26 +55,24 @@ def run_case(case: Case, progress: Progress | None = None, started: float | None
 def _run(case: Case, progress: Progress | None, started: float) -> Result:
     device = torch.device(case.device)
     unavailable = training.compile_unavailable(device.type) if case.compile_mode is not None else None
-    if case.malloc == "tuned":
-        unavailable = unavailable or allocator.unavailable()
+    unavailable = unavailable or allocator.unavailable(case.malloc)
     if unavailable:  # before any rank is launched: a data-parallel Case is skipped as a single-process one is
         return Result(case=case, status="skipped", error=unavailable)
     if case.world_size > 1:
         return _run_distributed(case, progress, started)
     result = Result(case=case)
     try:
-        if case.malloc == "tuned":  # before the Case allocates anything
-            allocator.tune()
+        result.malloc_state = allocator.pin(case.malloc)  # before the Case allocates anything
         training.set_threads(case)
         torch.manual_seed(case.seed)
         if device.type == "cuda":
             training.prepare_cuda(device, result)
         arrays = data.load_arrays(case.data_cache)
         result.train_images, result.test_images = len(arrays.train_y), len(arrays.test_y)
-        if case.mode in ("train", JOB):
+        if case.mode == JOB:
+            run_job(case, arrays, device, result, started, progress)
+        elif case.mode == "train":
             training.train(case, arrays, device, result, started, progress)
-            if case.mode == JOB:
-                record_job(result)
         else:
             training.infer(case, arrays, device, result, started, progress)
         result.peak_device_mem_mb = measure.peak_device_mem_mb(device)

@@ -203,6 +203,38 @@ def infer_epoch(net: nn.Module, batches: Batches, *, item_every_step: bool,
                 break
 
 
+def tutorial_accuracy(net: nn.Module, batches: Batches, on_step: OnStep | None = None) -> float:
+    """The tutorial's first test pass: overall accuracy in percent over its test DataLoader, under no_grad."""
+    correct = total = 0
+    with torch.no_grad():
+        for images, labels in batches:
+            _, predicted = torch.max(net(images).data, 1)
+            total += labels.size(0)
+            correct += (predicted == labels).sum().item()
+            if on_step is not None and on_step(len(labels)):
+                break
+    return 100.0 * correct / max(total, 1)
+
+
+def tutorial_class_accuracy(net: nn.Module, batches: Batches, classes: tuple[str, ...],
+                            on_step: OnStep | None = None) -> dict[str, float]:
+    """The tutorial's second test pass: accuracy per class in percent, counted image by image in Python as the
+    tutorial counts it."""
+    correct_pred = {name: 0 for name in classes}
+    total_pred = {name: 0 for name in classes}
+    with torch.no_grad():
+        for images, labels in batches:
+            _, predictions = torch.max(net(images), 1)
+            for label, prediction in zip(labels, predictions):
+                if label == prediction:
+                    correct_pred[classes[label]] += 1
+                total_pred[classes[label]] += 1
+            if on_step is not None and on_step(len(labels)):
+                break
+    return {name: 100.0 * correct_pred[name] / total_pred[name] if total_pred[name] else float("nan")
+            for name in classes}
+
+
 def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int = 10,
              batch_size: int = 1000) -> tuple[float, list[float]]:
     """Test accuracy in percent, overall and per class, as the tutorial prints them."""

@@ -1,5 +1,5 @@
-"""The `tuned` malloc variant (bench/allocator.py): what it asks glibc for, that glibc does it, and how a
-Case that cannot have it ends."""
+"""The allocator states (bench/allocator.py): what each asks glibc for, that glibc does it whatever state a process
+started in, and how a Case that cannot have it ends."""
 from __future__ import annotations
 
 import ctypes
@@ -39,17 +39,33 @@ class FakeLibc:
         self.mallopt = mallopt
 
 
-def test_tune_sets_the_mmap_threshold_then_the_trim_threshold(monkeypatch):
+@pytest.mark.parametrize("state, mmap, trim", [("default", 128 * 1024, 128 * 1024), ("tuned", 32 * 2**20, 2**31 - 1)])
+def test_pin_sets_the_mmap_threshold_then_the_trim_threshold_and_names_the_state(monkeypatch, state, mmap, trim):
     mallopt = RecordingMallopt()
     monkeypatch.setattr(allocator.ctypes, "CDLL", lambda name: FakeLibc(mallopt))
-    allocator.tune()
-    assert mallopt.calls == [(-3, 32 * 2**20), (-1, 2**31 - 1)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    described = allocator.pin(state)
+    assert mallopt.calls == [(-3, mmap), (-1, trim)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD: each fixed, not dynamic
+    assert described.startswith(f"{state}: glibc mmap threshold") and described.endswith("pinned")
+    assert allocator.environment(state) == {"MALLOC_MMAP_THRESHOLD_": str(mmap), "MALLOC_TRIM_THRESHOLD_": str(trim)}
 
 
 def test_a_refused_setting_is_an_error(monkeypatch):
     monkeypatch.setattr(allocator.ctypes, "CDLL", lambda name: FakeLibc(RecordingMallopt(answers=[1, 0])))
     with pytest.raises(RuntimeError, match="was refused"):
-        allocator.tune()
+        allocator.pin("default")
+
+
+def _no_libc(name):
+    raise OSError("no such library")
+
+
+def test_without_mallopt_the_default_state_runs_unpinned_and_says_so(monkeypatch):
+    monkeypatch.setattr(allocator.ctypes, "CDLL", _no_libc)
+    assert allocator.unavailable("default") is None
+    assert allocator.pin("default") == "default: not pinned: the C library has no mallopt (glibc's)"
+    assert "--malloc tuned needs it" in allocator.unavailable("tuned")
+    with pytest.raises(RuntimeError, match="no mallopt"):
+        allocator.pin("tuned")
 
 
 @pytest.mark.parametrize("world_size", [1, 2])
@@ -57,10 +73,7 @@ def test_without_mallopt_a_tuned_case_is_skipped_with_the_reason(monkeypatch, tm
     from bench import worker
     from cnn.data import prepare_synthetic
 
-    def no_libc(name):
-        raise OSError("no such library")
-
-    monkeypatch.setattr(allocator.ctypes, "CDLL", no_libc)
+    monkeypatch.setattr(allocator.ctypes, "CDLL", _no_libc)
     spec = SweepSpec(devices=["cpu"], batch_sizes=[4], threads=[1], pipelines=["resident"], widths=[1.0],
                      modes=["train"], max_steps=3, warmup_steps=1, mallocs=["tuned"], world_sizes=[world_size])
     case = plan_cases(spec, str(prepare_synthetic(n_train=40, n_test=20).cache_dir), "synthetic")[0]
@@ -70,16 +83,17 @@ def test_without_mallopt_a_tuned_case_is_skipped_with_the_reason(monkeypatch, tm
 
 
 BLOCK_PAGES = 2**21 // 4096  # one 2 MiB block's pages
-# glibc told to hand a freed block back at once, whatever the process freed before: a 128 KiB mmap threshold
-# (fixed, so it never rises) and no trim threshold. tune()'s mallopt calls override both
+# the two states a process can start in by environment: every freed block handed back at once, or every block kept
 HAND_BACK = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024), "MALLOC_TRIM_THRESHOLD_": "0"}
+KEEP = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 
 
-def _faults_per_step(tune: bool) -> list[int]:
+def _faults_per_step(state: str | None, start_env: dict) -> list[int]:
     """Minor page faults in each of 50 'steps' of three 2 MiB blocks live at once, touched and freed (as a training
-    step's tensors are), after 5 steps of warm-up, in a fresh interpreter with glibc's real malloc set to HAND_BACK."""
+    step's tensors are), after 5 steps of warm-up, in a fresh interpreter with glibc's real malloc started in
+    `start_env`'s state and then pinned in `state` (None: left as it started)."""
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import resource, torch; from bench import allocator\n"
-            f"if {tune}: allocator.tune()\n"
+            f"if {state!r} is not None: allocator.pin({state!r})\n"
             "f = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
             "def step():\n    blocks = [torch.empty(2**19).fill_(1) for _ in range(3)]\n    del blocks\n"
             "for _ in range(5): step()\n"
@@ -87,21 +101,25 @@ def _faults_per_step(tune: bool) -> list[int]:
             "for _ in range(50):\n    f0 = f(); step(); counts.append(f() - f0)\n"
             "print(*counts)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, **HAND_BACK})
+                         env={**os.environ, **start_env})
     assert out.returncode == 0, out.stderr
     counts = [int(c) for c in out.stdout.splitlines()[-1].split()]
     assert len(counts) == 50, out.stdout
     return counts
 
 
-def test_a_tuned_process_keeps_freed_memory_instead_of_faulting_it_in_again():
-    # glibc's defaults are a lottery (run by hand: 992-1,536 faults a step in one interpreter, 0 in another, as the
-    # dynamic mmap threshold had or had not risen), so the untuned side is made to hand blocks back (HAND_BACK): the
-    # probe must see that, and see the tuned process stop it. A step that faults a whole block's pages now and then
-    # is allowed: CI once read 1,024 faults over the 50 steps of a tuned process (which steps, and why, unknown)
-    untuned, tuned = _faults_per_step(tune=False), _faults_per_step(tune=True)
-    assert sum(c >= BLOCK_PAGES for c in untuned) >= 45, untuned
-    assert sum(c >= BLOCK_PAGES for c in tuned) <= 5, tuned
+def _faulting_steps(counts: list[int]) -> int:
+    return sum(c >= BLOCK_PAGES for c in counts)
+
+
+def test_each_state_is_what_the_process_gets_whatever_state_it_started_in():
+    # the probe sees both starting states for what they are (glibc's own defaults are a lottery: run by hand,
+    # 992-1,536 faults a step in one interpreter, 0 in another), then each pinned state overrides the other. A
+    # step that faults a whole block now and then is allowed (CI once read 1,024 faults over 50 kept steps)
+    assert _faulting_steps(_faults_per_step(None, HAND_BACK)) >= 45
+    assert _faulting_steps(_faults_per_step(None, KEEP)) <= 5
+    assert _faulting_steps(_faults_per_step("tuned", HAND_BACK)) <= 5
+    assert _faulting_steps(_faults_per_step("default", KEEP)) >= 45
 
 
 def test_the_variant_is_an_axis_with_its_own_key_and_name(capsys):

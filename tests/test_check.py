@@ -118,7 +118,7 @@ def test_without_mallopt_the_tuned_malloc_row_is_skipped_with_why(monkeypatch):
     rows = _names(check.plan_checks(["cpu"], {}, 0, {}), "cpu")
     assert ("resident", "train", "malloc tuned",
             "the C library has no mallopt (glibc's): --malloc tuned needs it") in rows
-    assert [skip for *_, skip in rows if skip] == [check.GRAPHS_CPU, allocator.unavailable()]
+    assert [skip for *_, skip in rows if skip] == [check.GRAPHS_CPU, allocator.unavailable("tuned")]
 
 
 def test_a_failing_check_shows_its_reason_in_its_row_and_exits_1():

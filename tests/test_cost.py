@@ -68,9 +68,10 @@ def test_without_a_price_there_is_no_cost_and_no_cost_sentence():
 
 def test_the_verdict_opens_with_the_job_on_each_device_then_time_to_accuracy():
     v = sentences.verdict(analysis.analyse(_priced({})))
-    assert v.headline == ("The tutorial's job (2 epochs at batch 4 through its DataLoader, then the test pass) takes "
-                          "5 min 00 s on cpu, 2 threads and reaches 54.0% test accuracy; takes 2 min 30 s on cuda:0 "
-                          "and reaches 55.0% test accuracy.")
+    assert v.headline == ("The tutorial's job (its script as published: imports, 2 epochs at batch 4 through its "
+                          "DataLoader, then its two test passes) takes 5 min 00 s on cpu, 2 threads, measured whole, and "
+                          "reaches 54.0% test accuracy; takes 2 min 30 s on cuda:0, measured whole, and reaches 55.0% "
+                          "test accuracy.")
     assert "On the tutorial's job cuda:0 is 2.00x as fast as cpu." in v.findings
     assert ("Fastest to 50% test accuracy measured: cpu in 2 min 00 s of training (resident pipeline, batch 128, "
             "2 threads); cuda:0 in 20 s of training (resident pipeline, batch 128).") in v.findings
@@ -82,7 +83,12 @@ def test_a_projected_job_says_so_and_claims_no_two_epoch_accuracy():
     frame.loc[frame["mode"] == "job", "job_fraction"] = 0.012
     headline = sentences.verdict(analysis.analyse(frame)).headline
     assert "takes about 5 min 00 s on cpu, 2 threads (projected from the 1.2% of it measured; 54.0% test accuracy " \
-           "after that part, the 2-epoch accuracy was not measured)" in headline
+           "after that part, the 2-epoch accuracy was not measured)" in headline  # a run without an interval
+    frame.loc[frame["mode"] == "job", "job_s_low"] = 290.0
+    frame.loc[frame["mode"] == "job", "job_s_high"] = 310.0
+    headline = sentences.verdict(analysis.analyse(frame)).headline
+    assert "takes about 5 min 00 s on cpu, 2 threads (95% within 4 min 50 s - 5 min 10 s, projected from the 1.2% " \
+           "of it measured;" in headline
 
 
 def test_durations_read_as_a_person_says_them():

@@ -6,10 +6,13 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from bench import cli
-from bench.job import record_job
+from bench import job
+from bench.job import Pass, Stretch, project, record_job
 from bench.plan import plan_cases
 from bench.run_folder import RunFolder
 from bench.schema import JOB, Result, SweepSpec
@@ -41,38 +44,102 @@ def test_no_job_leaves_it_out_from_argv_and_keywords():
     assert bench.sweep_spec(job=False).job is False and bench.sweep_spec().job is True
 
 
-def _job_result(**kw) -> Result:
+def _pass(total: int, steps: list[float], waits: list[float] | None = None, seconds: float | None = None) -> Pass:
+    return Pass("train epoch 1", total, seconds if seconds is not None else sum(steps), list(steps),
+                list(waits if waits is not None else [0.0] * len(steps)),
+                stopped_by=None if len(steps) >= total else "max_seconds")
+
+
+def test_a_pass_measured_whole_is_its_own_time_with_no_spread():
+    p = _pass(5, [0.5, 0.1, 0.1, 0.1, 0.1], seconds=1.0)
+    point, data, samples = project(p, np.random.default_rng(0))
+    assert point == 1.0 and data == 0.0 and np.all(samples == 1.0)
+
+
+def test_a_sampled_pass_is_its_stretch_plus_the_steps_left_at_their_mean_time_stalls_included():
+    steps = [2.0] + [0.01, 0.01, 0.01, 0.05] * 25  # a slow start (workers), then steps with a stall in four
+    waits = [1.5] + [0.0, 0.0, 0.0, 0.04] * 25
+    p = _pass(1000, steps, waits, seconds=3.5)
+    point, data, samples = project(p, np.random.default_rng(0))
+    settled = steps[min(10, len(steps) // 5):]  # the first steps are left out of the mean, not of the time
+    left = 1000 - len(steps)
+    assert point == pytest.approx(3.5 + left * np.mean(settled))  # the mean, not the median 0.01: stalls count
+    assert data == pytest.approx(sum(waits) + left * np.mean(waits[10:]))
+    low, high = np.percentile(samples, [2.5, 97.5])
+    assert low < point < high and high - low < 0.2 * point
+
+
+def test_noisier_steps_give_a_wider_interval():
+    rng = np.random.default_rng(1)
+    calm, noisy = _pass(5000, list(0.01 + 0.001 * rng.random(200))), _pass(5000, list(0.01 + 0.02 * rng.random(200)))
+    widths = [np.ptp(np.percentile(project(p, np.random.default_rng(0))[2], [2.5, 97.5])) for p in (calm, noisy)]
+    assert widths[1] > 5 * widths[0]
+
+
+def _job_result() -> Result:
     case = next(c for c in plan_cases(SPEC, "/c", "synthetic") if c.mode == JOB)
-    fields = dict(train_images=50000, startup_s=2.0, warmup_s=0.5, eval_s=1.5, data_wait_pct=10.0,
-                  test_accuracy_pct=30.0)
-    return Result(case=case, **{**fields, **kw})
+    return Result(case=case, startup_s=1.0)
 
 
-def test_a_job_its_budget_stopped_is_projected_from_its_steady_rate():
-    result = _job_result(images=4000, train_s=10.0, images_per_s=400.0, stopped_by="time",
-                         epoch_accuracy_pct=[30.0])
-    record_job(result)
-    train = 10.0 + (2 * 50000 - 4000) / 400.0  # what was measured, and the rest at the steady rate
-    assert result.job_projected is True and result.job_fraction == pytest.approx(0.04)
-    assert result.job_s == pytest.approx(2.0 + train + 1.5)
-    assert result.job_data_s == pytest.approx((train - 0.5) * 0.10)
-    assert result.job_compute_s == pytest.approx(train - result.job_data_s)
-    assert (result.job_startup_s, result.job_eval_s) == (2.0, 1.5)
+def test_the_job_is_start_up_and_its_four_passes_projected_with_an_interval_over_them_all():
+    result = _job_result()
+    train = [_pass(12500, [0.5] + [0.002, 0.003, 0.002] * 33, [0.4] + [0.0005] * 99) for _ in range(2)]
+    test = [_pass(2500, [0.3] + [0.001] * 99) for _ in range(2)]
+    record_job(result, train + test, import_s=4.0, peek_s=0.1)
+    projected = [project(p, np.random.default_rng(0))[0] for p in train + test]
+    assert result.job_projected is True and result.stopped_by == "max_seconds"
+    assert result.job_startup_s == 5.0 and result.job_import_s == 4.0
+    assert result.job_eval_s == pytest.approx(sum(projected[2:]) + 0.1)
+    assert result.job_data_s + result.job_compute_s == pytest.approx(sum(projected[:2]))
+    assert result.job_s == pytest.approx(5.0 + sum(projected) + 0.1)
+    assert result.job_s_low < result.job_s < result.job_s_high
+    measured = 5.0 + sum(p.seconds for p in train + test) + 0.1
+    assert result.job_fraction == pytest.approx(measured / result.job_s)
+    assert result.images == 2 * 100 * 4 and result.images_per_s == pytest.approx(4 / 0.00233, rel=0.1)
 
 
-def test_a_whole_job_is_measured_with_one_test_pass_as_the_tutorial_runs_it():
-    result = _job_result(images=100000, train_s=200.0, images_per_s=520.0, stopped_by="epochs",
-                         epoch_accuracy_pct=[40.0, 52.0])
-    record_job(result)
-    assert result.job_projected is False and result.job_fraction == 1.0
-    assert result.job_eval_s == pytest.approx(0.75)  # evaluated after each epoch; the job's one pass
-    assert result.job_s == pytest.approx(2.0 + 200.0 + 0.75)
+def test_a_job_measured_whole_has_no_interval_and_says_so():
+    result = _job_result()
+    passes = [_pass(3, [0.2, 0.1, 0.1]), _pass(3, [0.2, 0.1, 0.1]), _pass(1, [0.1]), _pass(1, [0.1])]
+    record_job(result, passes, import_s=2.0, peek_s=0.0)
+    assert result.job_projected is False and result.stopped_by == "epochs" and result.job_fraction == 1.0
+    assert (result.job_s_low, result.job_s_high) == (None, None)
+    assert result.job_s == pytest.approx(3.0 + 0.4 + 0.4 + 0.1 + 0.1)
 
 
-def test_no_timed_window_means_nothing_is_projected():
-    result = _job_result(images=40, train_s=0.3, images_per_s=None, stopped_by="time", epoch_accuracy_pct=[10.0])
-    record_job(result)
-    assert result.job_s is None and result.job_projected is None
+def test_a_stretch_stops_at_its_share_of_steps_or_of_time_after_its_few_steps(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(job.time, "perf_counter", lambda: now[0])
+    by_steps = Stretch(Pass("p", 100), share_s=None, share_steps=3, tick=lambda: None)
+    assert [by_steps.on_step(4) for _ in range(3)] == [False, False, True] and by_steps.p.stopped_by == "max_steps"
+    by_time = Stretch(Pass("p", 100), share_s=1.0, share_steps=None, tick=lambda: None)
+    stops = []
+    for _ in range(job.MIN_PASS_STEPS + 1):
+        now[0] += 0.5  # past its time after 2 steps: it still runs its few steps
+        stops.append(by_time.on_step(4))
+    assert stops.index(True) == job.MIN_PASS_STEPS - 1 and by_time.p.stopped_by == "max_seconds"
+    assert by_time.p.step_s == [0.5] * (job.MIN_PASS_STEPS + 1)
+
+
+def test_a_stopped_pass_shuts_its_dataloader_workers_down_inside_its_time():
+    events = []
+
+    class Loader:
+        def __iter__(self):
+            try:
+                for i in range(100):
+                    yield torch.zeros(4, 3), torch.zeros(4, dtype=torch.long)
+            finally:
+                events.append("workers gone")
+
+    stretch = Stretch(Pass("p", 100), share_s=None, share_steps=2, tick=lambda: None)
+    batches = stretch.batches(Loader(), torch.device("cpu"))
+    for _ in batches:
+        if stretch.on_step(4):
+            break
+    assert events == []
+    batches.close()
+    assert events == ["workers gone"]
 
 
 def test_the_report_opens_with_the_job_measured_whole_on_real_cifar10_with_its_cost(mini: Path, tmp_path: Path):
@@ -86,8 +153,26 @@ def test_the_report_opens_with_the_job_measured_whole_on_real_cifar10_with_its_c
     assert job.job_s == pytest.approx(job.job_startup_s + job.job_data_s + job.job_compute_s + job.job_eval_s)
     md = (out / "report.md").read_text()
     first = md.split("\n")[2]
-    assert re.fullmatch(r"\*\*The tutorial's job \(2 epochs at batch 4 through its DataLoader, then the test pass\) "
-                        r"takes [\d.]+ s on cpu, \d+ threads and reaches [\d.]+% test accuracy\.\*\*", first), first
+    assert re.fullmatch(r"\*\*The tutorial's job \(its script as published: imports, 2 epochs at batch 4 through its "
+                        r"DataLoader, then its two test passes\) takes [\d.]+ s on cpu, \d+ threads, measured whole, "
+                        r"and reaches [\d.]+% test accuracy\.\*\*", first), first
+    assert job.job_import_s > 0 and job.job_startup_s > job.job_import_s  # a fresh interpreter's imports count
+    assert len(job.class_accuracy_pct) == 10  # from the tutorial's per-class pass
     assert f"{job.test_accuracy_pct:.1f}% test accuracy" in first
     assert re.search(r"- Cost on cpu: the tutorial's job \$[\d.e-]+, an epoch at its fastest configuration", md)
     assert (out / "job.png").is_file() and (out / "cost.png").is_file() and "![Cost per device](cost.png)" in md
+
+
+def test_a_job_within_a_budget_samples_every_pass_and_states_its_interval_first(mini: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    proc = run_bench("run", "--dataset", "cifar10", "--data-dir", str(mini), "--no-verify", "--devices", "cpu",
+                     "--modes", "train", "--pipelines", "resident", "--batch-sizes", "32", "--threads", "1",
+                     "--epochs", "1", "--max-steps", "40", "--out", str(out), timeout=400)
+    assert proc.returncode == 0, proc.stderr
+    [job] = [r for r in RunFolder(out).results() if r.case.mode == JOB]
+    assert job.status == "ok" and job.job_projected is True and job.stopped_by == "max_steps"
+    assert job.steps == 40  # 10 steps in each of the four passes, its start included
+    assert job.job_s_low < job.job_s < job.job_s_high
+    first = (out / "report.md").read_text().split("\n")[2]
+    assert re.search(r"takes about [\d.]+ s on cpu, \d+ threads \(95% within [\d.]+ s - [\d.]+ s, projected from "
+                     r"the [\d.]+% of it measured", first), first

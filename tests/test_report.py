@@ -227,8 +227,8 @@ def test_two_runs_each_priced_at_its_own_price_open_with_the_job_and_say_which_i
     cpu_vm = _fake_run(tmp_path / "cpu-vm", "cpu-vm", gpu=False, env={"price_usd_per_hour": {"*": 0.10}}, job=True)
     gpu_vm = _fake_run(tmp_path / "gpu-vm", "gpu-vm", gpu=True, env={"price_usd_per_hour": {"*": 0.90}}, job=True)
     rep = report.build_report([cpu_vm, gpu_vm], tmp_path / "both")
-    assert rep.verdict.headline.startswith("The tutorial's job (2 epochs at batch 4 through its DataLoader, then "
-                                           "the test pass) takes about ")
+    assert rep.verdict.headline.startswith("The tutorial's job (its script as published: imports, 2 epochs at batch 4 "
+                                           "through its DataLoader, then its two test passes) takes about ")
     assert "cpu (cpu-vm (cpu-vm CPU, 2 cores, no GPU)), 2 threads (projected from the 10% of it measured" \
         in rep.verdict.headline
     md = (tmp_path / "both" / "report.md").read_text()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -100,10 +101,14 @@ MINIMAL = textwrap.dedent("""
 
 
 def minimal_run(cache: str, pipeline: str, bs: int, threads: int, steps: int, warmup: int,
-                device: str = "cpu") -> tuple[float, float]:
-    """(images/s, minor page faults per timed step) of the minimal loop in a fresh interpreter."""
+                device: str = "cpu", malloc: str = "default") -> tuple[float, float]:
+    """(images/s, minor page faults per timed step) of the minimal loop in a fresh interpreter, its malloc put in
+    the allocator state `malloc` from its first allocation by glibc's environment variables."""
+    from bench import allocator
+
     out = subprocess.run([sys.executable, "-c", MINIMAL, cache, pipeline, str(bs), str(threads), str(steps),
-                          str(warmup), device], capture_output=True, text=True)
+                          str(warmup), device], capture_output=True, text=True,
+                         env={**os.environ, **allocator.environment(malloc)})
     if out.returncode != 0:
         raise SystemExit(f"the minimal loop failed on {device}: {out.stderr.strip().splitlines()[-1:]}")
     rate, faults = out.stdout.strip().splitlines()[-1].split()
@@ -146,6 +151,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-sizes", default="4,32,128")
     parser.add_argument("--pipelines", default="tutorial,resident")
+    parser.add_argument("--mallocs", default="default,tuned",
+                        help="allocator states (bench/allocator.py), each side in the same state")
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
     parser.add_argument("--json", help="also write every measurement and verdict to this file")
     args = parser.parse_args()
@@ -154,7 +161,7 @@ def main() -> int:
     warmup = 10
     spec = SweepSpec(devices=[args.device], batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
                      threads=[args.threads], pipelines=args.pipelines.split(","), widths=[1.0], modes=["train"],
-                     epochs=1, max_steps=warmup + args.steps, max_seconds=None, warmup_steps=warmup, window_s=0.5)
+                     mallocs=args.mallocs.split(","), epochs=1, max_steps=warmup + args.steps, max_seconds=None, warmup_steps=warmup, window_s=0.5)
     cases = plan_cases(spec, str(prepared.cache_dir), prepared.name)
     ctx = None  # the fork server, started after the first minimal run (its imports would share that run's CPU)
     report: dict[str, dict] = {}
@@ -175,10 +182,10 @@ def main() -> int:
                 else:
                     row["minimal"], row["minimal_faults"] = minimal_run(
                         str(prepared.cache_dir), case.pipeline, case.batch_size, args.threads, args.steps, warmup,
-                        args.device)
+                        args.device, case.malloc)
             row["ratio"] = row["harness"] / row["minimal"]
             rows.append(row)
-            print(f"{case.key:34} round {rnd + 1:2}: harness {row['harness']:8.0f} ({row['harness_faults'] or 0:6.0f} "
+            print(f"{case.key:46} round {rnd + 1:2}: harness {row['harness']:8.0f} ({row['harness_faults'] or 0:6.0f} "
                   f"faults/step)  minimal {row['minimal']:8.0f} ({row['minimal_faults']:6.0f} faults/step)  "
                   f"ratio {row['ratio']:.3f}", flush=True)
             if len(rows) >= max(min(args.min_rounds, args.rounds), 2):
@@ -187,7 +194,7 @@ def main() -> int:
                     break
         report[case.key] = {"pipeline": case.pipeline, "batch_size": case.batch_size, "rounds": rows,
                             "verdict": verdict[0], "ratio": verdict[1], "ci": [verdict[2], verdict[3]]}
-    print(f"\n{'case':34} {'rounds':>6} {'harness':>8} {'minimal':>8} {'median ratio':>12} {'95% CI':>13}  verdict "
+    print(f"\n{'case':46} {'rounds':>6} {'harness':>8} {'minimal':>8} {'median ratio':>12} {'95% CI':>13}  verdict "
           f"(harness/minimal, images/s medians; {args.steps} timed steps, {args.threads} threads, {args.device})")
     for key, r in report.items():
         h = statistics.median(x["harness"] for x in r["rounds"])
@@ -197,7 +204,7 @@ def main() -> int:
                 "straddles": f"not shown to agree: the interval crosses {1 - args.target_pct / 100:g} or "
                              f"{1 + args.target_pct / 100:g} after {len(r['rounds'])} rounds",
                 "noisy": f"undecided: too noisy for +-{args.target_pct:g}% in {len(r['rounds'])} rounds"}[r["verdict"]]
-        print(f"{key:34} {len(r['rounds']):6} {h:8.0f} {m:8.0f} {r['ratio']:12.3f} {r['ci'][0]:6.3f}-{r['ci'][1]:.3f}  {word}")
+        print(f"{key:46} {len(r['rounds']):6} {h:8.0f} {m:8.0f} {r['ratio']:12.3f} {r['ci'][0]:6.3f}-{r['ci'][1]:.3f}  {word}")
     startups = [x["startup_s"] for r in report.values() for x in r["rounds"]]
     print(f"per-Case start-up (fork to first step, data cache warm): median {statistics.median(startups):.2f} s, "
           f"max {max(startups):.2f} s over {len(startups)} Cases")
