@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import re
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 # (mmap threshold, trim threshold) in bytes, by state; 32 MiB is the largest mmap threshold glibc accepts on
@@ -59,9 +61,18 @@ def describe(state: str) -> str:
     return f"{state}: glibc mmap threshold {_size(mmap)}, trim threshold {_size(trim)}, pinned"
 
 
+def _preloaded() -> str | None:
+    """An allocator preloaded in place of glibc's malloc (LD_PRELOAD), which glibc's mallopt does not steer."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    return next((lib for lib in preload.replace(":", " ").split() if re.search(r"(je|tc|mi)malloc", lib)), None)
+
+
 def pin(state: str) -> str:
     """Puts this process's malloc in `state` from now on and returns what it is, for the Result; RuntimeError
     when glibc refuses a setting or `state` needs a mallopt there is none of."""
+    preloaded = _preloaded()
+    if preloaded:
+        return f"{state}: not pinned: LD_PRELOAD puts {preloaded} in place of glibc's malloc"
     mallopt = _mallopt()
     if mallopt is None:
         if state != "default":

@@ -126,6 +126,9 @@ def differences(baseline: pd.DataFrame, new: pd.DataFrame, baseline_env: dict, n
         a, b = values(baseline, column), values(new, column)
         if a and b and a != b:
             out.append(f"{what}: {', '.join(a)} vs {', '.join(b)}")
+    states = [values(f, "malloc_state") or ["not recorded (unpinned)"] for f in (baseline, new)]
+    if states[0] != states[1]:
+        out.append(f"allocator state: {', '.join(states[0])} vs {', '.join(states[1])}")
     if baseline_env.get("torch") and new_env.get("torch") and baseline_env["torch"] != new_env["torch"]:
         out.append(f"torch: {baseline_env['torch']} vs {new_env['torch']}")
     both = baseline.merge(new, on="key", how="inner", suffixes=("_a", "_b")).set_index("key")

@@ -27,8 +27,10 @@ def with_prices(frame: pd.DataFrame, environment: dict) -> pd.DataFrame:
 def prediction_rate(rows: pd.DataFrame) -> pd.Series:
     """The rate a time is predicted from: total images over total time, stalls included (images_per_s_mean), or
     the median over windows for runs that did not record it."""
-    median = rows["images_per_s"]
-    return rows["images_per_s_mean"].fillna(median) if "images_per_s_mean" in rows else median
+    median = pd.to_numeric(rows["images_per_s"], errors="coerce")
+    if "images_per_s_mean" not in rows:
+        return median
+    return pd.to_numeric(rows["images_per_s_mean"], errors="coerce").fillna(median)
 
 
 def cost_table(ok: pd.DataFrame, jobs: pd.DataFrame, best: pd.DataFrame, to_target: pd.DataFrame) -> pd.DataFrame:

@@ -17,6 +17,8 @@ DDP_START_S = 1.0  # the launcher and the process group of a data-parallel Case 
 LATENCY_SHARE = 0.3  # inference's latency calls, after its throughput budget and capped by the same budget (0.2-1.2 s
 #                      after the default 3 s here)
 EVAL_S = 1.0  # scoring 10,000 test images at batch 500 on a 2-core CPU (0.6-1.8 s measured), after each epoch
+JOB_EXTRA_S = 6.0  # a job Case beyond its budget: a fresh interpreter's imports (5.7 s of a 6.7 s --quick job here),
+#                   its DataLoaders' starts and the accuracy pass
 COMPILE_S = 20.0  # torch.compile's first compilation of the step on a 2-core CPU (0.1-36 s measured)
 
 
@@ -115,7 +117,7 @@ def estimate_seconds(cases: list[Case], precise: bool = False) -> tuple[float, b
                 total += start + measured + LATENCY_SHARE * case.max_seconds
                 continue
             scored = min(case.eval_images or 10000, 10000) / 10000
-            total += start + measured + EVAL_S * scored * case.epochs
+            total += start + measured + EVAL_S * scored * case.epochs + JOB_EXTRA_S * (case.mode == JOB)
         else:
             bounded = False
             total += case.time_limit_s

@@ -55,11 +55,12 @@ def set_threads(case: Case) -> None:
         torch.set_num_threads(case.threads)
 
 
-def prepare_cuda(device: torch.device, result: Result) -> None:
+def prepare_cuda(device: torch.device, result: Result, autotune: bool = True) -> None:
     """Before anything is allocated: the Case's GPU made current (the device is indexed: set_device
-    refuses a bare `cuda`), cuDNN autotuning on, the peak-memory counter reset."""
+    refuses a bare `cuda`), cuDNN autotuning on (off for the tutorial's job, as its script has it), the
+    peak-memory counter reset."""
     torch.cuda.set_device(device)
-    torch.backends.cudnn.benchmark = True  # autotuning falls in the warm-up; new shapes are kept out of windows
+    torch.backends.cudnn.benchmark = autotune  # autotuning falls in the warm-up; new shapes are kept out of windows
     torch.cuda.reset_peak_memory_stats(device)
     result.cudnn_benchmark = torch.backends.cudnn.benchmark
 

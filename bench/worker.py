@@ -65,8 +65,8 @@ def _run(case: Case, progress: Progress | None, started: float) -> Result:
         result.malloc_state = allocator.pin(case.malloc)  # before the Case allocates anything
         training.set_threads(case)
         torch.manual_seed(case.seed)
-        if device.type == "cuda":
-            training.prepare_cuda(device, result)
+        if device.type == "cuda":  # the tutorial's script leaves cuDNN's autotuning off
+            training.prepare_cuda(device, result, autotune=case.mode != JOB)
         arrays = data.load_arrays(case.data_cache)
         result.train_images, result.test_images = len(arrays.train_y), len(arrays.test_y)
         if case.mode == JOB:

@@ -49,6 +49,15 @@ def test_pin_sets_the_mmap_threshold_then_the_trim_threshold_and_names_the_state
     assert allocator.environment(state) == {"MALLOC_MMAP_THRESHOLD_": str(mmap), "MALLOC_TRIM_THRESHOLD_": str(trim)}
 
 
+def test_a_preloaded_allocator_is_not_pinned_and_says_which(monkeypatch):
+    mallopt = RecordingMallopt()
+    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda name: FakeLibc(mallopt))
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    assert allocator.pin("tuned") == ("tuned: not pinned: LD_PRELOAD puts /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 "
+                                      "in place of glibc's malloc")
+    assert mallopt.calls == []
+
+
 def test_a_refused_setting_is_an_error(monkeypatch):
     monkeypatch.setattr(allocator.ctypes, "CDLL", lambda name: FakeLibc(RecordingMallopt(answers=[1, 0])))
     with pytest.raises(RuntimeError, match="was refused"):

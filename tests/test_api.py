@@ -53,7 +53,7 @@ def test_run_sweep_writes_the_run_folder_and_returns_its_results_and_the_report_
         bench.run_sweep(spec, out=tmp_path / "run")
 
     rep = bench.make_report(results.attrs["run_dir"])
-    assert rep.verdict.headline.startswith("The tutorial's job (2 epochs at batch 4")  # the asker's job first
+    assert rep.verdict.headline.startswith("The tutorial's job (its script as published")  # the asker's job first
     assert any(f.startswith("Only cpu was measured") for f in rep.verdict.findings)
     assert rep.markdown.read_text().startswith("# Does a GPU help")
     assert "throughput_train.png" in rep.charts and rep.charts["throughput_train.png"].stat().st_size > 0

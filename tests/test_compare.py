@@ -218,3 +218,7 @@ def test_budget_torch_devices_and_case_settings_must_match():
     assert differences(frame(), frame(lr=0.01, warmup_steps=5), env, env) == [
         "Case setting lr: 0.001 vs 0.01 (e.g. k)", "Case setting warmup_steps: 10 vs 5 (e.g. k)"]
     assert differences(frame(), frame(), {}, env) == []  # a run without environment.json: torch unknown
+    pinned = "default: glibc mmap threshold 128 KiB, trim threshold 128 KiB, pinned"
+    assert differences(frame(malloc_state=pinned), frame(malloc_state=pinned), env, env) == []
+    assert differences(frame(), frame(malloc_state=pinned), env, env) == [  # a run from before states were pinned
+        f"allocator state: not recorded (unpinned) vs {pinned}"]

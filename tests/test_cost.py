@@ -41,10 +41,10 @@ def _priced(prices: dict) -> pd.DataFrame:
             _row("cuda:0", "resident", 128, 50000.0, train_images=50000, time_to_target_s=20.0,
                  target_accuracy_pct=50.0),
             _row("cpu", "tutorial", 4, 400.0, mode="job", train_images=50000, job_s=300.0, job_projected=False,
-                 threads_used=2, job_startup_s=2.0, job_data_s=10.0, job_compute_s=287.0, job_eval_s=1.0,
+                 threads_used=2, job_startup_s=2.0, job_import_s=1.5, job_data_s=10.0, job_compute_s=287.0, job_eval_s=1.0,
                  job_fraction=1.0, epochs_completed=2.0, test_accuracy_pct=54.0),
             _row("cuda:0", "tutorial", 4, 900.0, mode="job", train_images=50000, job_s=150.0, job_projected=False,
-                 threads_used=2, job_startup_s=5.0, job_data_s=40.0, job_compute_s=104.0, job_eval_s=1.0,
+                 threads_used=2, job_startup_s=5.0, job_import_s=1.5, job_data_s=40.0, job_compute_s=104.0, job_eval_s=1.0,
                  job_fraction=1.0, epochs_completed=2.0, test_accuracy_pct=55.0)]
     return cost.with_prices(pd.DataFrame(rows), {"price_usd_per_hour": prices})
 
@@ -59,6 +59,13 @@ def test_costs_per_device_have_known_answers():
     found = sentences.verdict(a).findings
     assert "Cheaper for the tutorial's job: cpu ($0.0300 against $0.1500), though cuda:0 is faster. " \
            "Prices: cpu $0.36/h, cuda:0 $3.60/h." in found
+
+
+def test_an_epochs_time_and_cost_come_from_total_images_over_total_time_where_a_run_recorded_it():
+    frame = _priced({"cpu": 0.36})
+    frame.loc[frame["device"] == "cpu", "images_per_s_mean"] = 4000.0  # stalls: below the 5,000 median
+    c = analysis.analyse(frame).costs.set_index("device")
+    assert c.loc["cpu", "epoch_s"] == pytest.approx(50000 / 4000)
 
 
 def test_without_a_price_there_is_no_cost_and_no_cost_sentence():
@@ -84,6 +91,10 @@ def test_a_projected_job_says_so_and_claims_no_two_epoch_accuracy():
     headline = sentences.verdict(analysis.analyse(frame)).headline
     assert "takes about 5 min 00 s on cpu, 2 threads (projected from the 1.2% of it measured; 54.0% test accuracy " \
            "after that part, the 2-epoch accuracy was not measured)" in headline  # a run without an interval
+    frame.loc[frame["mode"] == "job", "job_import_s"] = None  # a run from before the job ran as published
+    assert sentences.verdict(analysis.analyse(frame)).headline.startswith(
+        "The tutorial's job (2 epochs at batch 4 through its DataLoader, then the test pass) takes about")
+    frame.loc[frame["mode"] == "job", "job_import_s"] = 1.5
     frame.loc[frame["mode"] == "job", "job_s_low"] = 290.0
     frame.loc[frame["mode"] == "job", "job_s_high"] = 310.0
     headline = sentences.verdict(analysis.analyse(frame)).headline

@@ -193,10 +193,26 @@ def test_cuda_from_the_spec_names_cuda_0_and_its_case_runs(fake, small):
     spec = bench.sweep_spec(devices=["cuda"], batch_sizes=[16], pipelines=["resident"], modes=["train"],
                             dataset="synthetic", epochs=1)
     assert spec.devices == ["cuda:0"] and spec.skipped_devices == {}
-    case = plan_cases(spec, str(small.cache_dir), "synthetic")[0]
-    assert case.device == "cuda:0"
+    job, case = plan_cases(spec, str(small.cache_dir), "synthetic")[:2]
+    assert case.device == "cuda:0" and job.mode == "job"
     result = worker.run_case(replace(case, max_seconds=None, warmup_steps=3, window_s=0.0))
     _check_cuda_order(result, fake)
+
+
+def test_the_tutorials_job_on_cuda_runs_as_its_script_does(fake, small):
+    """The job on a GPU: its device made current before anything is placed, cuDNN's autotuning left off (the
+    tutorial's script does not turn it on), every pass closed with a synchronise of its device."""
+    spec = bench.sweep_spec(devices=["cuda"], batch_sizes=[16], pipelines=["resident"], modes=["train"],
+                            dataset="synthetic", epochs=1)
+    job = plan_cases(spec, str(small.cache_dir), "synthetic")[0]
+    result = worker.run_case(replace(job, max_steps=8))
+    assert result.status == "ok", result.error
+    assert result.cudnn_benchmark is False and result.job_projected is True and result.steps == 8
+    calls = fake.calls
+    first = next(i for i, c in enumerate(calls) if c["call"] == "set_device")
+    assert calls[first]["device"] == 0 and {c["call"] for c in calls[:first]} <= {"device_count", "is_available"}
+    assert all(c["device"] == 0 for c in calls if c["call"] in ("placement", "synchronize"))
+    assert sum(c["call"] == "synchronize" for c in calls) >= 2 * 4  # each pass opened and closed on device time
 
 
 def test_a_case_with_a_bare_cuda_fails_as_it_would_on_a_gpu(fake, small):

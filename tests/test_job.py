@@ -76,6 +76,20 @@ def test_noisier_steps_give_a_wider_interval():
     assert widths[1] > 5 * widths[0]
 
 
+def test_a_pass_of_too_few_steps_is_projected_without_an_interval_and_never_from_its_first_step():
+    p = _pass(1000, [2.0, 0.01, 0.01])  # the first step: the workers starting
+    point, _, samples = project(p, np.random.default_rng(0))
+    assert point == pytest.approx(2.02 + 997 * 0.01) and np.isnan(samples).all()
+    result = _job_result()
+    record_job(result, [p, p, _pass(10, [0.1] * 3), _pass(10, [0.1] * 3)], import_s=1.0, peek_s=0.0)
+    assert result.job_projected is True and (result.job_s_low, result.job_s_high) == (None, None)
+
+
+def test_a_step_cap_is_split_exactly_over_the_four_passes():
+    assert [job.step_share(30, i) for i in range(4)] == [8, 8, 7, 7]
+    assert [job.step_share(2, i) for i in range(4)] == [1, 1, 1, 1]  # each pass is sampled, its start included
+
+
 def _job_result() -> Result:
     case = next(c for c in plan_cases(SPEC, "/c", "synthetic") if c.mode == JOB)
     return Result(case=case, startup_s=1.0)
@@ -100,10 +114,12 @@ def test_the_job_is_start_up_and_its_four_passes_projected_with_an_interval_over
 
 def test_a_job_measured_whole_has_no_interval_and_says_so():
     result = _job_result()
+    result.test_accuracy_pct = 51.0  # from its test passes, over the target
     passes = [_pass(3, [0.2, 0.1, 0.1]), _pass(3, [0.2, 0.1, 0.1]), _pass(1, [0.1]), _pass(1, [0.1])]
     record_job(result, passes, import_s=2.0, peek_s=0.0)
     assert result.job_projected is False and result.stopped_by == "epochs" and result.job_fraction == 1.0
     assert (result.job_s_low, result.job_s_high) == (None, None)
+    assert result.time_to_target_s == pytest.approx(0.8)  # a candidate for the fastest to the target
     assert result.job_s == pytest.approx(3.0 + 0.4 + 0.4 + 0.1 + 0.1)
 
 

@@ -33,7 +33,7 @@ def _fake_run(folder: Path, host: str, gpu: bool, scale: float = 1.0, env: dict 
                         train_images=50000, test_images=10000)
         if case.mode == JOB:
             result.job_s, result.job_projected, result.job_fraction = 7200.0 / rate, True, 0.1
-            result.job_startup_s, result.job_data_s, result.job_eval_s = 2.0, 1.0, 0.5
+            result.job_startup_s, result.job_data_s, result.job_eval_s, result.job_import_s = 2.0, 1.0, 0.5, 1.0
             result.job_compute_s, result.test_accuracy_pct, result.threads_used = result.job_s - 3.5, 30.0, 2
         if case.mode == "train":
             result.test_accuracy_pct = 60.0 - case.batch_size / 10

@@ -5,7 +5,6 @@ from dataclasses import replace
 
 from bench import training
 from bench.plan import plan_cases
-from bench.schema import JOB
 from bench.spec import spec_from_keywords
 
 
@@ -15,8 +14,7 @@ def _case(batch: int, mode: str = "train"):
     return replace(plan_cases(spec, "/c", "synthetic")[0], mode=mode)
 
 
-def test_the_accuracy_pass_keeps_the_cases_batch_while_steps_follow_and_for_the_job():
+def test_the_accuracy_pass_keeps_the_cases_batch_while_steps_follow():
     assert training.eval_batch_size(_case(4), last=False) == 4  # the next epoch's steps are timed
-    assert training.eval_batch_size(_case(4, JOB), last=True) == 4  # the tutorial's test loader, part of its time
     assert training.eval_batch_size(_case(4), last=True) == training.EVAL_BATCH  # nothing timed follows
     assert training.eval_batch_size(_case(1024), last=True) == 1024

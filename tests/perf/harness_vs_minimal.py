@@ -9,12 +9,15 @@ total time after the same warm-up. Each round gives one ratio harness/minimal. A
 computes a bootstrap 95% confidence interval of the median ratio and stops once it decides: the interval
 lies inside 1 +- (--target-pct) (agreement, the only way it is claimed) or wholly outside it (disagreement);
 at --rounds it says which it could not tell: an interval within +-target of its centre that crosses the
-band's edge, or one wider than that (the machine was too noisy to decide). Every measurement also prints minor page
-faults per timed step on both sides: glibc's malloc may map and unmap a loop's per-step memory each step
-or keep it, which process history decides (cnn/loops.py, README: Truth check).
+band's edge, or one wider than that (the machine was too noisy to decide). Each configuration runs in each
+allocator state of --mallocs (bench/allocator.py), both sides in the same state: the harness's Case pins it with
+mallopt, the minimal loop gets it from glibc's environment variables from its first allocation. Every measurement
+also prints minor page faults per timed step on both sides, which the state decides (default: every large block
+handed back and faulted in again each step; tuned: kept).
 
     python tests/perf/harness_vs_minimal.py [--batch-sizes 4,32,128] [--pipelines tutorial,resident]
-        [--steps 1000] [--rounds 16] [--min-rounds 6] [--target-pct 3] [--threads 2] [--device cuda:0]
+        [--mallocs default,tuned] [--steps 1000] [--rounds 16] [--min-rounds 6] [--target-pct 3] [--threads 2]
+        [--device cuda:0]
 
 Exit status 0 when every configuration agrees, 1 when one disagrees or could not be decided.
 On CUDA both sides train on the GPU with cuDNN autotuning on (as the harness does), the minimal

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +143,8 @@ def main() -> int:
         def job(max_seconds: float | None):
             spec = SweepSpec(devices=["cpu"], batch_sizes=[4], threads=[1], pipelines=["tutorial"], widths=[1.0],
                              modes=["train"], mallocs=[args.malloc], max_seconds=max_seconds, job=True)
-            return next(c for c in plan_cases(spec, str(prepared.cache_dir), prepared.name) if c.mode == JOB)
+            case = next(c for c in plan_cases(spec, str(prepared.cache_dir), prepared.name) if c.mode == JOB)
+            return replace(case, malloc=args.malloc)  # the job plans the default state: this run's, both sides
 
         whole, sampled = job(None), job(args.budget)
         ctx = None
