@@ -53,7 +53,8 @@ def _pass(total: int, steps: list[float], waits: list[float] | None = None, seco
 def test_a_pass_measured_whole_is_its_own_time_with_no_spread():
     p = _pass(5, [0.5, 0.1, 0.1, 0.1, 0.1], seconds=1.0)
     point, data, samples = project(p, np.random.default_rng(0))
-    assert point == 1.0 and data == 0.0 and np.all(samples == 1.0)
+    assert point == 1.0 and np.all(samples == 1.0)
+    assert data == pytest.approx(0.1)  # the pass's time outside its steps: its workers shutting down
 
 
 def test_a_sampled_pass_is_its_stretch_plus_the_steps_left_at_their_mean_time_stalls_included():
