@@ -162,13 +162,18 @@ def compiled(case: Case, net: nn.Module, arrays: CifarArrays, compute: torch.dev
 
 def resident_tensors(case: Case, split: str, images: np.ndarray, labels: np.ndarray,
                      compute: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cnn.loops.resident_tensors of the split's first len(images) images; on a CPU mapped from the normalised
+    """cnn.loops.resident_tensors of the split's first len(images) images; on a CPU copied from the normalised
     copy the sweep cached beside the data (cnn/normalised.py) when there is a trusted one: the same numbers,
-    without each Case spending most of a second decoding them into fresh memory."""
+    without each Case spending most of a second decoding them.
+
+    Copied into the process's own memory, as a plain script's decoded tensor is, not used where it is mapped: the
+    file's pages are 4 KiB pages of the page cache, while a large anonymous block can be backed by huge pages, and
+    with glibc handing blocks back every step (--malloc default) the gathers from the mapped file ran 5-8% slower
+    (tests/perf/harness_vs_minimal.py: the harness at 0.88-1.01 of a plain loop, median 0.95, before this copy)."""
     cached = normalised.load(case.data_cache, split) if compute.type == "cpu" else None
     if cached is None or len(cached) < len(images):
         return loops.resident_tensors(images, labels, compute)
-    return torch.from_numpy(cached[:len(images)]), torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    return torch.from_numpy(cached[:len(images)]).clone(), torch.from_numpy(np.asarray(labels, dtype=np.int64))
 
 
 def _batches(case: Case, split: str, images: np.ndarray, labels: np.ndarray, classes, device: torch.device,

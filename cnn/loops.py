@@ -78,11 +78,9 @@ def tutorial_batches(loader: DataLoader, device: torch.device, non_blocking: boo
 
 
 # glibc's malloc serves a block of 128 KiB or more with its own mmap, and when such a block of up to 32 MiB is
-# freed it raises that threshold to the block's size (and the heap's trim threshold to twice it) for the rest
-# of the process. A training loop run after that keeps its per-step memory instead of giving it back to the
-# kernel and faulting it in again each step, as the same loop in a fresh `python train.py` does: measured
-# here at batch 128, 1-2 page faults a step against 600-1,600, and ~20% more images/s (README: Truth check).
-# So the data set is decoded in slices under that threshold, and nothing freed here moves it.
+# freed it raises that threshold (and the heap's trim threshold) for the rest of the process, unless the process
+# pinned them (the harness does, bench/allocator.py). So that a process that did not pin them still runs its loop
+# as a fresh script would, the data set is decoded in slices under that threshold, and nothing freed here moves it.
 _SLICE_BYTES = 96 * 1024
 
 

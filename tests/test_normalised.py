@@ -108,13 +108,23 @@ def _case(cache: Path, pipeline: str, device: str = "cpu"):
     return replace(plan_cases(spec, str(cache), "cifar10")[0], device=device)
 
 
-def test_a_cpu_case_maps_the_cached_copy_and_decodes_only_without_one(cache: Path, monkeypatch):
+def _mapping_of(address: int) -> str:
+    """The line of /proc/self/maps that holds `address`: what backs that memory (a file's path, or nothing)."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        start, end = (int(a, 16) for a in line.split()[0].split("-"))
+        if start <= address < end:
+            return line
+    raise AssertionError(f"{address:#x} is in no mapping")
+
+
+def test_a_cpu_case_copies_the_cached_copy_and_decodes_only_without_one(cache: Path, monkeypatch):
     arrays, case = data.load_arrays(cache), _case(cache, "resident")
     decoded = []
     real = loops.resident_tensors
     monkeypatch.setattr(loops, "resident_tensors", lambda *a: decoded.append(len(a[0])) or real(*a))
     x, y = training.resident_tensors(case, "train", arrays.train_x, arrays.train_y, CPU)
     assert decoded == [] and len(x) == len(arrays.train_x) and torch.equal(y, torch.from_numpy(arrays.train_y))
+    assert "normalised" not in _mapping_of(x.data_ptr())  # copied into the process's memory, not read where mapped
     x, _ = training.resident_tensors(case, "test", arrays.test_x[:50], arrays.test_y[:50], CPU)
     assert decoded == [] and len(x) == 50
     (cache / normalised.RECORD).unlink()
