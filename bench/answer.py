@@ -43,13 +43,13 @@ OLD_JOB_WHAT = "The tutorial's job (2 epochs at batch 4 through its DataLoader, 
 
 
 def job_headline(jobs: pd.DataFrame) -> str:
-    """'The tutorial's job (...) takes about 2 min 05 s on cpu, 2 threads (95% within 1 min 58 s - 2 min 12 s,
-    projected from 3.1% of it measured ...); on cuda:0 ...'."""
+    """'The tutorial's job (...) takes about 2 min 05 s on cpu, 2 threads (95% sampling interval 1 min 58 s -
+    2 min 12 s, projected from 3.1% of it measured ...); on cuda:0 ...'."""
     parts = []
     for _, j in jobs.iterrows():
         where = f"on {_where(j)}{_threads(j)}"
         if j["job_projected"]:
-            interval = (f"95% within {duration(j['job_s_low'])} - {duration(j['job_s_high'])}, "
+            interval = (f"95% sampling interval {duration(j['job_s_low'])} - {duration(j['job_s_high'])}, "
                         if pd.notna(j.get("job_s_low")) and pd.notna(j.get("job_s_high")) else "")
             parts.append(f"takes about {duration(j['job_s'])} {where} ({interval}projected from the "
                          f"{_pct(j['job_fraction'])} of it measured; {j['test_accuracy_pct']:.1f}% test accuracy after "

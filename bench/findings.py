@@ -110,6 +110,11 @@ def _caveats(a: Analysis, skipped_devices: dict[str, str]) -> list[str]:
                        f"throughput: e.g. {r['key']} ran {int(r['steps'])} step(s) with {int(r['warmup_steps'])} "
                        f"of warm-up; give --max-steps (or --epochs) room for steps beyond --warmup-steps, "
                        f"and a batch size well under the data set's size.")
+    if a.jobs.get("job_s_low", pd.Series(dtype=float)).notna().any():
+        caveats.append("The tutorial's job was projected from a sample of its steps: its 95% interval covers how those "
+                       "steps were sampled, not how runs of the script differ from one another, which can be wider "
+                       "where its DataLoader workers share the cores with its training threads (README: How it "
+                       "measures).")
     states = sorted(a.frame.get("malloc_state", pd.Series(dtype=str)).dropna().unique())
     if states:
         caveats.append("Allocator state, pinned in every Case before it allocated (bench/allocator.py): "

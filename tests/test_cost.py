@@ -98,8 +98,8 @@ def test_a_projected_job_says_so_and_claims_no_two_epoch_accuracy():
     frame.loc[frame["mode"] == "job", "job_s_low"] = 290.0
     frame.loc[frame["mode"] == "job", "job_s_high"] = 310.0
     headline = sentences.verdict(analysis.analyse(frame)).headline
-    assert "takes about 5 min 00 s on cpu, 2 threads (95% within 4 min 50 s - 5 min 10 s, projected from the 1.2% " \
-           "of it measured;" in headline
+    assert "takes about 5 min 00 s on cpu, 2 threads (95% sampling interval 4 min 50 s - 5 min 10 s, projected " \
+           "from the 1.2% of it measured;" in headline
 
 
 def test_durations_read_as_a_person_says_them():

@@ -191,5 +191,5 @@ def test_a_job_within_a_budget_samples_every_pass_and_states_its_interval_first(
     assert job.steps == 40  # 10 steps in each of the four passes, its start included
     assert job.job_s_low < job.job_s < job.job_s_high
     first = (out / "report.md").read_text().split("\n")[2]
-    assert re.search(r"takes about [\d.]+ s on cpu, \d+ threads \(95% within [\d.]+ s - [\d.]+ s, projected from "
+    assert re.search(r"takes about [\d.]+ s on cpu, \d+ threads \(95% sampling interval [\d.]+ s - [\d.]+ s, projected from "
                      r"the [\d.]+% of it measured", first), first
