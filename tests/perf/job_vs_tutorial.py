@@ -113,14 +113,9 @@ def tutorial_run(data_root: Path, env: dict) -> dict[str, float]:
             "test_s": last - trained, "accuracy_pass_s": accuracy - trained, "exit_s": end - t0 - last}
 
 
-def bootstrap_median_ci(values: list[float], resamples: int = 10000, seed: int = 0) -> tuple[float, float]:
-    data = np.asarray(values, dtype=float)
-    picks = np.random.default_rng(seed).integers(0, len(data), (resamples, len(data)))
-    medians = np.median(data[picks], axis=1)
-    return float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
-
-
 def main() -> int:
+    from harness_vs_minimal import bootstrap_median_ci  # beside this script
+
     from bench import allocator, runner
     from bench.plan import plan_cases
     from bench.schema import JOB, SweepSpec
