@@ -11,7 +11,7 @@
 # Settings (environment): BENCH_CHECK_ARGS, options for bench check (e.g. "--devices cuda:1"); BENCH_SWEEP_ARGS,
 # extra options for the sweep (later options win, e.g. "--devices cuda") (e.g. "--max-seconds 4" to fit a
 # time-limited machine); TRUTH_ARGS, options for the truth check (default: up to 6 ABBA rounds of 1000 steps at
-# batch 4, 32 and 128); PYTHON (default python). Then commit the sweep as a sample, e.g.
+# batch 4, 32 and 128, in the default allocator state only: both states would double it); PYTHON (default python). Then commit the sweep as a sample, e.g.
 #   cp -r OUT_DIR/sweep reports/sample-gpu-h100 && python -m bench report reports/sample-gpu-h100
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -46,7 +46,7 @@ step sweep "$python" -m bench run --devices cpu,cuda --cuda-graphs --dataset syn
     ${BENCH_SWEEP_ARGS:-}
 # shellcheck disable=SC2086
 step truth "$python" tests/perf/harness_vs_minimal.py --device cuda:0 --json "$out/truth.json" \
-    ${TRUTH_ARGS:---steps 1000 --rounds 6 --min-rounds 4 --batch-sizes 4,32,128}
+    ${TRUTH_ARGS:---steps 1000 --rounds 6 --min-rounds 4 --batch-sizes 4,32,128 --mallocs default}
 if [ -f "$out/sweep/report.md" ]; then
     { echo; echo "== verdict (sweep/report.md)"; sed -n '1,12p' "$out/sweep/report.md"; } | tee -a "$summary"
 fi
