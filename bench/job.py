@@ -169,13 +169,9 @@ def run_job(case: Case, arrays: CifarArrays, device: torch.device, result: Resul
         p.faults = measure.minor_faults() - faults
         return out
 
-    def epoch(s: Stretch):
-        batches = s.batches(train, compute)
-        result.loss = loops.train_epoch(net, optimizer, batches, item_every_step=True, on_step=s.on_step, step=step)
-        batches.close()
-
     for p in passes[:2]:
-        timed(p, epoch)
+        result.loss = timed(p, lambda s: _closing(s, train, compute, lambda b: loops.train_epoch(
+            net, optimizer, b, item_every_step=True, on_step=s.on_step, step=step)))
     t0 = time.perf_counter()
     images, _ = next(iter(test))  # the tutorial shows a batch of test images and what the network makes of them
     with torch.no_grad():
