@@ -49,11 +49,16 @@ def job_headline(jobs: pd.DataFrame) -> str:
     for _, j in jobs.iterrows():
         where = f"on {_where(j)}{_threads(j)}"
         if j["job_projected"]:
-            interval = (f"95% sampling interval {duration(j['job_s_low'])} - {duration(j['job_s_high'])}, "
+            sittings = j.get("job_sittings")
+            several = pd.notna(sittings) and sittings >= 2
+            interval = (f"{'95% of runs within' if several else '95% sampling interval'} "
+                        f"{duration(j['job_s_low'])} - {duration(j['job_s_high'])}, "
                         if pd.notna(j.get("job_s_low")) and pd.notna(j.get("job_s_high")) else "")
-            parts.append(f"takes about {duration(j['job_s'])} {where} ({interval}projected from the "
-                         f"{_pct(j['job_fraction'])} of it measured; {j['test_accuracy_pct']:.1f}% test accuracy after "
-                         f"that part, the 2-epoch accuracy was not measured)")
+            source = (f"{int(sittings)} sittings spread over the sweep, {_pct(j['job_fraction'])} of the job measured in all"
+                      if several else f"the {_pct(j['job_fraction'])} of it measured")
+            parts.append(f"takes about {duration(j['job_s'])} {where} ({interval}projected from {source}; "
+                         f"{j['test_accuracy_pct']:.1f}% test accuracy after that part, the 2-epoch accuracy was not "
+                         f"measured)")
         else:
             parts.append(f"takes {duration(j['job_s'])} {where}, measured whole, and reaches "
                          f"{j['test_accuracy_pct']:.1f}% test accuracy")

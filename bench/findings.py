@@ -110,7 +110,16 @@ def _caveats(a: Analysis, skipped_devices: dict[str, str]) -> list[str]:
                        f"throughput: e.g. {r['key']} ran {int(r['steps'])} step(s) with {int(r['warmup_steps'])} "
                        f"of warm-up; give --max-steps (or --epochs) room for steps beyond --warmup-steps, "
                        f"and a batch size well under the data set's size.")
-    if a.jobs.get("job_s_low", pd.Series(dtype=float)).notna().any():
+    sampled = a.jobs.get("job_s_low", pd.Series(dtype=float)).notna()
+    sittings = pd.to_numeric(a.jobs.get("job_sittings", pd.Series(np.nan, index=a.jobs.index)), errors="coerce")
+    if (sampled & sittings.ge(2)).any():
+        caveats.append("The tutorial's job was projected from samples of its steps in several sittings (processes) "
+                       "spread over the sweep: its interval is where 95% of runs of the job land on this machine as "
+                       "it was during the sweep, from how far the sittings' projections land apart (Student's t with "
+                       "few sittings, and a short sitting varies more than a whole run: it errs wide). A machine "
+                       "whose pace moves over longer than the sweep can still put a run outside it (README: How it "
+                       "measures).")
+    if (sampled & ~sittings.ge(2)).any():
         caveats.append("The tutorial's job was projected from a sample of its steps: its 95% interval covers how those "
                        "steps were sampled, not how runs of the script differ from one another, which can be wider "
                        "where its DataLoader workers share the cores with its training threads (README: How it "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 from bench.precision import MIN_WINDOWS
 from bench.schema import JOB, Case, SweepSpec
@@ -19,6 +20,7 @@ LATENCY_SHARE = 0.3  # inference's latency calls, after its throughput budget an
 EVAL_S = 1.0  # scoring 10,000 test images at batch 500 on a 2-core CPU (0.6-1.8 s measured), after each epoch
 JOB_EXTRA_S = 6.0  # a job Case beyond its budget: a fresh interpreter's imports (5.7 s of a 6.7 s --quick job here),
 #                   its DataLoaders' starts and the accuracy pass
+JOB_SITTINGS = 5  # processes a sampled job is measured in, spread over its device's Cases (bench/job.py)
 COMPILE_S = 20.0  # torch.compile's first compilation of the step on a 2-core CPU (0.1-36 s measured)
 
 
@@ -39,10 +41,10 @@ def plan_cases(spec: SweepSpec, data_cache: str, dataset: str, run_id: str = "")
                   dataset=dataset, data_cache=data_cache, run_id=run_id, max_steps=spec.max_steps,
                   max_seconds=spec.max_seconds, target_precision_pct=spec.precision_pct,
                   eval_images=spec.eval_images)
-    cases = []
+    cases, sittings = [], []
     for device in spec.devices:
         if spec.job:
-            cases.append(job_case(device, common))
+            sittings.append(job_sittings(device, common))
         threads_axis = spec.threads if device == "cpu" else [None]
         for mode, pipeline, width, threads, batch_size in itertools.product(
                 spec.modes, spec.pipelines, spec.widths, threads_axis, spec.batch_sizes):
@@ -55,7 +57,32 @@ def plan_cases(spec: SweepSpec, data_cache: str, dataset: str, run_id: str = "")
                     num_workers=spec.num_workers, amp=amp, memory_format=memory_format, malloc=malloc, cuda_graphs=graphs,
                     compile_mode=compile_mode, **common))
     # repeats round-robin: every Case once, then every Case again, so drift spreads over all of them
-    return sorted(cases, key=lambda c: c.repeat)
+    return _spread(sorted(cases, key=lambda c: c.repeat), sittings)
+
+
+def _spread(cases: list[Case], sittings: list[list[Case]]) -> list[Case]:
+    """Each device's job sittings among its Cases: the first opens the device's Cases, the last follows them, the
+    others fall evenly between, so the sittings see the machine as the sweep goes on."""
+    keyed = [((i, 1, 0), c) for i, c in enumerate(cases)]
+    for device_sittings in sittings:
+        at = [i for i, c in enumerate(cases) if c.device == device_sittings[0].device]
+        for k, sitting in enumerate(device_sittings):
+            target = round(k * len(at) / max(len(device_sittings) - 1, 1))
+            place = (at[target], 0, k) if target < len(at) else (at[-1] if at else -1, 2, k)
+            keyed.append((place, sitting))
+    return [c for _, c in sorted(keyed, key=lambda kc: kc[0])]
+
+
+def job_sittings(device: str, common: dict) -> list[Case]:
+    """The job's Cases on a device: measured whole in one process when it has no budget; sampled within a time
+    budget, in JOB_SITTINGS processes (repeats) that share the budget, so its interval says how far samples
+    taken at different moments land apart, not only how one sample's steps did; with a --max-steps cap (a
+    step-exact run), in one."""
+    one = job_case(device, common)
+    if one.max_seconds is None or one.max_steps is not None:
+        return [one]
+    share = one.max_seconds / JOB_SITTINGS
+    return [replace(one, repeat=k, max_seconds=share) for k in range(JOB_SITTINGS)]
 
 
 def job_case(device: str, common: dict) -> Case:

@@ -9,6 +9,16 @@ logarithms with the spread between processes pooled over the run's repeated Case
 machine's, much better known from 30 Cases than from the 2-3 processes of one; each Case's own processes still
 weigh in it).
 Before this, the analysis took the best of the repeats: an optimistic figure, the more so the more repeats.
+
+The tutorial's job sampled in sittings (bench/plan.py `job_sittings`) is combined the same way, on its own terms:
+each sitting projects the whole job, the job's time is their mean, and its interval is where one run of the job
+lands, 95% of the time, on this machine as it was during the sweep: a prediction interval, the mean +- Student's t
+(sittings - 1 degrees of freedom) x the sittings' standard deviation x sqrt(1 + 1/sittings), never narrower than
+the sittings' own sampling intervals say. A sitting samples under a second of each pass, and the machine's pace
+moves more between seconds and minutes than within one second: each sitting's own bootstrap interval is 2-3x
+narrower than how far sittings land apart, and whole runs of the job differ by a tenth or more
+(tests/perf/job_vs_tutorial.py). A short sitting varies at least as much as a whole run, so the interval errs wide.
+Its sittings stay out of the pooled spread of images/s: a sitting's second of batch-4 steps is no Case's window.
 """
 from __future__ import annotations
 
@@ -19,6 +29,8 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+from bench.schema import JOB
 
 REPEAT = re.compile(r"/r\d+(?=/|$)")
 
@@ -38,6 +50,10 @@ def t95(dof: int) -> float:
 
 def _measured(df: pd.DataFrame) -> pd.Series:
     return (df["status"] == "ok") & pd.to_numeric(df["images_per_s"], errors="coerce").gt(0)
+
+
+def _job(df: pd.DataFrame) -> pd.Series:
+    return df["mode"].astype(str).eq(JOB) if "mode" in df else pd.Series(False, index=df.index)
 
 
 def _groups(df: pd.DataFrame) -> pd.Series:
@@ -67,7 +83,7 @@ def _window_rates(g: pd.DataFrame) -> np.ndarray:
 def between_processes(df: pd.DataFrame) -> tuple[float, int] | None:
     """(the standard deviation of log images/s between processes of one Case, pooled over the Cases of `df` with
     at least two measured processes; its degrees of freedom), or None when no Case has two."""
-    ok = df[_measured(df) & df["key"].astype(str).str.contains(REPEAT)]
+    ok = df[_measured(df) & df["key"].astype(str).str.contains(REPEAT) & ~_job(df)]
     if ok.empty:
         return None
     logs = np.log(pd.to_numeric(ok["images_per_s"]))
@@ -103,7 +119,9 @@ def collapse(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, g in df[repeatable].groupby(groups[repeatable], sort=False):
         ok = g[measured[g.index]]
-        if len(ok) >= 2:
+        if len(ok) >= 2 and _job(ok).all():
+            row = _combined_job(ok)
+        elif len(ok) >= 2:
             row = _combined(ok, spreads[pools[ok.index[0]]])
         else:
             row = (ok if len(ok) else g).iloc[0].copy()
@@ -117,8 +135,33 @@ def collapse(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([df[~repeatable], pd.DataFrame(rows)], ignore_index=True)
 
 
-def _combined(g: pd.DataFrame, spread: tuple[float, int]) -> pd.Series:
-    """The row of a Case measured by the processes in g (two or more, all ok)."""
+def _combined_job(g: pd.DataFrame) -> pd.Series:
+    """The row of the tutorial's job sampled in the sittings of g (two or more, all ok): each part of the job and
+    its time the sittings' mean, the share measured their sum, the interval where 95% of runs land (above); the other numbers their median."""
+    row = _combined(g, None)
+    parts = [c for c in ("job_s", "job_startup_s", "job_import_s", "job_data_s", "job_compute_s", "job_eval_s")
+             if c in g]
+    for column in parts:
+        row[column] = float(pd.to_numeric(g[column]).mean())
+    times = pd.to_numeric(g["job_s"]).to_numpy(dtype=float)
+    n = len(times)
+    half = t95(n - 1) * float(np.std(times, ddof=1)) * math.sqrt(1 + 1 / n)
+    if {"job_s_low", "job_s_high"} <= set(g):  # the sittings' own sampling, if it says more
+        widths = (pd.to_numeric(g["job_s_high"]) - pd.to_numeric(g["job_s_low"])).dropna()
+        half = max(half, float(widths.mean()) / 2 / math.sqrt(n)) if len(widths) else half
+    row["job_s_low"], row["job_s_high"] = row["job_s"] - half, row["job_s"] + half
+    if "job_fraction" in g:
+        row["job_fraction"] = min(float(pd.to_numeric(g["job_fraction"]).sum()), 1.0)
+    row["job_sittings"] = n
+    return row
+
+
+def _combined(g: pd.DataFrame, spread: tuple[float, int] | None) -> pd.Series:
+    """The row of a Case measured by the processes in g (two or more, all ok); with no spread, as pooled from
+    these processes alone."""
+    if spread is None:
+        logs = np.log(pd.to_numeric(g["images_per_s"]))
+        spread = (float(logs.std(ddof=1)), len(g) - 1)
     sd, dof = spread
     row = g.iloc[0].copy()
     for column in g.columns:

@@ -117,7 +117,7 @@ def _figures(a: analysis.Analysis, train_images: int) -> tuple[list[tuple[str, s
 
 def _sections(a: analysis.Analysis, ceilings: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     sections = [("The tutorial's job per device (seconds; projected where job_projected, with its 95% interval "
-                 "job_s_low - job_s_high; time predictions, here and for an epoch or a cost, come from total images "
+                 "job_s_low - job_s_high: where 95% of runs land, from its job_sittings processes where it has several; time predictions, here and for an epoch or a cost, come from total images "
                  "over total time, stalls included; throughput tables compare medians over timed windows)", a.jobs),
                 ("Time to the target accuracy: the fastest Case per device", a.time_to_target),
                 ("Cost per device (USD, at each run's --price)", a.costs),

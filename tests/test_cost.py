@@ -100,6 +100,10 @@ def test_a_projected_job_says_so_and_claims_no_two_epoch_accuracy():
     headline = sentences.verdict(analysis.analyse(frame)).headline
     assert "takes about 5 min 00 s on cpu, 2 threads (95% sampling interval 4 min 50 s - 5 min 10 s, projected " \
            "from the 1.2% of it measured;" in headline
+    frame.loc[frame["mode"] == "job", "job_sittings"] = 5  # sampled in sittings over the sweep
+    headline = sentences.verdict(analysis.analyse(frame)).headline
+    assert "takes about 5 min 00 s on cpu, 2 threads (95% of runs within 4 min 50 s - 5 min 10 s, projected from 5 " \
+           "sittings spread over the sweep, 1.2% of the job measured in all;" in headline
 
 
 def test_durations_read_as_a_person_says_them():

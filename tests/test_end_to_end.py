@@ -140,7 +140,9 @@ def test_an_interrupted_sweep_keeps_finished_cases_and_leaves_no_process(tmp_pat
                              "--batch-sizes", "4,8,16", "--threads", "1", "--modes", "train", "--pipelines",
                              "tutorial", "--max-seconds", "0", "--precision", "0", "--epochs", "5", "--max-steps", "40",
                              "--warmup-steps", "3", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            # as at a terminal: a suite started in the background (`pytest &`) inherits Ctrl-C ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     tree: set[int] = set()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait for one finished Case and the next one running

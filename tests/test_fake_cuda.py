@@ -193,7 +193,8 @@ def test_cuda_from_the_spec_names_cuda_0_and_its_case_runs(fake, small):
     spec = bench.sweep_spec(devices=["cuda"], batch_sizes=[16], pipelines=["resident"], modes=["train"],
                             dataset="synthetic", epochs=1)
     assert spec.devices == ["cuda:0"] and spec.skipped_devices == {}
-    job, case = plan_cases(spec, str(small.cache_dir), "synthetic")[:2]
+    cases = plan_cases(spec, str(small.cache_dir), "synthetic")
+    job, case = cases[0], next(c for c in cases if c.mode != "job")
     assert case.device == "cuda:0" and job.mode == "job"
     result = worker.run_case(replace(case, max_seconds=None, warmup_steps=3, window_s=0.0))
     _check_cuda_order(result, fake)

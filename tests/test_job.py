@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench import cli
+from bench import answer, cli
 from bench import job
 from bench.job import Pass, Stretch, project, record_job
-from bench.plan import plan_cases
+from bench.plan import JOB_SITTINGS, plan_cases
 from bench.run_folder import RunFolder
 from bench.schema import JOB, Result, SweepSpec
 from conftest import run_bench
@@ -23,17 +23,36 @@ SPEC = SweepSpec(devices=["cpu", "cuda:0"], batch_sizes=[32, 128], threads=[1, 2
 
 
 def test_each_device_opens_with_the_tutorials_job_in_its_own_settings():
-    cases = plan_cases(SPEC, data_cache="/c", dataset="synthetic")
+    cases = plan_cases(replace(SPEC, max_seconds=None), data_cache="/c", dataset="synthetic")
     jobs = [c for c in cases if c.mode == JOB]
-    assert [c.device for c in jobs] == ["cpu", "cuda:0"]
+    assert [c.device for c in jobs] == ["cpu", "cuda:0"]  # with no budget, measured whole: one process each
     assert all([c for c in cases if c.device == job.device][0] == job for job in jobs)  # first on its device
     for job in jobs:  # the tutorial's settings, whatever the sweep's
         assert (job.pipeline, job.batch_size, job.epochs, job.lr, job.num_workers, job.width) == \
             ("tutorial", 4, 2, 0.001, 2, 1.0)
         assert job.threads is None and job.compile_mode is None and job.amp == "off" and job.world_size == 1
-        assert job.max_seconds == 5.0  # the sweep's budget: the rest is projected
+        assert job.max_seconds is None
     assert jobs[0].key == "job/cpu/tutorial/b4/tauto/w1/r0"
     assert not [c for c in plan_cases(replace(SPEC, job=False), "/c", "synthetic") if c.mode == JOB]
+
+
+@pytest.mark.parametrize("repeats", [1, 2])
+def test_a_sampled_job_is_planned_in_sittings_spread_over_its_devices_cases(repeats):
+    cases = plan_cases(replace(SPEC, repeats=repeats), data_cache="/c", dataset="synthetic")
+    for device in ("cpu", "cuda:0"):
+        mine = [c for c in cases if c.device == device]
+        at = [i for i, c in enumerate(mine) if c.mode == JOB]
+        assert len(at) == JOB_SITTINGS >= 3
+        assert [mine[i].repeat for i in at] == list(range(JOB_SITTINGS))  # one key, repeats: one job in the report
+        assert all(mine[i].max_seconds == pytest.approx(5.0 / JOB_SITTINGS) for i in at)  # they share the budget
+        assert at[0] == 0 and at[-1] == len(mine) - 1  # the first opens the device's Cases, the last closes them
+        gaps = np.diff(at)
+        assert gaps.max() - gaps.min() <= 1  # and the others fall evenly between
+    others = [c for c in cases if c.mode != JOB]
+    assert others == [c for c in plan_cases(replace(SPEC, repeats=repeats, job=False), "/c", "synthetic")]
+    assert others == sorted(others, key=lambda c: c.repeat)  # repeats still round-robin
+    capped = [c for c in plan_cases(replace(SPEC, max_steps=40), "/c", "synthetic") if c.mode == JOB]
+    assert [c.device for c in capped] == ["cpu", "cuda:0"] and capped[0].max_seconds == 5.0  # step-exact: one
 
 
 def test_no_job_leaves_it_out_from_argv_and_keywords():
@@ -193,3 +212,23 @@ def test_a_job_within_a_budget_samples_every_pass_and_states_its_interval_first(
     first = (out / "report.md").read_text().split("\n")[2]
     assert re.search(r"takes about [\d.]+ s on cpu, \d+ threads \(95% sampling interval [\d.]+ s - [\d.]+ s, projected from "
                      r"the [\d.]+% of it measured", first), first
+
+
+def test_a_job_within_a_time_budget_is_sampled_in_sittings_and_reported_as_one(mini: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    proc = run_bench("run", "--dataset", "cifar10", "--data-dir", str(mini), "--no-verify", "--devices", "cpu",
+                     "--modes", "train", "--pipelines", "resident", "--batch-sizes", "32", "--threads", "1",
+                     "--epochs", "1", "--max-seconds", "0.5", "--warmup-steps", "2", "--out", str(out), timeout=400)
+    assert proc.returncode == 0, proc.stderr
+    keys = [r.case.key for r in RunFolder(out).results()]
+    sittings = [k for k in keys if k.startswith("job/")]
+    assert sittings == [f"job/cpu/tutorial/b4/tauto/w1/r{k}" for k in range(JOB_SITTINGS)]
+    assert keys[0] == sittings[0] and keys[-1] == sittings[-1]  # around the sweep's Cases
+    results = [r for r in RunFolder(out).results() if r.case.mode == JOB]
+    assert all(r.status == "ok" and r.job_projected and r.case.max_seconds == pytest.approx(0.5 / JOB_SITTINGS)
+               for r in results)
+    first = (out / "report.md").read_text().split("\n")[2]
+    mean = sum(r.job_s for r in results) / len(results)
+    assert re.search(rf"takes about [\d.]+ s on cpu, \d+ threads \(95% of runs within [\d.]+ s - [\d.]+ s, projected from "
+                     rf"{JOB_SITTINGS} sittings spread over the sweep", first), first
+    assert first.count("takes about") == 1 and answer.duration(mean) in first  # one job, their mean

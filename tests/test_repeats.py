@@ -107,3 +107,36 @@ def test_the_spread_between_processes_is_pooled_per_device():
              for r, rate in enumerate([50000.0, 50010.0, 49990.0])]
     out = repeats.collapse(pd.DataFrame(rows)).set_index("device")
     assert out.loc["cpu", "between_process_pct"] > 5 and out.loc["cuda:0", "between_process_pct"] < 0.1
+
+
+def _sitting(repeat: int, job_s: float, low: float, high: float, rate: float = 1500.0) -> dict:
+    return {**_row(4, repeat, rate), "key": f"job/cpu/tutorial/b4/tauto/w1/r{repeat}", "mode": "job",
+            "pipeline": "tutorial", "threads": np.nan, "job_s": job_s, "job_s_low": low, "job_s_high": high,
+            "job_startup_s": 5.0, "job_import_s": 4.0, "job_data_s": job_s * 0.3, "job_compute_s": job_s * 0.6,
+            "job_eval_s": job_s * 0.1 - 5.0, "job_fraction": 0.03, "job_projected": True}
+
+
+def test_a_job_sampled_in_sittings_is_their_mean_with_where_95_percent_of_runs_land():
+    times = [150.0, 160.0, 170.0, 155.0, 165.0]
+    rows = [_sitting(r, t, t - 3, t + 3) for r, t in enumerate(times)]
+    [job] = repeats.collapse(pd.DataFrame(rows)).to_dict("records")
+    half = repeats.t95(4) * np.std(times, ddof=1) * math.sqrt(1 + 1 / 5)  # a prediction interval for one run
+    assert job["key"] == "job/cpu/tutorial/b4/tauto/w1" and job["job_sittings"] == 5
+    assert job["job_s"] == pytest.approx(160.0) and job["job_data_s"] == pytest.approx(48.0)
+    assert (job["job_s_low"], job["job_s_high"]) == (pytest.approx(160.0 - half), pytest.approx(160.0 + half))
+    assert job["job_fraction"] == pytest.approx(0.15)  # measured in all
+    # sittings that agree better than each one's sampling says: the interval is the sampling's, for their mean
+    rows = [_sitting(r, 160.0, 140.0, 180.0) for r in range(4)]
+    [job] = repeats.collapse(pd.DataFrame(rows)).to_dict("records")
+    assert (job["job_s_low"], job["job_s_high"]) == (pytest.approx(150.0), pytest.approx(170.0))
+    jobs = analysis.job_table(repeats.collapse(pd.DataFrame(rows)))
+    assert jobs["job_sittings"].tolist() == [4]
+
+
+def test_job_sittings_stay_out_of_the_spread_pooled_for_the_cases():
+    cases = [_row(32, r, rate) for r, rate in enumerate([1000.0, 1001.0, 999.0])]
+    sittings = [_sitting(r, 160.0, 150.0, 170.0, rate) for r, rate in enumerate([800.0, 1600.0, 1200.0])]
+    alone = repeats.collapse(pd.DataFrame(cases)).set_index("key")
+    beside = repeats.collapse(pd.DataFrame(cases + sittings)).set_index("key")
+    key = "train/cpu/resident/b32/t1/w1"
+    assert beside.loc[key, "images_per_s_ci_pct"] == pytest.approx(alone.loc[key, "images_per_s_ci_pct"])

@@ -25,6 +25,8 @@ def _fake_run(folder: Path, host: str, gpu: bool, scale: float = 1.0, env: dict 
     spec = SweepSpec(devices=devices, batch_sizes=[4, 32, 128], threads=[1, 2], pipelines=["tutorial", "resident"],
                      widths=[1.0], modes=["train", "infer"], max_seconds=5.0, job=job)
     for case in plan_cases(spec, data_cache="/c", dataset="synthetic", run_id=folder.name):
+        if case.mode == JOB and case.repeat > 0:
+            continue  # the job as one sampled process (its sittings are tests/test_repeats.py's)
         base = {"cpu": 400.0 * (case.threads or 1) ** 0.5, "cuda:0": 300.0}[case.device]
         rate = scale * base * case.batch_size ** (0.5 if case.device == "cpu" else 1.0)
         rate *= 2.0 if case.pipeline == "resident" else 1.0

@@ -7,8 +7,9 @@ reverse: a drift of the machine hits every side alike), runs:
 - the tutorial's script (tests/perf/tutorial_cifar10.py) in a fresh interpreter, timed whole from the outside;
   torchvision's md5 check of the generated files is computed as usual but not compared with the official digests;
 - the harness's job Case measured whole (no budget), through the runner as a sweep runs it: its `job_s`;
-- the harness's job Case within a sweep's budget (--budget, default 3 s as `bench run`): its projected `job_s`
-  and 95% interval.
+- the harness's job within a sweep's budget (--budget, default 3 s as `bench run`), in the sittings a sweep plans
+  (bench/plan.py `job_sittings`), back to back: its projected `job_s` and 95% interval, combined from the sittings
+  as the report combines them (bench/repeats.py).
 Every process runs in the same allocator state (--malloc; the tutorial's through glibc's environment variables).
 It prints each round, then the ratio harness/tutorial of whole-job times (median over rounds with a bootstrap
 95% interval) and in how many rounds the projected interval covered the tutorial's time.
@@ -116,7 +117,8 @@ def tutorial_run(data_root: Path, env: dict) -> dict[str, float]:
 def main() -> int:
     from harness_vs_minimal import bootstrap_median_ci  # beside this script
 
-    from bench import allocator, runner
+    from bench import allocator, repeats, runner
+    from bench.run_folder import results_frame
     from bench.plan import plan_cases
     from bench.schema import JOB, SweepSpec
     from cnn.data import prepare_cifar10
@@ -135,11 +137,11 @@ def main() -> int:
         write_cifar_folder(data_root)
         prepared = prepare_cifar10(data_root, verify=False, download=False)  # generated: no official digests
 
-        def job(max_seconds: float | None):
+        def job(max_seconds: float | None) -> list:
             spec = SweepSpec(devices=["cpu"], batch_sizes=[4], threads=[1], pipelines=["tutorial"], widths=[1.0],
                              modes=["train"], mallocs=[args.malloc], max_seconds=max_seconds, job=True)
-            case = next(c for c in plan_cases(spec, str(prepared.cache_dir), prepared.name) if c.mode == JOB)
-            return replace(case, malloc=args.malloc)  # the job plans the default state: this run's, both sides
+            cases = [c for c in plan_cases(spec, str(prepared.cache_dir), prepared.name) if c.mode == JOB]
+            return [replace(c, malloc=args.malloc) for c in cases]  # the job plans the default state: this run's
 
         whole, sampled = job(None), job(args.budget)
         ctx = None
@@ -152,13 +154,18 @@ def main() -> int:
                     row["tutorial"] = tutorial_run(data_root, env)
                     continue
                 ctx = ctx or runner._context()
-                result = runner.run_one(whole if side == "whole" else sampled, ctx)
-                if result.status != "ok":
-                    raise SystemExit(f"the harness's job ended {result.status}: {result.error}")
-                row[side] = {k: getattr(result, k) for k in ("job_s", "job_s_low", "job_s_high", "job_startup_s",
-                                                             "job_import_s", "job_data_s", "job_compute_s",
-                                                             "job_eval_s", "job_fraction", "minor_faults_per_step",
-                                                             "malloc_state")}
+                # the sampled job's sittings back to back: in a sweep they are spread over its Cases, so they see
+                # more of the machine's drift than here, and their interval is wider, not narrower
+                results = [runner.run_one(case, ctx) for case in (whole if side == "whole" else sampled)]
+                for result in results:
+                    if result.status != "ok":
+                        raise SystemExit(f"the harness's job ended {result.status}: {result.error}")
+                [combined] = repeats.collapse(results_frame(results)).to_dict("records")
+                row[side] = {k: combined.get(k) for k in ("job_s", "job_s_low", "job_s_high", "job_startup_s",
+                                                          "job_import_s", "job_data_s", "job_compute_s",
+                                                          "job_eval_s", "job_fraction", "job_sittings",
+                                                          "minor_faults_per_step", "malloc_state")}
+                row[side]["sittings_s"] = [r.job_s for r in results]
             t, w, p = row["tutorial"], row["whole"], row["projected"]
             real = t["tutorial_s"]
             row["ratio"] = w["job_s"] / real
@@ -168,7 +175,8 @@ def main() -> int:
                   f"test {t['test_s']:.1f}, exit {t['exit_s']:.1f}) | harness whole {w['job_s']:6.1f} s (ratio "
                   f"{row['ratio']:.3f}; start-up {w['job_startup_s']:.1f}, training "
                   f"{w['job_data_s'] + w['job_compute_s']:.1f}, test {w['job_eval_s']:.1f}) | projected {p['job_s']:6.1f} s, 95% "
-                  f"{p['job_s_low']:.1f}-{p['job_s_high']:.1f} from {100 * p['job_fraction']:.1f}% measured: "
+                  f"{p['job_s_low']:.1f}-{p['job_s_high']:.1f} from {100 * p['job_fraction']:.1f}% measured (sittings "
+                  f"{', '.join(f'{v:.1f}' for v in p['sittings_s'])}): "
                   f"{'covers' if row['covered'] else 'MISSES'}", flush=True)
     ratios = [r["ratio"] for r in rows]
     low, high = bootstrap_median_ci(ratios)
