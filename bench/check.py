@@ -16,13 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from bench.plan import plan_cases
-from bench.schema import AMP, MEMORY_FORMATS, MODES, PIPELINES, Case, Result, SweepSpec
+from bench.schema import AMP, MEMORY_FORMATS, MODES, PIPELINES, Case, Result
+from bench.spec import with_defaults
 
 RANKS = 2
 DATASET = "synthetic"
 SYNTHETIC_IMAGES = (512, 256)  # train, test: enough for 6 steps on 2 ranks and a quick evaluation
 # 6 steps, 2 of them warm-up; CPU Cases on 1 thread (per rank); the tutorial's DataLoader with 2 workers
-SPEC = SweepSpec(devices=["cpu"], batch_sizes=[4], threads=[1], pipelines=list(PIPELINES), widths=[1.0],
+SPEC = with_defaults(devices=["cpu"], batch_sizes=[4], threads=[1], pipelines=list(PIPELINES), widths=[1.0],
                  modes=list(MODES), epochs=1, max_steps=6, max_seconds=None, time_limit_s=120.0, warmup_steps=2,
                  window_s=0.05, latency_batches=3, num_workers=2, dataset=DATASET, amp=list(AMP),
                  memory_formats=list(MEMORY_FORMATS), cuda_graphs=True, world_sizes=[1, RANKS],

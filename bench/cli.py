@@ -13,9 +13,9 @@ import psutil
 from bench.compare import METRICS
 from bench.converters import devices, percentage
 from bench.devices import cuda_device_count
-from bench.options import add_sweep_args
+from bench.options import QUICK, add_sweep_args  # noqa: F401 (QUICK: the --quick presets)
 from bench.schema import SweepSpec
-from bench.spec import QUICK, SpecError, resolve_devices  # noqa: F401 (QUICK: the presets)
+from bench.spec import SpecError, resolve_devices  # noqa: F401
 from bench import spec as spec_stage
 
 
@@ -67,7 +67,7 @@ def get_parser() -> Parser:
 
 
 def build_spec(args: argparse.Namespace, n_cuda: int) -> SweepSpec:
-    """The run's SweepSpec from parsed argv (bench/spec.py owns the defaults and the checks)."""
+    """The run's SweepSpec from parsed argv (bench/options.py declares the options, bench/spec.py checks them)."""
     return spec_stage.build_spec(vars(args), n_cuda)
 
 

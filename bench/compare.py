@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from bench import repeats
+from bench.options import OPTIONS
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,8 @@ def compare_runs(baseline: pd.DataFrame, new: pd.DataFrame, metric: str = "image
                       only_new=[k for k in cur.index if k not in base.index])
 
 
-BUDGET = ("epochs", "max_steps", "max_seconds")
-CASE_SETTINGS = ("lr", "warmup_steps", "window_s", "num_workers", "seed", "latency_batches", "target_accuracy_pct",
-                 "time_limit_s", "eval_images")
+BUDGET = tuple(o.name for o in OPTIONS if o.compared == "budget")  # two runs must share these (bench/options.py)
+CASE_SETTINGS = tuple(sorted(o.name for o in OPTIONS if o.compared == "case"))  # named in this order
 
 
 def differences(baseline: pd.DataFrame, new: pd.DataFrame, baseline_env: dict, new_env: dict) -> list[str]:

@@ -1,97 +1,181 @@
-"""The sweep's options as argv: the argparse groups `bench run` and `bench plan` share. Values are
-converted by the spec stage's own converters (bench/spec.py), which owns the defaults."""
+"""Every option of a sweep, declared once: its name (the keyword of the Python API and the SweepSpec's field), its
+converter, its default (and its --quick preset), its help, its CLI spelling where that differs, whether a resume may
+change it and whether `compare` needs two runs to share it. The argparse groups of `bench run`/`bench plan`, the
+keyword API's checks, the SweepSpec's defaults, the resume check and compare's settings are all made from this
+table (pyperf keeps its metadata the same way: one registry, each field's type, check and formatter).
+
+Adding an option is one `Option(...)` here, and its use where a Case reads it.
+"""
 from __future__ import annotations
 
 import argparse
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from bench.spec import CONVERTERS, DATASETS, LR_SCALINGS, QUICK
+import psutil
+
+from bench import converters
+from bench.schema import AMP, COMPILE, COMPILE_MODES, MALLOCS, MEMORY_FORMATS, MODES, PIPELINES
+
+DATASETS = ("auto", "cifar10", "synthetic")
+LR_SCALINGS = ("none", "linear", "sqrt")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option. `convert` None: a flag (True when given; `negated`: the SweepSpec field is its opposite, as
+    --no-job sets job=False). `quick`: the value --quick gives it when the option is not given (the per-Case
+    budget)."""
+
+    name: str
+    group: str
+    help: str
+    default: object = None
+    convert: Callable[[str], object] | None = None
+    cli: str | None = None  # the flag's spelling after "--", where it is not the name with dashes
+    more_cli: tuple[str, ...] = ()  # other spellings the CLI accepts
+    aliases: tuple[str, ...] = ()  # other keywords the API accepts
+    quick: object = None
+    negated: bool = False
+    resumable: bool = False  # a resume may change it: where the data is, the kill limit, the price
+    compared: str | None = None  # "budget" or "case": compare refuses two runs that differ in it
+    in_spec: bool = True  # a field of the SweepSpec (--quick is not: it picks the budget's presets)
+
+    @property
+    def flag(self) -> str:
+        return "--" + (self.cli or (f"no-{self.name}" if self.negated else self.name).replace("_", "-"))
+
+    @property
+    def keyword(self) -> str:
+        """The parsed argv's name: the field's, or no_<field> for a negated flag."""
+        return f"no_{self.name}" if self.negated else self.name
+
+    @property
+    def budget(self) -> bool:
+        return self.quick is not None
+
+
+AXES, VARIANTS, BUDGET, TRAINING, DATA = ("sweep axes", "step variants (each recorded in the Case)", "per-Case budget",
+                                          "training", "data")
+OPTIONS: tuple[Option, ...] = (
+    Option("devices", AXES, "cpu, cuda, cuda:N (default: cpu, plus cuda when available)", None, converters.devices),
+    Option("batch_sizes", AXES, "default {default}", [4, 32, 128, 512], converters.batch_sizes),
+    Option("threads", AXES, "CPU threads per Case (default: 1 and all physical cores)", None, converters.thread_counts),
+    Option("pipelines", AXES, "tutorial,resident", list(PIPELINES), converters.choices(PIPELINES)),
+    Option("widths", AXES, "conv channel multiplier (default {default})", [1.0], converters.widths),
+    Option("modes", AXES, "train,infer", list(MODES), converters.choices(MODES)),
+    Option("repeats", AXES, "runs of each Case (default {default})", 1,
+           converters.bounded_int(converters.MAX_REPEATS, "repeats a sweep can take", "3")),
+    Option("world_sizes", AXES, "data-parallel ranks per training Case, e.g. 1,2; --batch-sizes and "
+           "--threads are per rank; on CUDA one GPU per rank (default {default})", [1], converters.world_sizes),
+    Option("amp", VARIANTS, "off, bf16 (autocast), or both: off,bf16 (default {default})", ["off"],
+           converters.choices(AMP)),
+    Option("memory_formats", VARIANTS, "contiguous, channels_last, or both (default {default})", ["contiguous"],
+           converters.choices(MEMORY_FORMATS)),
+    Option("mallocs", VARIANTS, "the allocator state every Case is pinned in before it allocates: default (glibc's "
+           "malloc at its documented thresholds, 128 KiB, handing freed blocks back each step), tuned (freed memory "
+           "kept between steps, as MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=2147483647 give a "
+           "script), or both: default,tuned (default {default})", ["default"], converters.choices(MALLOCS),
+           cli="malloc"),
+    Option("compile", VARIANTS, "torch.compile the step: off, on, or both: off,on (default {default})", ["off"],
+           converters.choices(COMPILE)),
+    Option("compile_modes", VARIANTS, "torch.compile modes when --compile has on: default, reduce-overhead, "
+           "max-autotune, max-autotune-no-cudagraphs (default {default})", ["default"],
+           converters.choices(COMPILE_MODES), more_cli=("compile-mode",)),
+    Option("cuda_graphs", VARIANTS, "also run the resident training step captured in a CUDA graph (CUDA devices "
+           "only)", False),
+    # the per-Case budget: a Case measures until its median is known within +-precision_pct (95%), at least 6
+    # windows, at most max_seconds of training; warm-up lasts at least warmup_steps, until step times settle
+    Option("epochs", BUDGET, "epochs per Case (default {default}, the tutorial's)", 2,
+           converters.bounded_int(1000, "the epochs a benchmark Case can run", "2"), quick=1, compared="budget"),
+    Option("max_steps", BUDGET, "stop a Case after this many steps", None,
+           converters.bounded_int(converters._STEPS_CAP, "the steps a Case can run in a day", "300"), quick=300,
+           compared="budget"),
+    Option("max_seconds", BUDGET, "stop a Case after this much training time, warm-up included, once it has 3 timed "
+           "windows (default {default}; 0: run every epoch)", 3.0, converters.seconds_or_zero, quick=0.2,
+           compared="budget"),
+    Option("time_limit_s", BUDGET, "kill a Case after this many seconds; it is recorded as a timeout (default "
+           "{default})", 600.0, converters.bounded_float(86400.0, "a day", "600"), cli="time-limit",
+           aliases=("time_limit",),
+           resumable=True, compared="case"),
+    Option("quick", BUDGET, "", False, in_spec=False),  # its help lists the presets (_help)
+    Option("precision_pct", BUDGET, "stop a Case once its median images/s is known within +-this %% (95%% interval "
+           "over at least 6 windows), within --max-seconds (default {default}%%; --quick {quick}%%; 0: always run the "
+           "whole budget)", 2.0, converters.percentage, cli="precision", aliases=("precision",), quick=5.0),
+    Option("warmup_steps", BUDGET, "steps excluded from throughput at least; warm-up goes on until step times "
+           "settle (default {default})", 10, converters.bounded_count(100000, "any warm-up a Case needs"), quick=1,
+           compared="case"),
+    Option("window_s", BUDGET, "timed window, s (default {default}; --quick {quick})", 0.1,
+           converters.bounded_float(3600.0, "an hour", "0.5"), cli="window", aliases=("window",), quick=0.05,
+           compared="case"),
+    Option("latency_batches", BUDGET, "inference batches timed one by one for latency (default {default})", 200,
+           converters.bounded_int(100000, "the batches timed one by one a Case needs", "200"), quick=5,
+           compared="case"),
+    Option("eval_images", BUDGET, "measure test accuracy on the first N test images (default all; --quick {quick})",
+           None, converters.bounded_int(1000000, "any test set this model is evaluated on", "1000"), quick=500,
+           compared="case"),
+    Option("lr", TRAINING, "learning rate at batch 4 (default {default})", 0.001,
+           converters.bounded_float(10.0, "any learning rate SGD trains this model with", "0.001"), compared="case"),
+    Option("lr_scaling", TRAINING, "scale the lr with batch size relative to 4: none, linear, sqrt (default "
+           "{default})", "none", converters.one_of(LR_SCALINGS)),
+    Option("target_accuracy_pct", TRAINING, "test accuracy, %%, whose time to reach is recorded (default {default})",
+           50.0, converters.accuracy_pct, cli="target-accuracy", aliases=("target_accuracy",), compared="case"),
+    Option("job", TRAINING, "leave out the tutorial's job (2 epochs at batch 4 with its DataLoader, then the test "
+           "pass) per device, which the report opens with", True, negated=True),
+    Option("price", TRAINING, "the machine's price in USD per hour, e.g. 0.10, or per device: cpu=0.10,cuda=0.90; "
+           "the report adds cost per epoch, of the tutorial's job and to the target accuracy", {}, converters.price,
+           resumable=True),
+    Option("seed", TRAINING, "default {default}", 0, converters.seed, compared="case"),
+    Option("num_workers", TRAINING, "DataLoader workers of the tutorial pipeline (default {default}, the "
+           "tutorial's)", 2, converters.bounded_count(4 * (psutil.cpu_count(logical=True) or 1),
+                                    "four DataLoader workers per logical core of this machine"), compared="case"),
+    Option("dataset", DATA, "auto: real CIFAR-10 when present or downloadable, else synthetic", "auto",
+           converters.one_of(DATASETS)),
+    Option("data_dir", DATA, "where CIFAR-10 is or goes (default ./{default})", "data", str, resumable=True),
+    Option("verify", DATA, "accept a custom folder in the CIFAR-10 format (skip the official MD5s)", True,
+           negated=True, resumable=True),
+    Option("download", DATA, "never download CIFAR-10", True, negated=True, resumable=True),
+)
+BY_NAME = {o.name: o for o in OPTIONS}
+QUICK = {o.name: o.quick for o in OPTIONS if o.budget}  # what --quick gives the per-Case budget
+# what the keyword API accepts for each option: its name, its aliases, and no_<name> for a negated flag
+BY_KEYWORD = {k: o for o in OPTIONS for k in (o.name, o.keyword, *o.aliases)}
+
+
+def spec_defaults(quick: bool = False) -> dict:
+    """Every SweepSpec field an option sets, at its default (or --quick preset); fresh lists and dicts."""
+    return {o.name: copy.deepcopy(o.quick if quick and o.budget else o.default) for o in OPTIONS if o.in_spec}
 
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
-    """The options `run` and `plan` share: sweep axes and step variants here, the rest below."""
-    axes = p.add_argument_group("sweep axes")
-    axes.add_argument("--devices", type=CONVERTERS["devices"], help="cpu, cuda, cuda:N (default: cpu, plus cuda when available)")
-    axes.add_argument("--batch-sizes", type=CONVERTERS["batch_sizes"], help="default 4,32,128,512")
-    axes.add_argument("--threads", type=CONVERTERS["threads"],
-                      help="CPU threads per Case (default: 1 and all physical cores)")
-    axes.add_argument("--pipelines", type=CONVERTERS["pipelines"], help="tutorial,resident")
-    axes.add_argument("--widths", type=CONVERTERS["widths"], help="conv channel multiplier (default 1)")
-    axes.add_argument("--modes", type=CONVERTERS["modes"], help="train,infer")
-    axes.add_argument("--repeats", type=CONVERTERS["repeats"], help="runs of each Case (default 1)")
-    axes.add_argument("--world-sizes", type=CONVERTERS["world_sizes"],
-                      help="data-parallel ranks per training Case, e.g. 1,2 (default 1); --batch-sizes and "
-                           "--threads are per rank; on CUDA one GPU per rank")
-    variants = p.add_argument_group("step variants (each recorded in the Case)")
-    variants.add_argument("--amp", type=CONVERTERS["amp"],
-                          help="off, bf16 (autocast), or both: off,bf16 (default off)")
-    variants.add_argument("--memory-formats", type=CONVERTERS["memory_formats"],
-                          help="contiguous, channels_last, or both (default contiguous)")
-    variants.add_argument("--malloc", type=CONVERTERS["mallocs"], dest="mallocs",
-                          help="the allocator state every Case is pinned in before it allocates: default (glibc's "
-                               "malloc at its documented thresholds, 128 KiB, handing freed blocks back each step), "
-                               "tuned (freed memory kept between steps, as MALLOC_MMAP_THRESHOLD_=33554432 "
-                               "MALLOC_TRIM_THRESHOLD_=2147483647 give a script), or both: default,tuned "
-                               "(default default)")
-    variants.add_argument("--compile", type=CONVERTERS["compile"],
-                          help="torch.compile the step: off, on, or both: off,on (default off)")
-    variants.add_argument("--compile-modes", "--compile-mode", type=CONVERTERS["compile_modes"], dest="compile_modes",
-                          help="torch.compile modes when --compile has on: default, reduce-overhead, max-autotune, "
-                               "max-autotune-no-cudagraphs (default: default)")
-    variants.add_argument("--cuda-graphs", action="store_true",
-                          help="also run the resident training step captured in a CUDA graph (CUDA devices only)")
-    _add_budget_and_data_args(p)
-
-
-def _add_budget_and_data_args(p: argparse.ArgumentParser) -> None:
-    budget = p.add_argument_group("per-Case budget")
-    budget.add_argument("--epochs", type=CONVERTERS["epochs"], help="epochs per Case (default 2, the tutorial's)")
-    budget.add_argument("--max-steps", type=CONVERTERS["max_steps"], help="stop a Case after this many steps")
-    budget.add_argument("--max-seconds", type=CONVERTERS["max_seconds"],
-                        help="stop a Case after this much training time, warm-up included, once it has 3 timed "
-                             "windows (default 3; 0: run every epoch)")
-    budget.add_argument("--time-limit", type=CONVERTERS["time_limit"],
-                        help="kill a Case after this many seconds; it is recorded as a timeout (default 600)")
-    budget.add_argument("--quick", action="store_true",
-                        help=f"a fast look: {QUICK['epochs']} epoch, at most {QUICK['max_steps']} steps or "
-                             f"{QUICK['max_seconds']:g} s of training per Case after a {QUICK['warmup_steps']}-step "
-                             f"warm-up (3 timed windows at least), accuracy on {QUICK['eval_images']} test images, "
-                             f"latency from at most {QUICK['latency_batches']} calls")
-    budget.add_argument("--precision", type=CONVERTERS["precision_pct"], dest="precision_pct",
-                        help="stop a Case once its median images/s is known within +-this %% (95%% interval over "
-                             "at least 6 windows), within --max-seconds (default 2%%; --quick 5%%; 0: always "
-                             "run the whole budget)")
-    budget.add_argument("--warmup-steps", type=CONVERTERS["warmup_steps"],
-                        help="steps excluded from throughput at least; warm-up goes on until step times settle "
-                             "(default 10)")
-    budget.add_argument("--window", type=CONVERTERS["window_s"], dest="window_s", help="timed window, s (default 0.1)")
-    budget.add_argument("--latency-batches", type=CONVERTERS["latency_batches"],
-                        help="inference batches timed one by one for latency (default 200)")
-    budget.add_argument("--eval-images", type=CONVERTERS["eval_images"],
-                        help=f"measure test accuracy on the first N test images (default all; --quick "
-                             f"{QUICK['eval_images']})")
-    train = p.add_argument_group("training")
-    train.add_argument("--lr", type=CONVERTERS["lr"], help="learning rate at batch 4 (default 0.001)")
-    train.add_argument("--lr-scaling", choices=LR_SCALINGS,
-                       help="scale the lr with batch size relative to 4: none, linear, sqrt")
-    train.add_argument("--target-accuracy", type=CONVERTERS["target_accuracy_pct"], dest="target_accuracy_pct",
-                       help="test accuracy, %%, whose time to reach is recorded (default 50)")
-    train.add_argument("--no-job", action="store_true",
-                       help="leave out the tutorial's job (2 epochs at batch 4 with its DataLoader, then the test "
-                            "pass) per device, which the report opens with")
-    train.add_argument("--price", type=CONVERTERS["price"],
-                       help="the machine's price in USD per hour, e.g. 0.10, or per device: cpu=0.10,cuda=0.90; "
-                            "the report adds cost per epoch, of the tutorial's job and to the target accuracy")
-    train.add_argument("--seed", type=CONVERTERS["seed"], help="default 0")
-    train.add_argument("--num-workers", type=CONVERTERS["num_workers"],
-                       help="DataLoader workers of the tutorial pipeline (default 2, the tutorial's)")
-    data = p.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS,
-                      help="auto: real CIFAR-10 when present or downloadable, else synthetic")
-    data.add_argument("--data-dir", help="where CIFAR-10 is or goes (default ./data)")
-    data.add_argument("--no-verify", action="store_true",
-                      help="accept a custom folder in the CIFAR-10 format (skip the official MD5s)")
-    data.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
+    """The options `run` and `plan` share, in their groups, then the run's output options. Every value
+    defaults to None here (not given): the spec stage fills the default or the --quick preset."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for o in OPTIONS:
+        group = groups.get(o.group) or groups.setdefault(o.group, p.add_argument_group(o.group))
+        spellings = [o.flag, *(f"--{s}" for s in o.more_cli)]
+        if o.convert is None:
+            group.add_argument(*spellings, dest=o.keyword, action="store_true", help=_help(o))
+        else:
+            metavar = o.flag[2:].upper().replace("-", "_")
+            group.add_argument(*spellings, dest=o.keyword, type=o.convert, metavar=metavar, help=_help(o))
     out = p.add_argument_group("output")
     out.add_argument("--out", help="run folder (default reports/<run-id>, or $BENCH_REPORTS_DIR/<run-id>)")
     out.add_argument("--resume", action="store_true", help="re-run only the Cases not already ok in --out")
     out.add_argument("--no-report", action="store_true", help="do not build the report at the end")
+
+
+def _help(o: Option) -> str:
+    """The option's help, its default and --quick preset written in from the declaration."""
+    if o.name != "quick":
+        return o.help.format(default=_shown(o.default), quick=_shown(o.quick))
+    return (f"a fast look: {QUICK['epochs']} epoch, at most {QUICK['max_steps']} steps or {QUICK['max_seconds']:g} s "
+            f"of training per Case after a {QUICK['warmup_steps']}-step warm-up (3 timed windows at least), accuracy "
+            f"on {QUICK['eval_images']} test images, latency from at most {QUICK['latency_batches']} calls")
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(_shown(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -19,7 +19,8 @@ JOB = "job"  # the tutorial's own job, end to end: a Case mode of its own (bench
 
 @dataclass
 class SweepSpec:
-    """What to sweep and how long each Case may run; built and validated once, in bench/spec.py."""
+    """What to sweep and how long each Case may run; built and validated once, in bench/spec.py, from the options
+    bench/options.py declares (their defaults live there: `bench.spec.with_defaults` for a spec made in code)."""
 
     devices: list[str]
     batch_sizes: list[int]
@@ -27,34 +28,34 @@ class SweepSpec:
     pipelines: list[str]
     widths: list[float]
     modes: list[str]
-    epochs: int = 2
-    max_steps: int | None = None
-    max_seconds: float | None = None
-    time_limit_s: float = 600.0  # as the spec stage (bench/spec.py) defaults it
-    repeats: int = 1
-    seed: int = 0
-    lr: float = 0.001
-    lr_scaling: str = "none"
-    target_accuracy_pct: float = 50.0
-    num_workers: int = 2
-    warmup_steps: int = 10
-    window_s: float = 0.5
-    latency_batches: int = 200
-    eval_images: int | None = None  # test images the accuracy is measured on; None: the whole test set
-    precision_pct: float | None = None  # stop a Case once its median is known within +-this %; None: the budget
-    dataset: str = "auto"
-    data_dir: str = "data"
-    verify: bool = True
-    download: bool = True
-    amp: list[str] = field(default_factory=lambda: ["off"])
-    memory_formats: list[str] = field(default_factory=lambda: ["contiguous"])
-    mallocs: list[str] = field(default_factory=lambda: ["default"])
-    cuda_graphs: bool = False
-    world_sizes: list[int] = field(default_factory=lambda: [1])
-    compile: list[str] = field(default_factory=lambda: ["off"])
-    compile_modes: list[str] = field(default_factory=lambda: ["default"])
-    job: bool = False  # the tutorial's job per device; the spec stage turns it on unless --no-job
-    price: dict[str, float] = field(default_factory=dict)  # USD per hour by device ("*": every device)
+    epochs: int
+    max_steps: int | None
+    max_seconds: float | None
+    time_limit_s: float
+    repeats: int
+    seed: int
+    lr: float
+    lr_scaling: str
+    target_accuracy_pct: float
+    num_workers: int
+    warmup_steps: int
+    window_s: float
+    latency_batches: int
+    eval_images: int | None  # test images the accuracy is measured on; None: the whole test set
+    precision_pct: float | None  # stop a Case once its median is known within +-this %; None: the budget
+    dataset: str
+    data_dir: str
+    verify: bool
+    download: bool
+    amp: list[str]
+    memory_formats: list[str]
+    mallocs: list[str]
+    cuda_graphs: bool
+    world_sizes: list[int]
+    compile: list[str]
+    compile_modes: list[str]
+    job: bool  # the tutorial's job per device (--no-job leaves it out)
+    price: dict[str, float]  # USD per hour by device ("*": every device)
     skipped_devices: dict[str, str] = field(default_factory=dict)
 
 

@@ -12,61 +12,15 @@ from dataclasses import asdict
 
 import psutil
 
-from bench import converters
 from bench.devices import cuda_index
-from bench.schema import AMP, COMPILE, COMPILE_MODES, MALLOCS, MEMORY_FORMATS, MODES, PIPELINES, SweepSpec
+from bench.options import BY_KEYWORD, OPTIONS, Option, spec_defaults
+from bench.schema import SweepSpec
 
-DATASETS = ("auto", "cifar10", "synthetic")
-LR_SCALINGS = ("none", "linear", "sqrt")
-# a Case measures until its median is known within +-precision_pct (95%), at least 6 windows, at most
-# max_seconds of training; warm-up lasts at least warmup_steps, until step times settle
-BUDGET = {"epochs": 2, "max_steps": None, "max_seconds": 3.0, "warmup_steps": 10, "window_s": 0.1,
-          "latency_batches": 200, "precision_pct": 2.0, "eval_images": None}
-QUICK = {"epochs": 1, "max_steps": 300, "max_seconds": 0.2, "warmup_steps": 1, "window_s": 0.05,
-         "latency_batches": 5, "precision_pct": 5.0, "eval_images": 500}
-DEFAULTS = {"devices": None, "batch_sizes": [4, 32, 128, 512], "threads": None, "pipelines": list(PIPELINES),
-            "widths": [1.0], "modes": list(MODES), "repeats": 1, "world_sizes": [1], "amp": ["off"],
-            "memory_formats": ["contiguous"], "mallocs": ["default"], "cuda_graphs": False, "time_limit": 600.0, "quick": False,
-            "lr": 0.001, "lr_scaling": "none", "target_accuracy_pct": 50.0, "seed": 0, "num_workers": 2,
-            "dataset": "auto", "data_dir": "data", "no_verify": False, "no_download": False,
-            "compile": ["off"], "compile_modes": ["default"], "no_job": False, "price": None,
-            **{k: None for k in BUDGET}}
-# the converter of each option that takes a value (flags: bools), for argv and keywords alike
-CONVERTERS = {
-    "devices": converters.devices, "batch_sizes": converters.batch_sizes, "threads": converters.thread_counts,
-    "pipelines": converters.choices(PIPELINES), "widths": converters.widths, "modes": converters.choices(MODES),
-    "repeats": converters.bounded_int(converters.MAX_REPEATS, "repeats a sweep can take", "3"), "world_sizes": converters.world_sizes, "amp": converters.choices(AMP),
-    "memory_formats": converters.choices(MEMORY_FORMATS), "mallocs": converters.choices(MALLOCS),
-    "epochs": converters.bounded_int(1000, "the epochs a benchmark Case can run", "2"),
-    "max_steps": converters.bounded_int(converters._STEPS_CAP, "the steps a Case can run in a day", "300"),
-    "max_seconds": converters.seconds_or_zero,
-    "time_limit": converters.bounded_float(86400.0, "a day", "600"),
-    "warmup_steps": converters.bounded_count(100000, "any warm-up a Case needs"),
-    "window_s": converters.bounded_float(3600.0, "an hour", "0.5"),
-    "latency_batches": converters.bounded_int(100000, "the batches timed one by one a Case needs", "200"),
-    "eval_images": converters.bounded_int(1000000, "any test set this model is evaluated on", "1000"),
-    "lr": converters.bounded_float(10.0, "any learning rate SGD trains this model with", "0.001"),
-    "lr_scaling": converters.one_of(LR_SCALINGS),
-    "target_accuracy_pct": converters.accuracy_pct, "seed": converters.seed,
-    "num_workers": converters.bounded_count(4 * (psutil.cpu_count(logical=True) or 1),
-                                            "four DataLoader workers per logical core of this machine"), "dataset": converters.one_of(DATASETS), "data_dir": str,
-    "compile": converters.choices(COMPILE), "compile_modes": converters.choices(COMPILE_MODES),
-    "price": converters.price, "precision_pct": converters.percentage,
-}
-FLAGS = ("cuda_graphs", "quick", "no_verify", "no_download", "no_job")
-# what the CLI calls an option where its name differs from the keyword's
-CLI_NAMES = {"window_s": "window", "target_accuracy_pct": "target-accuracy", "precision_pct": "precision"}
-# keywords that say the same as an option, in the SweepSpec's own words
-ALIASES = {"window": "window_s", "target_accuracy": "target_accuracy_pct", "time_limit_s": "time_limit",
-           "precision": "precision_pct"}
+# every option (its converter, default, --quick preset, CLI spelling) is declared once, in bench/options.py
 
 
 class SpecError(ValueError):
     """Bad input: one line naming the option, what was wrong and what is accepted."""
-
-
-def flag(name: str) -> str:
-    return "--" + CLI_NAMES.get(name, name.replace("_", "-"))
 
 
 def spec_from_keywords(options: dict, n_cuda: int) -> SweepSpec:
@@ -74,56 +28,55 @@ def spec_from_keywords(options: dict, n_cuda: int) -> SweepSpec:
     the converter the CLI uses for it; `False` and `0` mean what they say."""
     values = {}
     for name, value in options.items():
-        if name in ("download", "verify", "job"):  # the SweepSpec's positive words for --no-download, ...
-            if not isinstance(value, bool):
-                raise SpecError(f"{name}: {value!r} is not True or False")
-            values[f"no_{name}"] = not value
-            continue
-        name = ALIASES.get(name, name)
-        if name in FLAGS:
-            if not isinstance(value, bool):
-                raise SpecError(f"{flag(name)}: {value!r} is not True or False")
-            values[name] = value
-        elif name in CONVERTERS:
-            values[name] = None if value is None else _convert(name, value)
-        else:
-            known = sorted([*CONVERTERS, *FLAGS, "download", "verify", "job"])
+        o = BY_KEYWORD.get(name)
+        if o is None:
+            known = sorted({o.name for o in OPTIONS} | {a for o in OPTIONS for a in o.aliases})
             raise SpecError(f"unknown option '{name}' (expected one of {', '.join(known)})")
+        if o.convert is None:
+            if not isinstance(value, bool):
+                raise SpecError(f"{name if o.negated and name == o.name else o.flag}: {value!r} is not True or False")
+            values[o.keyword] = (not value) if o.negated and name == o.name else value
+        else:
+            values[o.keyword] = None if value is None else _convert(o, value)
     return build_spec(values, n_cuda)
 
 
-def _convert(name: str, value) -> object:
+def _convert(o: Option, value) -> object:
     text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
     try:
-        return CONVERTERS[name](text)
+        return o.convert(text)
     except argparse.ArgumentTypeError as e:
-        raise SpecError(f"{flag(name)}: {e}") from None
+        raise SpecError(f"{o.flag}: {e}") from None
+
+
+def with_defaults(**fields) -> SweepSpec:
+    """A SweepSpec made in code (bench check, tests, benchmarks): the options' defaults, then `fields` as given,
+    unchecked."""
+    return SweepSpec(**{**spec_defaults(), **fields})
 
 
 def build_spec(values: dict, n_cuda: int) -> SweepSpec:
-    """The SweepSpec of converted option values (missing or None: the default), checked against this
-    machine's `n_cuda` GPUs."""
-    v = {**DEFAULTS, **{k: x for k, x in values.items() if x is not None and k in DEFAULTS}}
-    preset = QUICK if v["quick"] else BUDGET
-    budget = {k: (v[k] if v[k] is not None else preset[k]) for k in BUDGET}
-    if budget["max_seconds"] == 0.0:
-        budget["max_seconds"] = None
-    if budget["precision_pct"] == 0.0:
-        budget["precision_pct"] = None
-    devices_, skipped = resolve_devices(v["devices"], n_cuda)
+    """The SweepSpec of converted option values, keyed as parsed argv names them (missing or None: the default,
+    or the --quick preset for the per-Case budget), checked against this machine's `n_cuda` GPUs."""
+    quick = bool(values.get("quick"))
+    v = spec_defaults(quick)
+    for o in OPTIONS:
+        given = values.get(o.keyword)
+        if not o.in_spec:
+            continue
+        if o.convert is None:
+            v[o.name] = (not given) if o.negated else bool(given)
+        elif given is not None:
+            v[o.name] = given
+    for name in ("max_seconds", "precision_pct"):  # 0: no limit
+        if v[name] == 0.0:
+            v[name] = None
+    v["devices"], skipped = resolve_devices(v["devices"], n_cuda)
     if v["cuda_graphs"]:
-        _check_cuda_graphs(v, devices_ + list(skipped))
-    _check_world_sizes(v, devices_, n_cuda)
-    threads = v["threads"] or sorted({1, psutil.cpu_count(logical=False) or 1})
-    return SweepSpec(devices=devices_, batch_sizes=v["batch_sizes"], threads=threads, pipelines=v["pipelines"],
-                     widths=v["widths"], modes=v["modes"], time_limit_s=v["time_limit"], repeats=v["repeats"],
-                     seed=v["seed"], lr=v["lr"], lr_scaling=v["lr_scaling"],
-                     target_accuracy_pct=v["target_accuracy_pct"], num_workers=v["num_workers"],
-                     dataset=v["dataset"], data_dir=v["data_dir"], verify=not v["no_verify"],
-                     download=not v["no_download"], skipped_devices=skipped, amp=v["amp"],
-                     memory_formats=v["memory_formats"], mallocs=v["mallocs"], cuda_graphs=v["cuda_graphs"],
-                     world_sizes=v["world_sizes"], compile=v["compile"], compile_modes=v["compile_modes"],
-                     job=not v["no_job"], price=v["price"] or {}, **budget)
+        _check_cuda_graphs(v, v["devices"] + list(skipped))
+    _check_world_sizes(v, v["devices"], n_cuda)
+    v["threads"] = v["threads"] or sorted({1, psutil.cpu_count(logical=False) or 1})
+    return SweepSpec(**v, skipped_devices=skipped)
 
 
 def resolve_devices(requested: list[str] | None, n_cuda: int) -> tuple[list[str], dict[str, str]]:
@@ -182,7 +135,7 @@ def _check_world_sizes(v: dict, devices_: list[str], n_cuda: int) -> None:
 
 
 # what a resume may change: where the data is, the kill limit and the price, not what a Case measures
-RESUMABLE = ("skipped_devices", "price", "time_limit_s", "data_dir", "verify", "download")
+RESUMABLE = ("skipped_devices", *(o.name for o in OPTIONS if o.resumable))
 
 
 def resume_differences(recorded: dict, spec: SweepSpec) -> list[str]:

@@ -13,7 +13,7 @@ import pytest
 from bench import allocator, cli
 from bench.plan import plan_cases
 from bench.rows import step_variant
-from bench.schema import SweepSpec
+from bench.spec import with_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,8 +83,9 @@ def test_without_mallopt_a_tuned_case_is_skipped_with_the_reason(monkeypatch, tm
     from cnn.data import prepare_synthetic
 
     monkeypatch.setattr(allocator.ctypes, "CDLL", _no_libc)
-    spec = SweepSpec(devices=["cpu"], batch_sizes=[4], threads=[1], pipelines=["resident"], widths=[1.0],
-                     modes=["train"], max_steps=3, warmup_steps=1, mallocs=["tuned"], world_sizes=[world_size])
+    spec = with_defaults(devices=["cpu"], batch_sizes=[4], threads=[1], pipelines=["resident"], widths=[1.0],
+                         modes=["train"], max_steps=3, warmup_steps=1, mallocs=["tuned"], world_sizes=[world_size],
+                         max_seconds=None, precision_pct=None, window_s=0.5, job=False)
     case = plan_cases(spec, str(prepare_synthetic(n_train=40, n_test=20).cache_dir), "synthetic")[0]
     assert case.world_size == world_size
     result = worker.run_case(case)  # a rank would have raised "the C library has no mallopt": the Case failed
@@ -132,8 +133,8 @@ def test_each_state_is_what_the_process_gets_whatever_state_it_started_in():
 
 
 def test_the_variant_is_an_axis_with_its_own_key_and_name(capsys):
-    spec = SweepSpec(devices=["cpu"], batch_sizes=[4], threads=[1], pipelines=["resident"], widths=[1.0],
-                     modes=["train"], mallocs=["default", "tuned"])
+    spec = with_defaults(devices=["cpu"], batch_sizes=[4], threads=[1], pipelines=["resident"], widths=[1.0],
+                         modes=["train"], mallocs=["default", "tuned"], job=False)
     keys = [c.key for c in plan_cases(spec, "/c", "synthetic")]
     assert keys == ["train/cpu/resident/b4/t1/w1/r0", "train/cpu/resident/b4/t1/w1/r0/malloc-tuned"]
     import pandas as pd

@@ -16,7 +16,8 @@ import bench
 from bench import ceilings, compute, environment, report
 from bench.plan import plan_cases
 from bench.run_folder import RunFolder
-from bench.schema import Result, SweepSpec
+from bench.schema import Result
+from bench.spec import with_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,8 +90,8 @@ def test_a_worker_over_its_time_limit_is_killed_and_what_it_sent_is_kept(monkeyp
 
 def _run_folder(folder: Path, env: dict, amp: list[str]) -> Path:
     folder.mkdir()
-    spec = SweepSpec(devices=["cpu"], batch_sizes=[32], threads=[1], pipelines=["resident"], widths=[1.0],
-                     modes=["train"], amp=amp)
+    spec = with_defaults(devices=["cpu"], batch_sizes=[32], threads=[1], pipelines=["resident"], widths=[1.0],
+                         modes=["train"], amp=amp, max_seconds=None, precision_pct=None, window_s=0.5, job=False)
     for case in plan_cases(spec, "/c", "synthetic", folder.name):
         rate = 1000.0 if case.amp == "off" else 2000.0
         RunFolder(folder).append(Result(case=case, images_per_s=rate, images_per_s_p25=rate, images_per_s_p75=rate,

@@ -16,7 +16,8 @@ import pytest
 from bench.compare import compare_runs
 from bench.plan import plan_cases
 from bench.run_folder import RunFolder
-from bench.schema import Result, SweepSpec
+from bench.schema import Result
+from bench.spec import with_defaults
 from conftest import ROOT, run_bench
 
 
@@ -54,8 +55,8 @@ def test_a_lower_is_better_metric_without_a_spread_uses_the_threshold_alone():
 
 def _run(folder: Path, rates: dict[int, float], latency: bool = False, dataset: str = "synthetic") -> Path:
     """A run folder with Results whose images/s are set by hand, as bench run writes them."""
-    spec = SweepSpec(devices=["cpu"], batch_sizes=sorted(rates), threads=[2], pipelines=["resident"],
-                     widths=[1.0], modes=["train"])
+    spec = with_defaults(devices=["cpu"], batch_sizes=sorted(rates), threads=[2], pipelines=["resident"],
+                         widths=[1.0], modes=["train"], max_seconds=None, precision_pct=None, window_s=0.5, job=False)
     folder.mkdir(parents=True)
     for case in plan_cases(spec, data_cache="/c", dataset=dataset, run_id=folder.name):
         rate = rates[case.batch_size]

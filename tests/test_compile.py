@@ -11,14 +11,16 @@ import torch
 from bench import analysis, cli, training, worker
 from bench import findings as sentences
 from bench.plan import plan_cases
-from bench.schema import Case, Result, SweepSpec
+from bench.schema import Case, Result
+from bench.spec import with_defaults
 from cnn import data
 from cnn.model import Net
 from test_analysis import _row
 
-SPEC = SweepSpec(devices=["cpu", "cuda:0"], batch_sizes=[4], threads=[2], pipelines=["resident"], widths=[1.0],
-                 modes=["train", "infer"], compile=["off", "on"], compile_modes=["default", "max-autotune"],
-                 cuda_graphs=True, world_sizes=[1, 2], job=False)
+SPEC = with_defaults(devices=["cpu", "cuda:0"], batch_sizes=[4], threads=[2], pipelines=["resident"], widths=[1.0],
+                     modes=["train", "infer"], compile=["off", "on"], compile_modes=["default", "max-autotune"],
+                     cuda_graphs=True, world_sizes=[1, 2], job=False, max_seconds=None, precision_pct=None,
+                     window_s=0.5)
 
 
 def test_compiled_variants_are_planned_beside_the_eager_step_on_one_process_without_graphs():

@@ -21,6 +21,7 @@ from bench import cli, runner
 from bench.ddp import param_digest
 from bench.plan import plan_cases
 from bench.schema import SweepSpec
+from bench.spec import with_defaults
 from cnn import data
 from cnn.model import Net
 from conftest import ROOT, run_bench
@@ -28,8 +29,9 @@ from conftest import ROOT, run_bench
 
 def _spec(**kw) -> SweepSpec:
     base = dict(devices=["cpu"], batch_sizes=[8], threads=[1], pipelines=["resident"], widths=[1.0], modes=["train"],
-                epochs=1, max_steps=30, warmup_steps=3, window_s=0.05, world_sizes=[2])
-    return SweepSpec(**{**base, **kw})
+                epochs=1, max_steps=30, warmup_steps=3, window_s=0.05, world_sizes=[2], max_seconds=None,
+                precision_pct=None, job=False)
+    return with_defaults(**{**base, **kw})
 
 
 def _case_processes() -> list[psutil.Process]:

@@ -22,7 +22,8 @@ import bench
 from bench import cli, worker
 from bench.plan import plan_cases
 from bench.run_folder import RunFolder
-from bench.schema import Case, Result, SweepSpec
+from bench.schema import Case, Result
+from bench.spec import with_defaults
 from cnn import data
 from conftest import ROOT
 from fake_cuda import BAD_FORK, FAKE_COMPILE, FakeCuda, FakeCudaError, readbacks_inside_windows, site_env
@@ -246,8 +247,9 @@ def _run_case_in_its_own_process(case: Case, tmp_path, devices: int) -> tuple[Re
 
 
 def test_a_data_parallel_cuda_case_gives_each_rank_its_own_gpu_with_nccl(small, tmp_path):
-    spec = SweepSpec(devices=["cuda:0"], batch_sizes=[8], threads=[1], pipelines=["resident"], widths=[1.0],
-                     modes=["train"], epochs=1, max_steps=20, warmup_steps=3, window_s=0.01, world_sizes=[2])
+    spec = with_defaults(devices=["cuda:0"], batch_sizes=[8], threads=[1], pipelines=["resident"], widths=[1.0],
+                         modes=["train"], epochs=1, max_steps=20, warmup_steps=3, window_s=0.01, world_sizes=[2],
+                         max_seconds=None, precision_pct=None, job=False)
     case = plan_cases(spec, str(small.cache_dir), "synthetic")[0]
     assert case.world_size == 2
     result, calls = _run_case_in_its_own_process(case, tmp_path, devices=2)

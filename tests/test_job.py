@@ -15,11 +15,13 @@ from bench import job
 from bench.job import Pass, Stretch, project, record_job
 from bench.plan import JOB_SITTINGS, plan_cases
 from bench.run_folder import RunFolder
-from bench.schema import JOB, Result, SweepSpec
+from bench.schema import JOB, Result
+from bench.spec import with_defaults
 from conftest import run_bench
 
-SPEC = SweepSpec(devices=["cpu", "cuda:0"], batch_sizes=[32, 128], threads=[1, 2], pipelines=["resident"],
-                 widths=[2.0], modes=["train"], epochs=1, lr=0.1, num_workers=0, max_seconds=5.0, job=True)
+SPEC = with_defaults(devices=["cpu", "cuda:0"], batch_sizes=[32, 128], threads=[1, 2], pipelines=["resident"],
+                     widths=[2.0], modes=["train"], epochs=1, lr=0.1, num_workers=0, max_seconds=5.0, job=True,
+                     precision_pct=None, window_s=0.5)
 
 
 def test_each_device_opens_with_the_tutorials_job_in_its_own_settings():

@@ -6,12 +6,13 @@ import pytest
 
 from bench.plan import REPORT_S, SWEEP_SETUP_S, effective_lr, estimate_seconds, plan_cases
 from bench.schema import Case, Result, SweepSpec
+from bench.spec import with_defaults
 
 
 def _spec(**kw) -> SweepSpec:
     base = dict(devices=["cpu", "cuda"], batch_sizes=[4, 32], threads=[1, 2], pipelines=["tutorial", "resident"],
-                widths=[1.0], modes=["train", "infer"], max_seconds=5.0, job=False)
-    return SweepSpec(**{**base, **kw})
+                widths=[1.0], modes=["train", "infer"], max_seconds=5.0, job=False, precision_pct=None, window_s=0.5)
+    return with_defaults(**{**base, **kw})
 
 
 def test_threads_are_swept_on_the_cpu_only():

@@ -12,7 +12,8 @@ import pytest
 from bench import analysis, charts, report
 from bench.plan import plan_cases
 from bench.run_folder import RunFolder
-from bench.schema import JOB, Result, SweepSpec
+from bench.schema import JOB, Result
+from bench.spec import with_defaults
 
 
 def _fake_run(folder: Path, host: str, gpu: bool, scale: float = 1.0, env: dict | None = None,
@@ -22,8 +23,9 @@ def _fake_run(folder: Path, host: str, gpu: bool, scale: float = 1.0, env: dict 
     their time budget after different parts of an epoch; with `job`, each device's tutorial job (projected)."""
     folder.mkdir(parents=True)
     devices = ["cpu", "cuda:0"] if gpu else ["cpu"]
-    spec = SweepSpec(devices=devices, batch_sizes=[4, 32, 128], threads=[1, 2], pipelines=["tutorial", "resident"],
-                     widths=[1.0], modes=["train", "infer"], max_seconds=5.0, job=job)
+    spec = with_defaults(devices=devices, batch_sizes=[4, 32, 128], threads=[1, 2], pipelines=["tutorial", "resident"],
+                         widths=[1.0], modes=["train", "infer"], max_seconds=5.0, job=job, precision_pct=None,
+                         window_s=0.5)
     for case in plan_cases(spec, data_cache="/c", dataset="synthetic", run_id=folder.name):
         if case.mode == JOB and case.repeat > 0:
             continue  # the job as one sampled process (its sittings are tests/test_repeats.py's)
@@ -188,8 +190,9 @@ def test_html_report_in_a_real_browser(tmp_path: Path):
 
 def test_each_cases_warnings_appear_in_the_report_beside_its_key(tmp_path: Path):
     run = _fake_run(tmp_path / "laptop", "laptop", gpu=False)
-    case = plan_cases(SweepSpec(devices=["cpu"], batch_sizes=[8], threads=[1], pipelines=["resident"],
-                                widths=[1.0], modes=["train"]), "/c", "synthetic")[0]
+    case = plan_cases(with_defaults(devices=["cpu"], batch_sizes=[8], threads=[1], pipelines=["resident"],
+                                    widths=[1.0], modes=["train"], max_seconds=None, precision_pct=None,
+                                    window_s=0.5, job=False), "/c", "synthetic")[0]
     RunFolder(run).append(Result(case=case, images_per_s=100.0, images_per_s_p25=80.0, images_per_s_p75=120.0,
                               windows_s=[1.0], windows_images=[100],
                               warnings=["throughput varied: IQR is 40% of the median over 2 windows",

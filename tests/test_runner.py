@@ -13,13 +13,14 @@ import pytest
 from bench import runner
 from conftest import ROOT
 from bench.plan import plan_cases
-from bench.schema import SweepSpec
+from bench.spec import with_defaults
 
 
 @pytest.fixture
 def case(synthetic):
-    spec = SweepSpec(devices=["cpu"], batch_sizes=[8], threads=[1], pipelines=["resident"], widths=[1.0],
-                     modes=["train"], epochs=1, max_steps=40, warmup_steps=5, window_s=0.05)
+    spec = with_defaults(devices=["cpu"], batch_sizes=[8], threads=[1], pipelines=["resident"], widths=[1.0],
+                         modes=["train"], epochs=1, max_steps=40, warmup_steps=5, window_s=0.05, max_seconds=None,
+                         precision_pct=None, job=False)
     return plan_cases(spec, str(synthetic.cache_dir), synthetic.name)[0]
 
 

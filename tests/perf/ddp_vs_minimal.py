@@ -84,7 +84,7 @@ def main() -> None:
 
     from bench import runner
     from bench.plan import plan_cases
-    from bench.schema import SweepSpec
+    from bench.spec import with_defaults
     from cnn.data import prepare_synthetic
 
     prepared = prepare_synthetic()
@@ -94,9 +94,10 @@ def main() -> None:
     warmup = 20
 
     def case(bs: int, threads: int, world: int):
-        spec = SweepSpec(devices=["cpu"], batch_sizes=[bs], threads=[threads], pipelines=["resident"],
-                         widths=[1.0], modes=["train"], epochs=1, max_steps=warmup + args.steps,
-                         warmup_steps=warmup, window_s=0.5, world_sizes=[world])
+        spec = with_defaults(devices=["cpu"], batch_sizes=[bs], threads=[threads], pipelines=["resident"],
+                             widths=[1.0], modes=["train"], epochs=1, max_steps=warmup + args.steps,
+                             warmup_steps=warmup, window_s=0.5, world_sizes=[world], max_seconds=None,
+                             precision_pct=None, job=False)
         return plan_cases(spec, cache, prepared.name)[0]
 
     ctx = runner._context()

@@ -143,7 +143,7 @@ def decide(ratios: list[float], target_pct: float) -> tuple[str, float, float, f
 def main() -> int:
     from bench import runner
     from bench.plan import plan_cases
-    from bench.schema import SweepSpec
+    from bench.spec import with_defaults
     from cnn.data import prepare_synthetic
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,9 +162,10 @@ def main() -> int:
 
     prepared = prepare_synthetic()
     warmup = 10
-    spec = SweepSpec(devices=[args.device], batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
-                     threads=[args.threads], pipelines=args.pipelines.split(","), widths=[1.0], modes=["train"],
-                     mallocs=args.mallocs.split(","), epochs=1, max_steps=warmup + args.steps, max_seconds=None, warmup_steps=warmup, window_s=0.5)
+    spec = with_defaults(devices=[args.device], batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
+                         threads=[args.threads], pipelines=args.pipelines.split(","), widths=[1.0], modes=["train"],
+                         mallocs=args.mallocs.split(","), epochs=1, max_steps=warmup + args.steps, max_seconds=None,
+                         warmup_steps=warmup, window_s=0.5, precision_pct=None, job=False)
     cases = plan_cases(spec, str(prepared.cache_dir), prepared.name)
     ctx = None  # the fork server, started after the first minimal run (its imports would share that run's CPU)
     report: dict[str, dict] = {}

@@ -120,7 +120,8 @@ def main() -> int:
     from bench import allocator, repeats, runner
     from bench.run_folder import results_frame
     from bench.plan import plan_cases
-    from bench.schema import JOB, SweepSpec
+    from bench.schema import JOB
+    from bench.spec import with_defaults
     from cnn.data import prepare_cifar10
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -138,8 +139,9 @@ def main() -> int:
         prepared = prepare_cifar10(data_root, verify=False, download=False)  # generated: no official digests
 
         def job(max_seconds: float | None) -> list:
-            spec = SweepSpec(devices=["cpu"], batch_sizes=[4], threads=[1], pipelines=["tutorial"], widths=[1.0],
-                             modes=["train"], mallocs=[args.malloc], max_seconds=max_seconds, job=True)
+            spec = with_defaults(devices=["cpu"], batch_sizes=[4], threads=[1], pipelines=["tutorial"],
+                                 widths=[1.0], modes=["train"], mallocs=[args.malloc], max_seconds=max_seconds,
+                                 job=True)
             cases = [c for c in plan_cases(spec, str(prepared.cache_dir), prepared.name) if c.mode == JOB]
             return [replace(c, malloc=args.malloc) for c in cases]  # the job plans the default state: this run's
 
