@@ -110,6 +110,16 @@ class StepMeter:
     _warmup_so_far: float = 0.0
     _warmup_step_s: list[float] = field(default_factory=list)
     _batch_sizes: set[int] = field(default_factory=set)
+    # the open epoch and window, set by start_epoch (None until then) and the window's open and close
+    # (factories, not defaults: every attribute is the instance's own from __init__ on)
+    _epoch_mark: object = field(default_factory=lambda: None, init=False)
+    _host_epoch_start: float = field(default_factory=float, init=False)
+    _host_last_progress: float = field(default_factory=float, init=False)
+    _train_s_before: float = field(default_factory=float, init=False)
+    _marks: list = field(default_factory=list, init=False)  # the clock's marks of the open window's steps
+    _window_images: int = field(default_factory=int, init=False)
+    _host_window_start: float = field(default_factory=float, init=False)
+    _last_steps: list[float] = field(default_factory=list, init=False)  # step times of the window last closed
 
     def start_epoch(self) -> None:
         if self.warmup_steps == 0 and self.warmup_s is None:
@@ -135,6 +145,9 @@ class StepMeter:
 
     def on_step(self, n_images: int) -> bool:
         """Called after every step; returns True when the budget says stop."""
+        if self._epoch_mark is None:
+            raise RuntimeError("StepMeter.on_step before start_epoch: an epoch's first step needs its start marked "
+                               "(call start_epoch before the loop)")
         self.steps += 1
         self.images += n_images
         self._marks.append(self.clock.mark())
@@ -166,12 +179,7 @@ class StepMeter:
             elif self._precise():
                 self.stopped_by = "precise"
             self._open_window()
-        if self.stopped_by == "precise":
-            pass  # the figure is sure: the budget did not stop it
-        elif self.budget.max_steps is not None and self.steps >= self.budget.max_steps:
-            self.stopped_by = "max_steps"  # the same step on every rank: no need to agree
-        elif (self.agree is None and self._out_of_time(elapsed)) or vote:
-            self.stopped_by = "max_seconds"
+        self.stopped_by = self._stop_rule(elapsed, vote)
         if self.progress is not None and (now - self._host_last_progress >= self.progress_every_s):
             self._host_last_progress = now
             self.progress(self.steps, elapsed)
@@ -192,6 +200,18 @@ class StepMeter:
             out_of_time = self._out_of_time(self.train_s)
             if self.agree(float(out_of_time)) > 0:
                 self.stopped_by = "max_seconds"
+
+    def _stop_rule(self, elapsed: float, vote: bool) -> str | None:
+        """Why the Case stops after this step, if it does: its figure is sure ("precise", decided at a window's
+        close), its step cap (the same step on every rank: no need to agree), or its time (on one process; the
+        ranks' vote for data-parallel Cases)."""
+        if self.stopped_by == "precise":
+            return self.stopped_by  # the figure is sure: the budget did not stop it
+        if self.budget.max_steps is not None and self.steps >= self.budget.max_steps:
+            return "max_steps"
+        if (self.agree is None and self._out_of_time(elapsed)) or vote:
+            return "max_seconds"
+        return self.stopped_by
 
     def _out_of_time(self, elapsed: float) -> bool:
         """The budget's time is spent and the Case has its few windows (the same on every rank: ranks close

@@ -289,3 +289,13 @@ def test_minor_faults_reads_this_process():
     for i in range(0, len(block), 4096):
         block[i] = 1
     assert measure.minor_faults() - before >= 64 * 2**20 // 4096 // 2  # huge pages may map several at once
+
+
+def test_a_step_before_its_epoch_started_is_a_clear_error_and_every_attribute_is_declared():
+    clock = FakeClock(0.01)
+    meter = measure.StepMeter(clock, warmup_steps=2, window_s=0.0)
+    with pytest.raises(RuntimeError, match=r"^StepMeter.on_step before start_epoch"):
+        meter.on_step(4)  # was an AttributeError on a private name
+    declared = set(vars(meter))
+    _run(meter, clock, steps=10, epochs=2)
+    assert set(vars(meter)) == declared  # nothing the meter holds appears only once it has run
