@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import base64
 import html
-import os
-import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,54 +161,12 @@ class Report:
 
 
 CHART_DPI = 110
-_CHILD_WAIT_S = 120
 
 
 def _save_charts(charts: list[tuple[Path, Figure]]) -> None:
-    """Writes each chart as a PNG; with two CPUs and three charts or more, every other one in a forked child
-    (rendering took 1.6 s for the six charts of a --quick sweep here, a twentieth of it). A child that fails or
-    hangs is replaced by drawing its charts here."""
-    theirs: list[tuple[Path, Figure]] = []
-    pid = 0
-    if len(charts) > 2 and _cpus() > 1 and hasattr(os, "fork"):
-        theirs, charts = charts[1::2], charts[0::2]
-        pid = os.fork()
-        if pid == 0:  # the child: nothing but the drawing, then out without any exit handler
-            status = 1
-            try:
-                for path, fig in theirs:
-                    fig.savefig(path, dpi=CHART_DPI)
-                status = 0
-            finally:
-                os._exit(status)
-    try:
-        for path, fig in charts:
-            fig.savefig(path, dpi=CHART_DPI)
-    finally:
-        drawn = not pid or _child_succeeded(pid)  # reaped whatever happens here
-    if not drawn:
-        for path, fig in theirs:
-            fig.savefig(path, dpi=CHART_DPI)
-
-
-def _cpus() -> int:
-    """The CPUs this process may run on (its affinity, e.g. a container's cpuset), not the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _child_succeeded(pid: int) -> bool:
-    deadline = time.monotonic() + _CHILD_WAIT_S
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status) == 0
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return False
+    """Writes each chart as a PNG."""
+    for path, fig in charts:
+        fig.savefig(path, dpi=CHART_DPI)
 
 
 def build_report(run_dirs: list[Path], out_dir: Path) -> Report:
