@@ -32,7 +32,7 @@ def start_server() -> mp.context.BaseContext:
     overlap with whatever this process does next (`python -m bench run` calls it before importing
     torch itself). Idempotent."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["bench.worker", "bench.forkserver", "bench.forkserver_exit"])
+    ctx.set_forkserver_preload(["bench.worker", "bench.forkserver"])
     forkserver.ensure_running()
     return ctx
 

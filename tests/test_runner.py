@@ -153,15 +153,3 @@ def test_the_commands_that_read_results_do_not_import_torch(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "report" / "report.html").is_file() and (tmp_path / "x.json").is_file()
-
-
-def test_only_the_fork_server_skips_its_teardown_at_exit():
-    out = subprocess.run([sys.executable, "-c", "import bench.forkserver, bench.forkserver_exit; raise SystemExit(3)"],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert out.returncode == 3  # not forced to 0
-    # in the server it is registered: a child forked from it (which inherits its modules) says so by its status
-    code = ("from bench.forkserver import start_server; ctx = start_server(); "
-            "p = ctx.Process(target=exec, args=(\"import sys; sys.exit(0 if sys.modules['bench.forkserver_exit']"
-            ".REGISTERED else 5)\",)); p.start(); p.join(); print(p.exitcode)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert out.stdout.strip() == "0", out.stderr
