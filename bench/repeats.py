@@ -137,7 +137,8 @@ def collapse(df: pd.DataFrame) -> pd.DataFrame:
 
 def _combined_job(g: pd.DataFrame) -> pd.Series:
     """The row of the tutorial's job sampled in the sittings of g (two or more, all ok): each part of the job and
-    its time the sittings' mean, the share measured their sum, the interval where 95% of runs land (above); the other numbers their median."""
+    its time the sittings' mean, the share measured their sum, the interval where 95% of runs land (above); the
+    other numbers their median."""
     row = _combined(g, None)
     parts = [c for c in ("job_s", "job_startup_s", "job_import_s", "job_data_s", "job_compute_s", "job_eval_s")
              if c in g]
