@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from bench.plan import plan_cases
-from bench.schema import AMP, MEMORY_FORMATS, MODES, PIPELINES, Case, Result
+from bench.schema import MODES, PIPELINES, VARIANTS, Case, Result, changed
 from bench.spec import with_defaults
 
 RANKS = 2
@@ -25,11 +25,10 @@ SYNTHETIC_IMAGES = (512, 256)  # train, test: enough for 6 steps on 2 ranks and 
 # 6 steps, 2 of them warm-up; CPU Cases on 1 thread (per rank); the tutorial's DataLoader with 2 workers
 SPEC = with_defaults(devices=["cpu"], batch_sizes=[4], threads=[1], pipelines=list(PIPELINES), widths=[1.0],
                  modes=list(MODES), epochs=1, max_steps=6, max_seconds=None, time_limit_s=120.0, warmup_steps=2,
-                 window_s=0.05, latency_batches=3, num_workers=2, dataset=DATASET, amp=list(AMP),
-                 memory_formats=list(MEMORY_FORMATS), cuda_graphs=True, world_sizes=[1, RANKS],
-                 compile=["off", "on"], mallocs=["default", "tuned"], job=False)
-VARIANTS = ("eager", "bf16 autocast", "channels_last", "CUDA graphs", "torch.compile", "malloc tuned",
-            f"DDP, {RANKS} ranks")
+                 window_s=0.05, latency_batches=3, num_workers=2, dataset=DATASET, world_sizes=[1, RANKS], job=False,
+                 **{k: v for variant in VARIANTS for k, v in variant.check_values.items()})
+# the rows of each pipeline and mode: the variants checked everywhere, then those checked once, then data-parallel
+CHECKS = ("eager", *(v.check for v in sorted(VARIANTS, key=lambda v: v.check_once)), f"DDP, {RANKS} ranks")
 GRAPHS_CPU = "CUDA graphs: CUDA devices only"
 HEADER = f"{'device':<7} {'pipeline':<8} {'mode':<5} {'check':<13} {'status':<7} detail"
 
@@ -43,24 +42,21 @@ class Check:
 
 
 def variant(case: Case) -> str:
-    """The one step variant a check's Case tries (see VARIANTS)."""
+    """The one step variant a check's Case tries (see CHECKS)."""
     if case.world_size > 1:
         return f"DDP, {case.world_size} ranks"
-    if case.cuda_graphs:
-        return "CUDA graphs"
-    if case.compile_mode is not None:
-        return "torch.compile"
-    if case.malloc == "tuned":
-        return "malloc tuned"
-    if case.amp == "bf16":
-        return "bf16 autocast"
-    return "channels_last" if case.memory_format == "channels_last" else "eager"
+    return next((v.check for v in changed(case)), "eager")
 
 
 def _changes(case: Case) -> int:
     """How many ways the Case's step differs from the tutorial's eager step."""
-    return ((case.amp != "off") + (case.memory_format != "contiguous") + case.cuda_graphs
-            + (case.world_size > 1) + (case.compile_mode is not None) + (case.malloc != "default"))
+    return len(changed(case)) + (case.world_size > 1)
+
+
+def _checked_here(case: Case) -> bool:
+    """Every variant on every pipeline and mode, but those checked once (slow to set up, or the whole process's)
+    only on resident training."""
+    return (case.pipeline, case.mode) == ("resident", "train") or not any(v.check_once for v in changed(case))
 
 
 def plan_checks(devices: list[str], skipped_devices: dict[str, str], n_cuda: int,
@@ -69,15 +65,14 @@ def plan_checks(devices: list[str], skipped_devices: dict[str, str], n_cuda: int
     device, or of a variant this machine lacks, carry why. Touches no device."""
     every = devices + [d for d in skipped_devices if d not in devices]
     # plan_cases decides where each variant applies; one variant at a time is enough to check
-    # compiling is slow, and the allocator is the process's whatever the pipeline: each once, on resident training
-    cases = [c for c in plan_cases(replace(SPEC, devices=every), data_cache, DATASET) if _changes(c) <= 1
-             and ((c.compile_mode is None and c.malloc == "default") or (c.pipeline, c.mode) == ("resident", "train"))]
+    cases = [c for c in plan_cases(replace(SPEC, devices=every), data_cache, DATASET)
+             if _changes(c) <= 1 and _checked_here(c)]
     # plan_cases leaves graphs out on a CPU; the table shows that row, and why
     cases += [replace(c, cuda_graphs=True) for c in cases
               if not c.device.startswith("cuda") and c.pipeline == "resident" and c.mode == "train"
               and _changes(c) == 0]
     cases.sort(key=lambda c: (every.index(c.device), MODES.index(c.mode), PIPELINES.index(c.pipeline),
-                              VARIANTS.index(variant(c))))
+                              CHECKS.index(variant(c))))
     return [Check(c, _why_skipped(c, skipped_devices, n_cuda, bf16_unsupported)) for c in cases]
 
 

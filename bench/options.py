@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import psutil
 
 from bench import converters
-from bench.schema import AMP, COMPILE, COMPILE_MODES, MALLOCS, MEMORY_FORMATS, MODES, PIPELINES
+from bench.schema import MODES, PIPELINES, VARIANTS
 
 DATASETS = ("auto", "cifar10", "synthetic")
 LR_SCALINGS = ("none", "linear", "sqrt")
@@ -56,8 +56,17 @@ class Option:
         return self.quick is not None
 
 
-AXES, VARIANTS, BUDGET, TRAINING, DATA = ("sweep axes", "step variants (each recorded in the Case)", "per-Case budget",
-                                          "training", "data")
+AXES, STEP, BUDGET, TRAINING, DATA = ("sweep axes", "step variants (each recorded in the Case)", "per-Case budget",
+                                      "training", "data")
+
+
+def _variant_option(declared: dict) -> Option:
+    """The option a step variant declares: a list of its choices, or a flag where it names none."""
+    kw = dict(declared)
+    choices = kw.pop("choices", None)
+    return Option(group=STEP, convert=None if choices is None else converters.choices(choices), **kw)
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("devices", AXES, "cpu, cuda, cuda:N (default: cpu, plus cuda when available)", None, converters.devices),
     Option("batch_sizes", AXES, "default {default}", [4, 32, 128, 512], converters.batch_sizes),
@@ -69,22 +78,7 @@ OPTIONS: tuple[Option, ...] = (
            converters.bounded_int(converters.MAX_REPEATS, "repeats a sweep can take", "3")),
     Option("world_sizes", AXES, "data-parallel ranks per training Case, e.g. 1,2; --batch-sizes and "
            "--threads are per rank; on CUDA one GPU per rank (default {default})", [1], converters.world_sizes),
-    Option("amp", VARIANTS, "off, bf16 (autocast), or both: off,bf16 (default {default})", ["off"],
-           converters.choices(AMP)),
-    Option("memory_formats", VARIANTS, "contiguous, channels_last, or both (default {default})", ["contiguous"],
-           converters.choices(MEMORY_FORMATS)),
-    Option("mallocs", VARIANTS, "the allocator state every Case is pinned in before it allocates: default (glibc's "
-           "malloc at its documented thresholds, 128 KiB, handing freed blocks back each step), tuned (freed memory "
-           "kept between steps, as MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=2147483647 give a "
-           "script), or both: default,tuned (default {default})", ["default"], converters.choices(MALLOCS),
-           cli="malloc"),
-    Option("compile", VARIANTS, "torch.compile the step: off, on, or both: off,on (default {default})", ["off"],
-           converters.choices(COMPILE)),
-    Option("compile_modes", VARIANTS, "torch.compile modes when --compile has on: default, reduce-overhead, "
-           "max-autotune, max-autotune-no-cudagraphs (default {default})", ["default"],
-           converters.choices(COMPILE_MODES), more_cli=("compile-mode",)),
-    Option("cuda_graphs", VARIANTS, "also run the resident training step captured in a CUDA graph (CUDA devices "
-           "only)", False),
+    *(_variant_option(o) for v in VARIANTS for o in v.options),  # declared with the variant (bench/schema.py)
     # the per-Case budget: a Case measures until its median is known within +-precision_pct (95%), at least 6
     # windows, at most max_seconds of training; warm-up lasts at least warmup_steps, until step times settle
     Option("epochs", BUDGET, "epochs per Case (default {default}, the tutorial's)", 2,

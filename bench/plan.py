@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 
 from bench.precision import MIN_WINDOWS
-from bench.schema import JOB, Case, SweepSpec
+from bench.schema import JOB, VARIANTS, Case, SweepSpec
 
 # Measured on a 2-core CPU (a --quick sweep's timeline, data cached): 4.5 s before its first Case, 2.1 s of report
 SWEEP_SETUP_S = 5.0  # before the first Case: the fork server's imports (torch, torchvision), the data's check
@@ -48,14 +48,14 @@ def plan_cases(spec: SweepSpec, data_cache: str, dataset: str, run_id: str = "")
         threads_axis = spec.threads if device == "cpu" else [None]
         for mode, pipeline, width, threads, batch_size in itertools.product(
                 spec.modes, spec.pipelines, spec.widths, threads_axis, spec.batch_sizes):
-            for repeat, amp, memory_format, malloc, graphs, world, compile_mode in _variants(spec, device, mode,
-                                                                                              pipeline):
-                cases.append(Case(
-                    mode=mode, device=device, pipeline=pipeline, batch_size=batch_size, threads=threads,
-                    width=width, repeat=repeat, epochs=spec.epochs,
-                    lr=effective_lr(spec.lr, spec.lr_scaling, batch_size * world), world_size=world,
-                    num_workers=spec.num_workers, amp=amp, memory_format=memory_format, malloc=malloc, cuda_graphs=graphs,
-                    compile_mode=compile_mode, **common))
+            worlds = spec.world_sizes if mode == "train" else [1]
+            for repeat, world in itertools.product(range(spec.repeats), worlds):
+                point = dict(mode=mode, device=device, pipeline=pipeline, world_size=world)
+                for variant in _variants(spec, point):
+                    cases.append(Case(
+                        **point, **variant, batch_size=batch_size, threads=threads, width=width, repeat=repeat,
+                        epochs=spec.epochs, lr=effective_lr(spec.lr, spec.lr_scaling, batch_size * world),
+                        num_workers=spec.num_workers, **common))
     # repeats round-robin: every Case once, then every Case again, so drift spreads over all of them
     return _spread(sorted(cases, key=lambda c: c.repeat), sittings)
 
@@ -93,19 +93,19 @@ def job_case(device: str, common: dict) -> Case:
                 epochs=2, lr=0.001, num_workers=2, **{**common, "target_precision_pct": None})  # the job runs its budget
 
 
-def _variants(spec: SweepSpec, device: str, mode: str, pipeline: str):
-    """(repeat, amp, memory format, malloc, CUDA graphs, world size, compile mode) for one point; each only where
-    it applies: graphs on the resident pipeline's eager training step on a CUDA device, beside it; world
-    sizes above 1 (data-parallel training) in train mode, without graphs; torch.compile on one process."""
-    graphs = [False, True] if spec.cuda_graphs and device.startswith("cuda") and pipeline == "resident" \
-        and mode == "train" else [False]
-    worlds = spec.world_sizes if mode == "train" else [1]
-    compiled = [None] * ("off" in spec.compile) + (spec.compile_modes if "on" in spec.compile else [])
-    for repeat, amp, memory_format, malloc, world in itertools.product(
-            range(spec.repeats), spec.amp, spec.memory_formats, spec.mallocs, worlds):
-        for g in graphs if world == 1 else [False]:
-            for compile_mode in compiled if world == 1 and not g else [None] * ("off" in spec.compile):
-                yield repeat, amp, memory_format, malloc, g, world, compile_mode
+def _variants(spec: SweepSpec, point: dict, done: int = 0):
+    """Each combination of the step variants' values (bench/schema.py's VARIANTS) the spec sweeps at one point,
+    as Case fields; where a variant does not apply, only its plain value (none when the spec leaves that out)."""
+    if done == len(VARIANTS):
+        yield {}
+        return
+    variant = VARIANTS[done]
+    values = variant.values(spec)
+    if not variant.applies(point):
+        values = [v for v in values if v == variant.plain]
+    for value in values:
+        for rest in _variants(spec, {**point, variant.field: value}, done + 1):
+            yield {variant.field: value, **rest}
 
 
 def oversubscription(case: Case, physical_cores: int) -> str | None:

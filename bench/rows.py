@@ -2,7 +2,11 @@
 the analysis, the compute shares, the run's summary table and the export."""
 from __future__ import annotations
 
+import math
+
 import pandas as pd
+
+from bench.schema import VARIANTS
 
 CONFIG = ["machine", "mode", "device", "pipeline", "variant", "world_size", "width", "batch_size"]
 PLAIN = "eager"  # the tutorial's own step: no graphs, fp32, contiguous
@@ -10,17 +14,17 @@ PLAIN = "eager"  # the tutorial's own step: no graphs, fp32, contiguous
 
 def step_variant(df: pd.DataFrame) -> pd.Series:
     """How each Case ran its step, e.g. "eager", "eager+bf16", "graphs+channels-last", "compile"."""
-    def column(name, default):
-        return df[name].fillna(default) if name in df else pd.Series(default, index=df.index)
+    def value(variant, x):
+        missing = x is None or (isinstance(x, float) and math.isnan(x))
+        return variant.plain if missing else x
 
-    modes = df["compile_mode"] if "compile_mode" in df else pd.Series(None, index=df.index, dtype=object)
-    compiled = modes.map(
-        lambda m: PLAIN if m is None or pd.isna(m) else "compile" if m == "default" else f"compile-{m}")
-    base = column("cuda_graphs", False).combine(compiled, lambda g, c: "graphs" if g else c)
-    amp = column("amp", "off").map(lambda a: "" if a == "off" else f"+{a}")
-    layout = column("memory_format", "contiguous").map(lambda m: "+channels-last" if m == "channels_last" else "")
-    malloc = column("malloc", "default").map(lambda m: "+malloc-tuned" if m == "tuned" else "")
-    return base + amp + layout + malloc
+    def name(row: dict) -> str:
+        parts = [(v, value(v, row.get(v.field))) for v in VARIANTS]
+        changed = [(v, x) for v, x in parts if x != v.plain]
+        program = next((v.name(x) for v, x in changed if v.program), PLAIN)
+        return program + "".join(v.name(x) for v, x in changed if not v.program)
+
+    return pd.Series([name(row) for row in df.to_dict("records")], index=df.index, dtype=object)
 
 
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:

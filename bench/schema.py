@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
 SCHEMA_VERSION = 1
@@ -16,6 +17,69 @@ COMPILE = ("off", "on")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 JOB = "job"  # the tutorial's own job, end to end: a Case mode of its own (bench/job.py)
 
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way a Case's step can differ from the tutorial's, declared once: the Case's key and label, the plan's
+    combinations, `bench check`'s rows, the report's variant names and the options that sweep it (bench/options.py)
+    all come from it. Adding a variant is one object here, its Case and SweepSpec fields, and the code of its step."""
+
+    field: str  # the Case's field; the tutorial's step has `plain` there
+    plain: object
+    key: Callable[[object], str]  # its part of the Case's key, "" for the plain value
+    name: Callable[[object], str]  # its part of the report's variant name, "" for the plain value
+    check: str  # `bench check`'s row for it
+    options: tuple[dict, ...]  # the options that sweep it, as bench/options.py's Option takes them
+    values: Callable[[SweepSpec], list]  # the values a sweep runs
+    program: bool = False  # it replaces the eager step (its name stands for "eager") rather than modifying it
+    applies: Callable[[dict], bool] = lambda point: True  # where it applies (device, mode, pipeline, world_size,
+    #                                                       the variants before it); elsewhere the plain value runs
+    check_values: dict = field(default_factory=dict)  # the SweepSpec fields with which `bench check` tries it
+    check_once: bool = False  # checked on resident training only: slow to set up, or the whole process's
+
+
+def _compile_values(spec: SweepSpec) -> list:
+    return [None] * ("off" in spec.compile) + (list(spec.compile_modes) if "on" in spec.compile else [])
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("amp", "off", lambda a: f"amp-{a}", lambda a: f"+{a}", "bf16 autocast",
+            ({"name": "amp", "help": "off, bf16 (autocast), or both: off,bf16 (default {default})", "default": ["off"],
+              "choices": AMP},), lambda spec: spec.amp, check_values={"amp": list(AMP)}),
+    Variant("memory_format", "contiguous", lambda m: m.replace("_", "-"), lambda m: "+" + m.replace("_", "-"),
+            "channels_last",
+            ({"name": "memory_formats", "help": "contiguous, channels_last, or both (default {default})",
+              "default": ["contiguous"], "choices": MEMORY_FORMATS},), lambda spec: spec.memory_formats,
+            check_values={"memory_formats": list(MEMORY_FORMATS)}),
+    Variant("malloc", "default", lambda m: f"malloc-{m}", lambda m: f"+malloc-{m}", "malloc tuned",
+            ({"name": "mallocs", "help": "the allocator state every Case is pinned in before it allocates: default "
+              "(glibc's malloc at its documented thresholds, 128 KiB, handing freed blocks back each step), tuned "
+              "(freed memory kept between steps, as MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=2147483647 "
+              "give a script), or both: default,tuned (default {default})", "default": ["default"],
+              "choices": MALLOCS, "cli": "malloc"},), lambda spec: spec.mallocs,
+            check_values={"mallocs": list(MALLOCS)}, check_once=True),
+    Variant("cuda_graphs", False, lambda g: "graphs", lambda g: "graphs", "CUDA graphs",
+            ({"name": "cuda_graphs", "help": "also run the resident training step captured in a CUDA graph (CUDA "
+              "devices only)", "default": False},), lambda spec: [False, True] if spec.cuda_graphs else [False],
+            program=True, check_values={"cuda_graphs": True},
+            applies=lambda p: p["device"].startswith("cuda") and p["pipeline"] == "resident" and p["mode"] == "train"
+            and p["world_size"] == 1),
+    Variant("compile_mode", None, lambda m: "compile" if m == "default" else f"compile-{m}",
+            lambda m: "compile" if m == "default" else f"compile-{m}", "torch.compile",
+            ({"name": "compile", "help": "torch.compile the step: off, on, or both: off,on (default {default})",
+              "default": ["off"], "choices": COMPILE},
+             {"name": "compile_modes", "help": "torch.compile modes when --compile has on: default, reduce-overhead, "
+              "max-autotune, max-autotune-no-cudagraphs (default {default})", "default": ["default"],
+              "choices": COMPILE_MODES, "more_cli": ("compile-mode",)}), _compile_values,
+            program=True, check_values={"compile": list(COMPILE)}, check_once=True,
+            applies=lambda p: p["world_size"] == 1 and not p["cuda_graphs"]),
+)
+
+
+def changed(case) -> list[Variant]:
+    """The variants in which a Case's step differs from the tutorial's, in declaration order."""
+    return [v for v in VARIANTS if getattr(case, v.field) != v.plain]
 
 @dataclass
 class SweepSpec:
@@ -108,13 +172,7 @@ class Case:
     @property
     def variant_suffix(self) -> str:
         """Empty for the tutorial's own step, so plain keys stay as they were."""
-        parts = [f"amp-{self.amp}" if self.amp != "off" else "",
-                 "channels-last" if self.memory_format == "channels_last" else "",
-                 "malloc-tuned" if self.malloc == "tuned" else "",
-                 "graphs" if self.cuda_graphs else "",
-                 "" if self.compile_mode is None else
-                 ("compile" if self.compile_mode == "default" else f"compile-{self.compile_mode}")]
-        return "".join(f"/{p}" for p in parts if p)
+        return "".join(f"/{v.key(getattr(self, v.field))}" for v in changed(self))
 
     @property
     def label(self) -> str:
