@@ -6,7 +6,7 @@ import sys
 if __name__ == "__main__" and sys.argv[1:2] == ["run"] and not {"-h", "--help", "--dry-run"} & set(sys.argv[2:]):
     # A sweep forks its Cases from a server that imports torch and torchvision (seconds): started first,
     # those imports run beside this process's own (torch, the data set, the environment) instead of after.
-    from bench.forkserver import check_temp_dir, start_server
+    from bench.running.forkserver import check_temp_dir, start_server
 
     try:
         check_temp_dir()
@@ -18,7 +18,7 @@ if __name__ == "__main__" and sys.argv[1:2] == ["run"] and not {"-h", "--help", 
 from bench.cli import main  # noqa: E402 (after the server is on its way)
 
 if __name__ == "__main__":
-    from bench.forkserver import stop_server
+    from bench.running.forkserver import stop_server
 
     try:
         status = main()

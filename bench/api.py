@@ -6,7 +6,7 @@
     rep = bench.make_report(results.attrs["run_dir"])
     rep.verdict.headline, rep.charts            # charts: {file name: path}
 
-Options are checked by the spec stage (bench/spec.py) with the CLI's own converters, so an option
+Options are checked by the spec stage (bench/sweep/spec.py) with the CLI's own converters, so an option
 means the same in both and a bad value gives the same one-line message (as a ValueError).
 """
 from __future__ import annotations
@@ -21,15 +21,16 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
-from bench.schema import Result, SweepSpec
+from bench.schema import SweepSpec
+from bench.result import Result
 
 
 def sweep_spec(**options) -> SweepSpec:
     """A SweepSpec from `bench run`'s options as keywords (batch_sizes=[4, 32], quick=True,
     download=False, ...), each checked as the CLI checks it; a bad one raises ValueError with the
     CLI's one-line message."""
-    from bench.devices import cuda_device_count
-    from bench.spec import spec_from_keywords
+    from bench.measuring.devices import cuda_device_count
+    from bench.sweep.spec import spec_from_keywords
 
     return spec_from_keywords(options, cuda_device_count())
 
@@ -53,7 +54,7 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, resume: bool = Fal
     Returns the run's results (one row per Case); `.attrs["run_dir"]` is the folder. Raises
     ValueError for an unusable folder or data set.
     """
-    from bench.run_folder import RunFolder
+    from bench.store.run_folder import RunFolder
 
     warn = warn or (lambda text: print(f"bench: WARNING: {text}", file=sys.stderr, flush=True))
     run_dir, run_id = new_run_dir(out, reports_dir)
@@ -67,7 +68,7 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, resume: bool = Fal
 
 def _check_resumable(folder, spec: SweepSpec) -> None:
     """A resume runs the Cases the folder was planned with: other options are refused, naming each."""
-    from bench.spec import resume_differences
+    from bench.sweep.spec import resume_differences
 
     differ = resume_differences(folder.environment().get("spec") or {}, spec)
     if differ:
@@ -77,12 +78,13 @@ def _check_resumable(folder, spec: SweepSpec) -> None:
 
 def _sweep(spec: SweepSpec, folder, run_id: str, resume: bool, display, warn) -> pd.DataFrame:
     """run_sweep's work, with the run folder prepared and locked."""
-    from bench import ceilings, environment
-    from bench.plan import oversubscription_warnings, plan_cases
-    from bench.progress import Display
-    from bench.run_folder import results_frame
-    from bench.forkserver import check_temp_dir
-    from bench.runner import run_cases
+    from bench.running import ceilings
+    from bench.running import environment
+    from bench.sweep.plan import oversubscription_warnings, plan_cases
+    from bench.running.progress import Display
+    from bench.store.run_folder import results_frame
+    from bench.running.forkserver import check_temp_dir
+    from bench.running.runner import run_cases
 
     check_temp_dir()
     prepared = prepare_data(spec)
@@ -98,7 +100,7 @@ def _sweep(spec: SweepSpec, folder, run_id: str, resume: bool, display, warn) ->
     for text in oversubscription_warnings(todo, psutil.cpu_count(logical=False) or 1):
         warn(f"{text} (recorded in those Cases' warnings)")
     env = environment.capture(query_cuda=False)  # no CUDA here: the ceiling worker reads the GPUs
-    import bench.report  # noqa: F401  (the report's imports, a second, made while the fork server still imports)
+    import bench.report.build  # noqa: F401  (the report's imports, a second, made while the fork server still imports)
     if normalising is not None:  # done before anything is measured
         normalising.join()
         if normalising.failure:
@@ -168,7 +170,7 @@ def prepare_data(spec: SweepSpec):
 def make_report(runs: str | Path | list[str | Path], out: str | Path | None = None):
     """Builds report.md, report.html and the charts (into `out`, by default the one run's folder) and
     returns the Report: its verdict, the file paths and {chart file name: path}."""
-    from bench.report import build_report
+    from bench.report.build import build_report
 
     runs = [Path(runs)] if isinstance(runs, (str, Path)) else [Path(r) for r in runs]
     if out is None and len(runs) > 1:

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import psutil
 
-from bench.compare import METRICS
-from bench.converters import devices, percentage
-from bench.devices import cuda_device_count
-from bench.options import QUICK, add_sweep_args  # noqa: F401 (QUICK: the --quick presets)
+from bench.analysis.compare import METRICS
+from bench.sweep.converters import devices, percentage
+from bench.measuring.devices import cuda_device_count
+from bench.sweep.options import QUICK, add_sweep_args  # noqa: F401 (QUICK: the --quick presets)
 from bench.schema import SweepSpec
-from bench.spec import SpecError, resolve_devices  # noqa: F401
-from bench import spec as spec_stage
+from bench.sweep.spec import SpecError, resolve_devices  # noqa: F401
+from bench.sweep import spec as spec_stage
 
 
 CliError = SpecError  # bad input, from argv or from the spec stage: printed as one line, exit status 2
@@ -40,7 +40,7 @@ def get_parser() -> Parser:
     plan = sub.add_parser("plan", help="list the Cases a run would make, with an estimated duration")
     add_sweep_args(plan)
     plan.add_argument("--write-cases", metavar="DIR",
-                      help="also prepare the data and write each Case as DIR/NNN.json, for `python -m bench.worker` "
+                      help="also prepare the data and write each Case as DIR/NNN.json, for `python -m bench.running.worker` "
                            "(e.g. under torchrun on every node of a cluster)")
     check = sub.add_parser("check", help="does every device and step variant work here? one tiny Case each")
     check.add_argument("--devices", type=devices, help="cpu, cuda, cuda:N (default: cpu, plus cuda when available)")
@@ -67,7 +67,7 @@ def get_parser() -> Parser:
 
 
 def build_spec(args: argparse.Namespace, n_cuda: int) -> SweepSpec:
-    """The run's SweepSpec from parsed argv (bench/options.py declares the options, bench/spec.py checks them)."""
+    """The run's SweepSpec from parsed argv (bench/sweep/options.py declares the options, bench/sweep/spec.py checks them)."""
     return spec_stage.build_spec(vars(args), n_cuda)
 
 
@@ -76,7 +76,7 @@ def _duration(seconds: float) -> str:
 
 
 def _print_plan(cases, spec: SweepSpec, dataset: str) -> None:
-    from bench.plan import estimate_seconds
+    from bench.sweep.plan import estimate_seconds
 
     for case in cases:
         print(f"  {case.key}")
@@ -94,14 +94,14 @@ def _print_plan(cases, spec: SweepSpec, dataset: str) -> None:
               f"Case's warm-up and three timed steps outlast its --max-seconds, as large batches' may)")
     for device, why in spec.skipped_devices.items():
         print(f"  skipped device {device}: {why}")
-    from bench.plan import oversubscription_warnings
+    from bench.sweep.plan import oversubscription_warnings
 
     for text in oversubscription_warnings(cases, psutil.cpu_count(logical=False) or 1):
         print(f"  warning: {text}")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from bench.plan import plan_cases
+    from bench.sweep.plan import plan_cases
 
     spec = build_spec(args, cuda_device_count())
     if getattr(args, "write_cases", None):
@@ -114,7 +114,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _write_cases(spec: SweepSpec, folder: Path) -> int:
     """Case files whose data cache is this machine's (on a cluster: a path every node sees)."""
     from bench.api import prepare_data
-    from bench.plan import plan_cases
+    from bench.sweep.plan import plan_cases
 
     try:
         prepared = prepare_data(spec)
@@ -142,8 +142,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return cmd_plan(args)
     from bench import api
-    from bench.results import summary_table
-    from bench.run_folder import RunFolder
+    from bench.report.summary import summary_table
+    from bench.store.run_folder import RunFolder
 
     spec = build_spec(args, cuda_device_count())
     try:
@@ -174,7 +174,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     """A table of checks as they end; exit 1 when one that applies here fails."""
     import time
 
-    from bench import check
+    from bench.running import check
 
     n_cuda = cuda_device_count()
     devices_, skipped = resolve_devices(args.devices, n_cuda)
@@ -191,15 +191,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    from bench import environment
+    from bench.running import environment
 
     print(json.dumps(environment.capture(), indent=2))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import build_report
-    from bench.run_folder import RunError, RunFolder
+    from bench.report.build import build_report
+    from bench.store.run_folder import RunError, RunFolder
 
     runs = [Path(r) for r in args.runs]
     for run in runs:
@@ -220,7 +220,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _load(path: str, what: str):
-    from bench.run_folder import RunError, RunFolder
+    from bench.store.run_folder import RunError, RunFolder
 
     try:
         return RunFolder(path).load()
@@ -230,7 +230,7 @@ def _load(path: str, what: str):
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Exit 1 when a Case got worse beyond the threshold and the noise, 0 otherwise."""
-    from bench.compare import CompareError, compare_runs, differences, render
+    from bench.analysis.compare import CompareError, compare_runs, differences, render
 
     baseline, new = _load(args.baseline, "compare: BASELINE_RUN"), _load(args.new, "compare: NEW_RUN")
     differ = differences(baseline.frame, new.frame, baseline.environment, new.environment)
@@ -248,7 +248,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from bench.export import pytest_benchmark_json
+    from bench.store.export import pytest_benchmark_json
 
     run = _load(args.run, "export: RUN")
     doc, left_out = pytest_benchmark_json(run)

@@ -1,28 +1,25 @@
-"""The plain data that flows between stages: SweepSpec -> Case -> Result (one JSON line each)."""
+"""The plain data that flows between stages: SweepSpec -> Case (bench/result.py: -> Result), and the step variants a
+Case can run."""
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
-SCHEMA_VERSION = 1
-STATUSES = ("ok", "failed", "oom", "timeout", "skipped")
 MODES = ("train", "infer")
 PIPELINES = ("tutorial", "resident")  # see cnn/loops.py
 AMP = ("off", "bf16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
-MALLOCS = ("default", "tuned")  # glibc's malloc pinned at its defaults, or keeping freed memory (bench/allocator.py)
+MALLOCS = ("default", "tuned")  # glibc's malloc pinned at its defaults, or keeping freed memory (bench/measuring/allocator.py)
 COMPILE = ("off", "on")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-JOB = "job"  # the tutorial's own job, end to end: a Case mode of its own (bench/job.py)
+JOB = "job"  # the tutorial's own job, end to end: a Case mode of its own (bench/measuring/job.py)
 
 
 
 @dataclass(frozen=True)
 class Variant:
     """One way a Case's step can differ from the tutorial's, declared once: the Case's key and label, the plan's
-    combinations, `bench check`'s rows, the report's variant names and the options that sweep it (bench/options.py)
+    combinations, `bench check`'s rows, the report's variant names and the options that sweep it (bench/sweep/options.py)
     all come from it. Adding a variant is one object here, its Case and SweepSpec fields, and the code of its step."""
 
     field: str  # the Case's field; the tutorial's step has `plain` there
@@ -30,7 +27,7 @@ class Variant:
     key: Callable[[object], str]  # its part of the Case's key, "" for the plain value
     name: Callable[[object], str]  # its part of the report's variant name, "" for the plain value
     check: str  # `bench check`'s row for it
-    options: tuple[dict, ...]  # the options that sweep it, as bench/options.py's Option takes them
+    options: tuple[dict, ...]  # the options that sweep it, as bench/sweep/options.py's Option takes them
     values: Callable[[SweepSpec], list]  # the values a sweep runs
     program: bool = False  # it replaces the eager step (its name stands for "eager") rather than modifying it
     applies: Callable[[dict], bool] = lambda point: True  # where it applies (device, mode, pipeline, world_size,
@@ -83,8 +80,8 @@ def changed(case) -> list[Variant]:
 
 @dataclass
 class SweepSpec:
-    """What to sweep and how long each Case may run; built and validated once, in bench/spec.py, from the options
-    bench/options.py declares (their defaults live there: `bench.spec.with_defaults` for a spec made in code)."""
+    """What to sweep and how long each Case may run; built and validated once, in bench/sweep/spec.py, from the options
+    bench/sweep/options.py declares (their defaults live there: `bench.sweep.spec.with_defaults` for a spec made in code)."""
 
     devices: list[str]
     batch_sizes: list[int]
@@ -150,7 +147,7 @@ class Case:
     run_id: str = ""
     amp: str = "off"  # "bf16": forward and loss under autocast
     memory_format: str = "contiguous"  # or "channels_last"
-    malloc: str = "default"  # the allocator state, pinned before the Case allocates (bench/allocator.py)
+    malloc: str = "default"  # the allocator state, pinned before the Case allocates (bench/measuring/allocator.py)
     cuda_graphs: bool = False  # the resident training step captured in a CUDA graph
     world_size: int = 1  # data-parallel ranks (DDP); batch_size and threads are per rank
     compile_mode: str | None = None  # torch.compile's mode; None: the eager step
@@ -181,121 +178,3 @@ class Case:
         ranks = f" ranks={self.world_size}" if self.world_size > 1 else ""
         return (f"{self.mode} {self.device} {self.pipeline} batch={self.batch_size}{threads}{ranks} "
                 f"width={self.width:g}{variant}")
-
-
-@dataclass
-class Result:
-    """A Case, how it ended, and what was measured. Units are in the field names."""
-
-    case: Case
-    status: str = "ok"
-    error: str | None = None
-    wall_s: float | None = None
-    startup_s: float | None = None
-    compile_s: float | None = None  # torch.compile's first compilation, before the clock (compiled Cases)
-    warmup_s: float | None = None
-    train_s: float | None = None
-    eval_s: float | None = None
-    steps: int | None = None
-    images: int | None = None
-    epochs_completed: float | None = None
-    stopped_by: str | None = None
-    images_per_s: float | None = None
-    images_per_s_p25: float | None = None
-    images_per_s_p75: float | None = None
-    images_per_s_spread_pct: float | None = None
-    # total images over total time of the timed windows, stalls included: the rate time predictions use (an epoch's
-    # time, cost); images_per_s, the median over windows, is the figure runs and Cases are compared by
-    images_per_s_mean: float | None = None
-    # the 95% confidence interval of the median over windows (order statistics; bench/precision.py) and its
-    # half-width, % of the median: None with fewer than 6 windows
-    images_per_s_ci_low: float | None = None
-    images_per_s_ci_high: float | None = None
-    images_per_s_ci_pct: float | None = None
-    windows_s: list[float] = field(default_factory=list)
-    windows_images: list[int] = field(default_factory=list)
-    step_ms_p50: float | None = None
-    step_ms_p90: float | None = None
-    step_ms_p99: float | None = None
-    data_wait_pct: float | None = None  # waiting for input; empty where there is no input pipeline to wait for
-    new_shape_steps: int | None = None  # steps on a batch size first seen after the warm-up, kept out of windows
-    # minor page faults per timed step, the Case's process (every thread): memory the allocator gave back to the
-    # kernel and touches again each step; it varies between processes running the same loop (README: Truth check)
-    minor_faults_per_step: float | None = None
-    latency_ms_p50: float | None = None
-    latency_ms_p90: float | None = None
-    latency_ms_p99: float | None = None
-    latency_calls: int | None = None  # the calls the latency percentiles come from (--latency-batches, --max-seconds)
-    loss: float | None = None
-    test_accuracy_pct: float | None = None
-    class_accuracy_pct: dict[str, float] | None = None
-    epoch_accuracy_pct: list[float] = field(default_factory=list)
-    epoch_s: list[float] = field(default_factory=list)
-    time_to_target_s: float | None = None
-    peak_rss_mb: float | None = None
-    peak_device_mem_mb: float | None = None
-    threads_used: int | None = None
-    malloc_state: str | None = None  # the allocator state the Case ran in, as pinned (bench/allocator.py)
-    cudnn_benchmark: bool | None = None  # None on a CPU
-    gpu_monitor: str | None = None  # "nvml", or why utilisation and power were not sampled; None on a CPU
-    gpu_util_pct: float | None = None
-    gpu_power_w: float | None = None
-    gpu_energy_j_per_epoch: float | None = None
-    # data-parallel Cases (world_size > 1): images/s above are global, over all ranks
-    global_batch_size: int | None = None
-    backend: str | None = None  # gloo or nccl
-    rank_images_per_s: list[float] = field(default_factory=list)
-    allreduce_pct: float | None = None  # share of the timed step time with a gradient all-reduce in flight
-    param_digest_initial: str | None = None
-    rank_param_digests: list[str] = field(default_factory=list)  # after training: equal when all-reduce worked
-    train_images: int | None = None
-    test_images: int | None = None
-    # the tutorial's job (mode "job"): its wall time and parts, measured, or projected from a measured part
-    job_s: float | None = None
-    job_s_low: float | None = None  # the 95% interval of a projected job_s (bench/job.py); None when measured whole
-    job_s_high: float | None = None
-    job_import_s: float | None = None  # a fresh interpreter's imports, part of job_startup_s
-    job_startup_s: float | None = None
-    job_data_s: float | None = None
-    job_compute_s: float | None = None
-    job_eval_s: float | None = None
-    job_fraction: float | None = None  # the part of its 2 epochs measured
-    job_projected: bool | None = None
-    # the machine while the Case ran (bench/contention.py): other processes' CPU use in cores, steal time as %
-    # of the machine's CPU time, the clock at start and end, and whether that made the Case contended
-    other_cpu_cores: float | None = None
-    steal_pct: float | None = None
-    cpu_mhz: list[float] = field(default_factory=list)
-    contended: bool | None = None
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        """One flat record: context first (run, schema, key, Case), then the outcome."""
-        data = asdict(self)
-        case = data.pop("case")
-        return {"schema_version": SCHEMA_VERSION, "run_id": self.case.run_id, "key": self.case.key,
-                **case, **data}
-
-    def to_json(self) -> str:
-        """Strict JSON: a NaN or infinite figure (no measurement) is written as null."""
-        return json.dumps(_finite(self.to_dict()), allow_nan=False)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Result:
-        """Reads a record of the current schema (unknown fields are ignored; bench/run_folder.py upgrades
-        older ones)."""
-        case_names = {f.name for f in fields(Case)}
-        own_names = {f.name for f in fields(cls)} - {"case"}
-        case_fields = {k: v for k, v in data.items() if k in case_names}
-        case = Case(**case_fields)
-        return cls(case=case, **{k: v for k, v in data.items() if k in own_names})
-
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value

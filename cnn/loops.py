@@ -79,7 +79,7 @@ def tutorial_batches(loader: DataLoader, device: torch.device, non_blocking: boo
 
 # glibc's malloc serves a block of 128 KiB or more with its own mmap, and when such a block of up to 32 MiB is
 # freed it raises that threshold (and the heap's trim threshold) for the rest of the process, unless the process
-# pinned them (the harness does, bench/allocator.py). So that a process that did not pin them still runs its loop
+# pinned them (the harness does, bench/measuring/allocator.py). So that a process that did not pin them still runs its loop
 # as a fresh script would, the data set is decoded in slices under that threshold, and nothing freed here moves it.
 _SLICE_BYTES = 96 * 1024
 

@@ -1,6 +1,6 @@
 """A strict fake of the `torch.cuda` calls the harness makes, so its CUDA branch runs on a CPU.
 
-Tensors stay on the CPU (`bench.devices.placement` is pointed there); every CUDA call the harness
+Tensors stay on the CPU (`bench.measuring.devices.placement` is pointed there); every CUDA call the harness
 or torch's DataLoader, DDP and launcher make on the way goes to a stand-in that checks its
 arguments as the real function does (often by calling torch's own argument parsing), fails the way
 the real one fails, and records the call in order:
@@ -402,7 +402,7 @@ class FakeCuda:
             return self
         import torch.utils.data._utils.pin_memory as pin
 
-        import bench.devices
+        import bench.measuring.devices
 
         cuda = torch.cuda
         for name in ("is_available", "device_count", "current_device", "set_device", "synchronize",
@@ -413,14 +413,14 @@ class FakeCuda:
         self._patch(torch.accelerator, "current_device_index", self.current_device)
         self._patch(torch.accelerator, "set_device_index", self.accelerator_set_device_index)
         self._patch(pin, "pin_memory", self.pin_memory)
-        self._patch(bench.devices, "placement", self.placement)
+        self._patch(bench.measuring.devices, "placement", self.placement)
         self._real_init_process_group = dist.init_process_group
         self._patch(dist, "init_process_group", self.init_process_group)
-        # bench.training and bench.ddp bring torchvision and torch.distributed's launcher (3.3 s here): patched
+        # bench.measuring.training and bench.measuring.ddp bring torchvision and torch.distributed's launcher (3.3 s here): patched
         # when a process imports them, so that every process of a faked tree (the CLI, its fork server, a rank,
         # the truth check's minimal loop) does not pay for them
         later = {}
-        for name, patch in (("bench.training", self._patch_training), ("bench.ddp", self._patch_ddp)):
+        for name, patch in (("bench.measuring.training", self._patch_training), ("bench.measuring.ddp", self._patch_ddp)):
             if name in sys.modules:
                 patch(sys.modules[name])
             else:

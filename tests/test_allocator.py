@@ -1,4 +1,4 @@
-"""The allocator states (bench/allocator.py): what each asks glibc for, that glibc does it whatever state a process
+"""The allocator states (bench/measuring/allocator.py): what each asks glibc for, that glibc does it whatever state a process
 started in, and how a Case that cannot have it ends."""
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from bench import allocator, cli
-from bench.plan import plan_cases
-from bench.rows import step_variant
-from bench.spec import with_defaults
+from bench.measuring import allocator
+from bench import cli
+from bench.sweep.plan import plan_cases
+from bench.analysis.frame import step_variant
+from bench.sweep.spec import with_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +80,7 @@ def test_without_mallopt_the_default_state_runs_unpinned_and_says_so(monkeypatch
 
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_without_mallopt_a_tuned_case_is_skipped_with_the_reason(monkeypatch, tmp_path, world_size):
-    from bench import worker
+    from bench.running import worker
     from cnn.data import prepare_synthetic
 
     monkeypatch.setattr(allocator.ctypes, "CDLL", _no_libc)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import bench
-from bench.spec import with_defaults
+from bench.sweep.spec import with_defaults
 
 
 def test_sweep_spec_takes_the_cli_options_as_keywords_and_validates_them_the_same_way():

@@ -1,4 +1,4 @@
-"""bench/ceilings.py: the matmul ceilings and model FLOPs are measured in a worker, never in the caller,
+"""bench/running/ceilings.py: the matmul ceilings and model FLOPs are measured in a worker, never in the caller,
 each ceiling names its precision, and a worker that fails or overruns is a recorded reason, not a crash."""
 from __future__ import annotations
 
@@ -13,11 +13,14 @@ import pytest
 import torch
 
 import bench
-from bench import ceilings, compute, environment, report
-from bench.plan import plan_cases
-from bench.run_folder import RunFolder
-from bench.schema import Result
-from bench.spec import with_defaults
+from bench.running import ceilings
+from bench.analysis import roofline
+from bench.running import environment
+from bench.report import build
+from bench.sweep.plan import plan_cases
+from bench.store.run_folder import RunFolder
+from bench.result import Result
+from bench.sweep.spec import with_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +110,7 @@ def test_an_old_environment_loads_as_fp32_ceilings(tmp_path: Path):
     assert run.environment["ceilings"]["matmul_gflops"] == {"cpu": {"fp32": 123.4}, "cuda:0": {"fp32": 5000.0}}
     assert run.environment["ceilings"]["matmul_n"] == {"cpu": {"fp32": 1024}, "cuda:0": {"fp32": 8192}}
     assert "matmul_gflops" not in run.environment and run.environment["float32_matmul_precision"] == "highest"
-    gf = compute.achieved_gflops(report.combined_frame([run]))
+    gf = roofline.achieved_gflops(build.combined_frame([run]))
     assert gf["ceiling_precision"].tolist() == ["fp32"] and gf["pct_of_ceiling"].iloc[0] == pytest.approx(
         100 * 3e6 * 1000 / 1e9 / 123.4)
     sample = RunFolder(ROOT / "reports" / "sample-cpu").load().environment  # the committed sample, this layout
@@ -117,7 +120,7 @@ def test_an_old_environment_loads_as_fp32_ceilings(tmp_path: Path):
 def test_a_bf16_case_against_an_old_run_with_only_fp32_says_its_ceiling_is_unknown(tmp_path: Path):
     old = {"matmul_gflops": {"cpu": 100.0}, "model_flops_per_image": {"1": {"forward": 1e6, "train_step": 3e6}}}
     folder = _run_folder(tmp_path / "old", old, ["off", "bf16"])
-    md = report.build_report([folder], folder).markdown.read_text()
+    md = build.build_report([folder], folder).markdown.read_text()
     assert "the fastest fp32 training Case does 3.0 GFLOP/s, 3% of this device's measured fp32 matmul ceiling" in md
     assert ("the fastest bf16 training Case does 6.0 GFLOP/s, against an unknown bf16 matmul ceiling "
             "(not measured in this run)") in md

@@ -1,4 +1,4 @@
-"""bench/check.py and `python -m bench check`: one tiny Case per device, pipeline, mode and variant."""
+"""bench/running/check.py and `python -m bench check`: one tiny Case per device, pipeline, mode and variant."""
 from __future__ import annotations
 
 import re
@@ -6,8 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from bench import check, cli
-from bench.schema import Result
+from bench.running import check
+from bench import cli
+from bench.result import Result
 from conftest import run_bench
 
 ROW = re.compile(r"^(\S+)\s+(tutorial|resident)\s+(train|infer)\s+(.+?)\s+(ok|failed|skipped)\b\s*(.*)$")
@@ -109,7 +110,7 @@ def test_one_gpu_skips_two_ranks_and_an_unusable_device_skips_every_row_with_why
 
 
 def test_without_mallopt_the_tuned_malloc_row_is_skipped_with_why(monkeypatch):
-    from bench import allocator
+    from bench.measuring import allocator
 
     def no_libc(name):
         raise OSError("no such library")

@@ -1,4 +1,4 @@
-"""bench/compare.py on hand-made runs with known answers, `bench compare` and `bench export` as a user runs
+"""bench/analysis/compare.py on hand-made runs with known answers, `bench compare` and `bench export` as a user runs
 them, and a real slowdown (the same sweep confined to one CPU) caught by `bench compare`."""
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.compare import compare_runs
-from bench.plan import plan_cases
-from bench.run_folder import RunFolder
-from bench.schema import Result
-from bench.spec import with_defaults
+from bench.analysis.compare import compare_runs
+from bench.sweep.plan import plan_cases
+from bench.store.run_folder import RunFolder
+from bench.result import Result
+from bench.sweep.spec import with_defaults
 from conftest import ROOT, run_bench
 
 
@@ -204,7 +204,7 @@ def test_runs_that_differ_are_refused_naming_what_differs_and_force_compares_the
 
 
 def test_budget_torch_devices_and_case_settings_must_match():
-    from bench.compare import differences
+    from bench.analysis.compare import differences
 
     def frame(**kw):
         row = {"key": "k", "dataset": "synthetic", "epochs": 2, "max_steps": None, "max_seconds": 12.0,

@@ -8,11 +8,15 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import analysis, cli, training, worker
-from bench import findings as sentences
-from bench.plan import plan_cases
-from bench.schema import Case, Result
-from bench.spec import with_defaults
+from bench.analysis import tables
+from bench import cli
+from bench.measuring import training
+from bench.running import worker
+from bench.report import findings as sentences
+from bench.sweep.plan import plan_cases
+from bench.schema import Case
+from bench.result import Result
+from bench.sweep.spec import with_defaults
 from cnn import data
 from cnn.model import Net
 from test_analysis import _row
@@ -87,7 +91,7 @@ def test_the_verdict_says_when_compiling_pays_for_itself_or_that_it_never_does()
                                                                    compile_mode="default", compile_s=16.0),
             _row("cpu", "resident", 4, 1000.0, threads=2), _row("cpu", "resident", 4, 700.0, threads=2,
                                                                  compile_mode="default", compile_s=3.0)]
-    a = analysis.analyse(pd.DataFrame(rows))
+    a = tables.analyse(pd.DataFrame(rows))
     gain = a.variant_gain.set_index("batch_size")
     # eager 32 ms a step at batch 128, compiled 16 ms: 16 s of compiling are repaid after 1,000 steps
     assert gain.loc[128, "break_even_steps"] == pytest.approx(1000.0) and pd.isna(gain.loc[4, "break_even_steps"])

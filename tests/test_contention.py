@@ -1,4 +1,4 @@
-"""bench/contention.py: other processes' CPU use during a Case, and the runner measuring contended Cases again."""
+"""bench/running/contention.py: other processes' CPU use during a Case, and the runner measuring contended Cases again."""
 from __future__ import annotations
 
 import os
@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from bench import contention, runner
-from bench.run_folder import RunFolder
-from bench.schema import Case, Result
+from bench.running import contention
+from bench.running import runner
+from bench.store.run_folder import RunFolder
+from bench.schema import Case
+from bench.result import Result
 
 
 def test_a_busy_neighbour_makes_a_case_contended():

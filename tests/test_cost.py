@@ -1,4 +1,4 @@
-"""--price and bench/cost.py: hourly prices per device become the cost of an epoch, of the tutorial's job
+"""--price and bench/analysis/cost.py: hourly prices per device become the cost of an epoch, of the tutorial's job
 and of the target accuracy; each run is priced at its own price; a bad price is one line, exit 2."""
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import analysis, answer, cli, cost
-from bench import findings as sentences
+from bench.analysis import tables
+from bench.report import answer
+from bench import cli
+from bench.analysis import cost
+from bench.report import findings as sentences
 from test_analysis import _row
 
 
@@ -50,7 +53,7 @@ def _priced(prices: dict) -> pd.DataFrame:
 
 
 def test_costs_per_device_have_known_answers():
-    a = analysis.analyse(_priced({"cpu": 0.36, "cuda": 3.6}))
+    a = tables.analyse(_priced({"cpu": 0.36, "cuda": 3.6}))
     c = a.costs.set_index("device")
     assert c.loc["cpu", "job_usd"] == pytest.approx(300 * 0.36 / 3600)  # 3 cents
     assert c.loc["cuda:0", "job_usd"] == pytest.approx(150 * 3.6 / 3600)
@@ -64,17 +67,17 @@ def test_costs_per_device_have_known_answers():
 def test_an_epochs_time_and_cost_come_from_total_images_over_total_time_where_a_run_recorded_it():
     frame = _priced({"cpu": 0.36})
     frame.loc[frame["device"] == "cpu", "images_per_s_mean"] = 4000.0  # stalls: below the 5,000 median
-    c = analysis.analyse(frame).costs.set_index("device")
+    c = tables.analyse(frame).costs.set_index("device")
     assert c.loc["cpu", "epoch_s"] == pytest.approx(50000 / 4000)
 
 
 def test_without_a_price_there_is_no_cost_and_no_cost_sentence():
-    a = analysis.analyse(_priced({}))
+    a = tables.analyse(_priced({}))
     assert a.costs.empty and not any(f.startswith("Cost") or f.startswith("Cheaper") for f in sentences.verdict(a).findings)
 
 
 def test_the_verdict_opens_with_the_job_on_each_device_then_time_to_accuracy():
-    v = sentences.verdict(analysis.analyse(_priced({})))
+    v = sentences.verdict(tables.analyse(_priced({})))
     assert v.headline == ("The tutorial's job (its script as published: imports, 2 epochs at batch 4 through its "
                           "DataLoader, then its two test passes) takes 5 min 00 s on cpu, 2 threads, measured whole, and "
                           "reaches 54.0% test accuracy; takes 2 min 30 s on cuda:0, measured whole, and reaches 55.0% "
@@ -88,20 +91,20 @@ def test_a_projected_job_says_so_and_claims_no_two_epoch_accuracy():
     frame = _priced({})
     frame.loc[frame["mode"] == "job", "job_projected"] = True
     frame.loc[frame["mode"] == "job", "job_fraction"] = 0.012
-    headline = sentences.verdict(analysis.analyse(frame)).headline
+    headline = sentences.verdict(tables.analyse(frame)).headline
     assert "takes about 5 min 00 s on cpu, 2 threads (projected from the 1.2% of it measured; 54.0% test accuracy " \
            "after that part, the 2-epoch accuracy was not measured)" in headline  # a run without an interval
     frame.loc[frame["mode"] == "job", "job_import_s"] = None  # a run from before the job ran as published
-    assert sentences.verdict(analysis.analyse(frame)).headline.startswith(
+    assert sentences.verdict(tables.analyse(frame)).headline.startswith(
         "The tutorial's job (2 epochs at batch 4 through its DataLoader, then the test pass) takes about")
     frame.loc[frame["mode"] == "job", "job_import_s"] = 1.5
     frame.loc[frame["mode"] == "job", "job_s_low"] = 290.0
     frame.loc[frame["mode"] == "job", "job_s_high"] = 310.0
-    headline = sentences.verdict(analysis.analyse(frame)).headline
+    headline = sentences.verdict(tables.analyse(frame)).headline
     assert "takes about 5 min 00 s on cpu, 2 threads (95% sampling interval 4 min 50 s - 5 min 10 s, projected " \
            "from the 1.2% of it measured;" in headline
     frame.loc[frame["mode"] == "job", "job_sittings"] = 5  # sampled in sittings over the sweep
-    headline = sentences.verdict(analysis.analyse(frame)).headline
+    headline = sentences.verdict(tables.analyse(frame)).headline
     assert "takes about 5 min 00 s on cpu, 2 threads (95% of runs within 4 min 50 s - 5 min 10 s, projected from 5 " \
            "sittings spread over the sweep, 1.2% of the job measured in all;" in headline
 

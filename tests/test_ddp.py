@@ -1,4 +1,4 @@
-"""bench/ddp.py: data-parallel Cases under PyTorch's elastic launcher, with gloo on this CPU."""
+"""bench/measuring/ddp.py: data-parallel Cases under PyTorch's elastic launcher, with gloo on this CPU."""
 from __future__ import annotations
 
 import json
@@ -17,11 +17,12 @@ import psutil
 import pytest
 import torch
 
-from bench import cli, runner
-from bench.ddp import param_digest
-from bench.plan import plan_cases
+from bench import cli
+from bench.running import runner
+from bench.measuring.ddp import param_digest
+from bench.sweep.plan import plan_cases
 from bench.schema import SweepSpec
-from bench.spec import with_defaults
+from bench.sweep.spec import with_defaults
 from cnn import data
 from cnn.model import Net
 from conftest import ROOT, run_bench
@@ -105,7 +106,7 @@ def test_two_launchers_meeting_at_one_endpoint_append_one_result_that_the_report
     node = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
             "--log-dir", str(tmp_path / "torchrun-logs"),  # by default a torchelastic_* folder in /tmp, left there
-            "-m", "bench.worker", str(cases / "000.json"), "--out", str(run)]
+            "-m", "bench.running.worker", str(cases / "000.json"), "--out", str(run)]
     nodes = [subprocess.Popen(node, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outputs = [n.communicate(timeout=180) for n in nodes]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from bench.result import SCHEMA_VERSION
 from conftest import run_bench
 
 # a fixed step count (no precision target: a steady Case could stop before its 30 steps)
@@ -33,7 +34,7 @@ def test_the_sweep_writes_results_environment_and_csv(tiny_run):
     cpu = results[(results.device == "cpu") & (results["mode"] != "job")]
     assert len(cpu) == 2 * 2 * 2  # batch sizes x pipelines x modes
     assert set(cpu.status) == {"ok"}, cpu.error.tolist()
-    assert (cpu.dataset == "synthetic").all() and (cpu.run_id == "run").all() and (cpu.schema_version == 1).all()
+    assert (cpu.dataset == "synthetic").all() and (cpu.run_id == "run").all() and (cpu.schema_version == SCHEMA_VERSION).all()
     assert (cpu.images_per_s > 0).all() and (cpu.steps == 30).all() and (cpu.threads_used == 1).all()
     assert (cpu.images_per_s_mean > 0).all()  # total over total, beside the median
     # every Case, the job too, ran pinned in the default allocator state (glibc here), and says so

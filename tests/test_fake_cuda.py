@@ -19,11 +19,13 @@ import pytest
 import torch
 
 import bench
-from bench import cli, worker
-from bench.plan import plan_cases
-from bench.run_folder import RunFolder
-from bench.schema import Case, Result
-from bench.spec import with_defaults
+from bench import cli
+from bench.running import worker
+from bench.sweep.plan import plan_cases
+from bench.store.run_folder import RunFolder
+from bench.schema import Case
+from bench.result import Result
+from bench.sweep.spec import with_defaults
 from cnn import data
 from conftest import ROOT
 from fake_cuda import BAD_FORK, FAKE_COMPILE, FakeCuda, FakeCudaError, readbacks_inside_windows, site_env
@@ -235,11 +237,11 @@ def test_results_written_with_a_bare_cuda_load_as_cuda_0(small, tmp_path):
 
 
 def _run_case_in_its_own_process(case: Case, tmp_path, devices: int) -> tuple[Result, list[dict]]:
-    """As on a real machine: the Case in a fresh process (`python -m bench.worker`, as a cluster runs
+    """As on a real machine: the Case in a fresh process (`python -m bench.running.worker`, as a cluster runs
     it), the fake installed there at start-up, the launcher's ranks forked from it."""
     log = tmp_path / "case-calls.jsonl"
     (tmp_path / "case.json").write_text(json.dumps(asdict(case)))
-    proc = subprocess.run([sys.executable, "-m", "bench.worker", str(tmp_path / "case.json")], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "bench.running.worker", str(tmp_path / "case.json")], cwd=ROOT,
                           env=site_env(devices, log, readbacks=True), capture_output=True, text=True, timeout=240)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, proc.stderr[-3000:]
@@ -278,7 +280,7 @@ def test_a_data_parallel_cuda_case_gives_each_rank_its_own_gpu_with_nccl(small, 
 
 @pytest.mark.parametrize("visible, local_rank, expected", [(2, 1, 1), (1, 1, 0), (4, 5, 1)])
 def test_a_rank_takes_the_gpu_of_its_local_rank_among_those_it_can_see(small, tmp_path, visible, local_rank, expected):
-    from bench import ddp
+    from bench.measuring import ddp
 
     fake = FakeCuda(visible).install()
     try:
@@ -299,11 +301,13 @@ def test_the_fake_is_gone_after_uninstall(small):
     fake = FakeCuda(1).install()
     fake.uninstall()
     assert torch.cuda.is_available() is (torch.cuda.device_count() > 0)
-    from bench import ddp, devices, training
+    from bench.measuring import ddp
+    from bench.measuring import devices
+    from bench.measuring import training
     assert devices.placement(torch.device("cpu")) == torch.device("cpu")
     assert os.environ.get("BENCH_FAKE_CUDA") is None
     assert not [f for f in sys.meta_path if type(f).__name__ == "_PatchAfterImport"]
-    assert training.compile_unavailable.__module__ == "bench.training"
+    assert training.compile_unavailable.__module__ == "bench.measuring.training"
     assert ddp.DistributedDataParallel is torch.nn.parallel.DistributedDataParallel
 
 

@@ -1,4 +1,4 @@
-"""bench/gpu_monitor.py: NVML sampling with a stand-in NVML, and the real nvidia-ml-py without a driver."""
+"""bench/measuring/gpu_monitor.py: NVML sampling with a stand-in NVML, and the real nvidia-ml-py without a driver."""
 from __future__ import annotations
 
 import sys
@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from bench import gpu_monitor
+from bench.measuring import gpu_monitor
 
 
 class FakeNvmlError(Exception):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from bench import cli
-from bench.run_folder import RunFolder
+from bench.store.run_folder import RunFolder
 from cnn import cifar_files
 from conftest import run_bench
 
@@ -219,7 +219,7 @@ def test_an_empty_out_is_refused():
     (b'"text"', "line 2: a JSON str, not an object"),
     (b"\xff\xfe", "line 2: not UTF-8 text"),
     (b'{"images_per_s": NaN}', "line 2: NaN is not a number JSON allows"),
-    (b'{"schema_version": 99}', "line 2: schema version 99, and this bench reads 1"),
+    (b'{"schema_version": 99}', "line 2: schema version 99, and this bench reads 1 to 2"),
     (b'{"images_per_s": "fast"}', "line 2: 'images_per_s' is 'fast', not a number above 0"),
     (b'{"images_per_s": -5}', "line 2: 'images_per_s' is -5, not a number above 0"),
     (b'{"a": x}', "line 2: not JSON (Expecting value)"),
@@ -262,7 +262,7 @@ def test_a_line_cut_short_by_a_killed_run_is_skipped_and_nan_is_never_written(go
     assert len(RunFolder(cut).results()) == len(RunFolder(good_run).results())
     for line in (good_run / "results.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in results.jsonl"))
-    from bench.schema import Result
+    from bench.result import Result
 
     result = RunFolder(good_run).results()[0]
     result.images_per_s = float("nan")
@@ -271,9 +271,10 @@ def test_a_line_cut_short_by_a_killed_run_is_skipped_and_nan_is_never_written(go
 
 def test_a_case_measured_but_not_writable_is_printed_whole_and_stops_the_sweep(tmp_path: Path, capsys):
     """A full disk, from the kernel: results.jsonl is /dev/full, whose writes fail with ENOSPC."""
-    from bench import runner, spec
-    from bench.plan import plan_cases
-    from bench.progress import Display
+    from bench.running import runner
+    from bench.sweep import spec
+    from bench.sweep.plan import plan_cases
+    from bench.running.progress import Display
     from cnn.data import prepare_synthetic
 
     out = tmp_path / "run"

@@ -1,4 +1,4 @@
-"""The tutorial's job (bench/job.py): planned per device with the tutorial's own settings, measured end to
+"""The tutorial's job (bench/measuring/job.py): planned per device with the tutorial's own settings, measured end to
 end, or projected from a measured part and labelled so; the report opens with it."""
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from bench import answer, cli
-from bench import job
-from bench.job import Pass, Stretch, project, record_job
-from bench.plan import JOB_SITTINGS, plan_cases
-from bench.run_folder import RunFolder
-from bench.schema import JOB, Result
-from bench.spec import with_defaults
+from bench.report import answer
+from bench import cli
+from bench.measuring import job
+from bench.measuring.job import Pass, Stretch, project, record_job
+from bench.sweep.plan import JOB_SITTINGS, plan_cases
+from bench.store.run_folder import RunFolder
+from bench.schema import JOB
+from bench.result import Result
+from bench.sweep.spec import with_defaults
 from conftest import run_bench
 
 SPEC = with_defaults(devices=["cpu", "cuda:0"], batch_sizes=[32, 128], threads=[1, 2], pipelines=["resident"],

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench import training
-from bench.plan import plan_cases
-from bench.spec import spec_from_keywords
+from bench.measuring import training
+from bench.sweep.plan import plan_cases
+from bench.sweep.spec import spec_from_keywords
 from cnn import data, loops, normalised
 
 CPU = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""The option registry (bench/options.py): each option declared once, and argv, the keyword API, the SweepSpec's
+"""The option registry (bench/sweep/options.py): each option declared once, and argv, the keyword API, the SweepSpec's
 defaults, --help, resume and compare all made from that one declaration."""
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import dataclasses
 import pytest
 
 import bench
-from bench import cli, compare, spec
-from bench.options import BY_KEYWORD, OPTIONS, QUICK, _shown, add_sweep_args, spec_defaults
+from bench import cli
+from bench.analysis import compare
+from bench.sweep import spec
+from bench.sweep.options import BY_KEYWORD, OPTIONS, QUICK, _shown, add_sweep_args, spec_defaults
 from bench.schema import SweepSpec
 
 VALUED = [o for o in OPTIONS if o.convert is not None and o.default not in (None, {})]

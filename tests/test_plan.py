@@ -4,9 +4,10 @@ import math
 
 import pytest
 
-from bench.plan import REPORT_S, SWEEP_SETUP_S, effective_lr, estimate_seconds, plan_cases
-from bench.schema import Case, Result, SweepSpec
-from bench.spec import with_defaults
+from bench.sweep.plan import REPORT_S, SWEEP_SETUP_S, effective_lr, estimate_seconds, plan_cases
+from bench.schema import Case, SweepSpec
+from bench.result import SCHEMA_VERSION, Result
+from bench.sweep.spec import with_defaults
 
 
 def _spec(**kw) -> SweepSpec:
@@ -51,7 +52,7 @@ def test_result_round_trips_through_one_flat_json_line():
     case = plan_cases(_spec(), data_cache="/c", dataset="synthetic", run_id="run-1")[0]
     result = Result(case=case, images_per_s=123.0, windows_s=[0.5, 0.5], class_accuracy_pct={"cat": 50.0})
     record = result.to_dict()
-    assert record["key"] == case.key and record["run_id"] == "run-1" and record["schema_version"] == 1
+    assert record["key"] == case.key and record["run_id"] == "run-1" and record["schema_version"] == SCHEMA_VERSION
     assert record["window_s"] == case.window_s and record["windows_s"] == [0.5, 0.5]
     assert Result.from_dict(record) == result
     assert isinstance(Result.from_dict({**record, "a_future_field": 1}).case, Case)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench import precision
+from bench.measuring import precision
 
 
 def test_the_interval_needs_six_windows_and_uses_the_order_statistics_the_binomial_gives():

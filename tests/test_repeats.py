@@ -1,4 +1,4 @@
-"""bench/repeats.py: a Case's processes (--repeats) as one figure whose interval covers how processes differ."""
+"""bench/analysis/repeats.py: a Case's processes (--repeats) as one figure whose interval covers how processes differ."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import analysis, compare, findings, repeats
+from bench.analysis import tables
+from bench.analysis import compare
+from bench.report import findings
+from bench.analysis import repeats
 
 
 def _row(batch: int, repeat: int, rate: float | None, status: str = "ok", run: str = "run-a", windows=3, **kw):
@@ -68,7 +71,7 @@ def test_collapsing_twice_changes_nothing_and_a_run_without_repeats_only_gains_t
 
 
 def test_the_analysis_no_longer_takes_the_best_of_the_repeats(runs):
-    best = analysis.analyse(runs).best.set_index("batch_size")
+    best = tables.analyse(runs).best.set_index("batch_size")
     assert best.loc[32, "images_per_s"] == pytest.approx(math.exp(np.log([900.0, 1000.0, 1100.0]).mean()))
     assert best.loc[32, "images_per_s"] < 1100
 
@@ -86,9 +89,9 @@ def test_compare_matches_repeated_cases_by_their_figure_over_processes(runs):
 
 
 def test_the_caveat_says_what_the_intervals_cover(runs):
-    single = analysis.analyse(runs[runs["repeat"] == 0])
+    single = tables.analyse(runs[runs["repeat"] == 0])
     assert any("measured in one process" in c for c in findings.verdict(single).caveats)
-    several = findings.verdict(analysis.analyse(runs)).caveats
+    several = findings.verdict(tables.analyse(runs)).caveats
     assert any("2 Cases were measured in 2-3 processes" in c and "pooled" in c for c in several)
 
 
@@ -129,7 +132,7 @@ def test_a_job_sampled_in_sittings_is_their_mean_with_where_95_percent_of_runs_l
     rows = [_sitting(r, 160.0, 140.0, 180.0) for r in range(4)]
     [job] = repeats.collapse(pd.DataFrame(rows)).to_dict("records")
     assert (job["job_s_low"], job["job_s_high"]) == (pytest.approx(150.0), pytest.approx(170.0))
-    jobs = analysis.job_table(repeats.collapse(pd.DataFrame(rows)))
+    jobs = tables.job_table(repeats.collapse(pd.DataFrame(rows)))
     assert jobs["job_sittings"].tolist() == [4]
 
 

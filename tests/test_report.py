@@ -1,4 +1,4 @@
-"""bench/report.py and bench/charts.py: files, content, failed Cases, several machines, a real browser."""
+"""bench/report/build.py and bench/report/charts.py: files, content, failed Cases, several machines, a real browser."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from bench import analysis, charts, report
-from bench.plan import plan_cases
-from bench.run_folder import RunFolder
-from bench.schema import JOB, Result
-from bench.spec import with_defaults
+from bench.analysis import tables
+from bench.report import charts
+from bench.report import build
+from bench.sweep.plan import plan_cases
+from bench.store.run_folder import RunFolder
+from bench.schema import JOB
+from bench.result import Result
+from bench.sweep.spec import with_defaults
 
 
 def _fake_run(folder: Path, host: str, gpu: bool, scale: float = 1.0, env: dict | None = None,
@@ -69,7 +72,7 @@ def _fake_run(folder: Path, host: str, gpu: bool, scale: float = 1.0, env: dict 
 
 def test_report_of_a_run_with_failures_opens_with_the_verdict(tmp_path: Path):
     run = _fake_run(tmp_path / "laptop", "laptop", gpu=False)
-    md = report.build_report([run], run).markdown.read_text()
+    md = build.build_report([run], run).markdown.read_text()
     assert md.startswith("# Does a GPU help the CIFAR-10 tutorial CNN?\n\n**Only cpu was measured")
     for text in ("ended as oom", "ended as timeout", "ended as failed", "Device cuda was skipped", "SYNTHETIC",
                  "Input pipeline (cpu)", "Threads (tutorial pipeline)", "Compute (cpu)"):
@@ -85,7 +88,7 @@ def test_report_of_two_machines_labels_each_and_finds_the_crossover(tmp_path: Pa
     laptop = _fake_run(tmp_path / "laptop", "laptop", gpu=False)
     gpu_box = _fake_run(tmp_path / "gpubox", "gpubox", gpu=True)
     out = tmp_path / "both"
-    md = report.build_report([laptop, gpu_box], out).markdown.read_text()
+    md = build.build_report([laptop, gpu_box], out).markdown.read_text()
     assert "laptop (laptop CPU, 2 cores, no GPU)" in md and "gpubox (gpubox CPU, 2 cores, H100)" in md
     assert "At the tutorial's own settings (batch 4, tutorial pipeline) the cuda:0 trains" in md
     assert "Crossover (cuda:0, tutorial pipeline, width 1): faster than the CPU beyond the noise from batch" in md
@@ -94,7 +97,7 @@ def test_report_of_two_machines_labels_each_and_finds_the_crossover(tmp_path: Pa
 
 def test_the_report_names_the_precision_of_each_ceiling_it_compares_with(tmp_path: Path):
     run = _fake_run(tmp_path / "gpu", "box", gpu=True)
-    md = report.build_report([run], run).markdown.read_text()
+    md = build.build_report([run], run).markdown.read_text()
     assert "| highest |" in md  # the float32 matmul precision the Cases ran with, in the Machines table
     assert "## Matmul ceilings measured per device and precision (GFLOP/s)" in md
     assert "| cuda:0 | tf32 | 200,000.00 | 8192 | - |" in md
@@ -108,7 +111,7 @@ def test_a_run_whose_ceiling_worker_failed_reports_the_ceilings_as_unknown_with_
               "ceilings": {"worker_pid": 4242, "worker_error": why, "matmul_n": {"cpu": {"fp32": 1024}},
                            "matmul_gflops": {}, "matmul_missing": {"cpu": {"fp32": why}}}}
     run = _fake_run(tmp_path / "run", "host", gpu=False, env=failed)
-    md = report.build_report([run], run).markdown.read_text()
+    md = build.build_report([run], run).markdown.read_text()
     assert md.startswith("# Does a GPU help the CIFAR-10 tutorial CNN?\n\n**Only cpu was measured")
     assert "host (host CPU, 2 cores, GPUs unknown)" in md
     assert f"| cpu | fp32 | - | 1024 | {why} |" in md
@@ -117,15 +120,15 @@ def test_a_run_whose_ceiling_worker_failed_reports_the_ceilings_as_unknown_with_
 
 def test_charts_render_without_warnings(tmp_path: Path):
     run = _fake_run(tmp_path / "gpu", "box", gpu=True, job=True, env={"price_usd_per_hour": {"cpu": 0.1, "cuda": 1.0}})
-    df = report.combined_frame([RunFolder(run).load()])
-    best, tables = analysis.best_throughput(df), analysis.analyse(df)
+    df = build.combined_frame([RunFolder(run).load()])
+    best, analysed = tables.best_throughput(df), tables.analyse(df)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        figs = [charts.job_time(tables.jobs), charts.cost(tables.costs),
-                charts.throughput_vs_batch(best), charts.speedup_vs_batch(analysis.speedups(df)),
-                charts.thread_scaling(analysis.thread_scaling(df)), charts.epoch_time(best, 50000),
-                charts.accuracy_vs_batch(analysis.accuracy_by_batch(df)),
-                charts.inference_latency(analysis.inference_table(df)), charts.throughput_vs_width(best)]
+        figs = [charts.job_time(analysed.jobs), charts.cost(analysed.costs),
+                charts.throughput_vs_batch(best), charts.speedup_vs_batch(tables.speedups(df)),
+                charts.thread_scaling(tables.thread_scaling(df)), charts.epoch_time(best, 50000),
+                charts.accuracy_vs_batch(tables.accuracy_by_batch(df)),
+                charts.inference_latency(tables.inference_table(df)), charts.throughput_vs_width(best)]
         for i, fig in enumerate(figs):
             fig.savefig(tmp_path / f"{i}.png")
     for fig in figs:
@@ -164,7 +167,7 @@ def test_html_report_in_a_real_browser(tmp_path: Path):
     from selenium.webdriver.chrome.service import Service
 
     run = _fake_run(tmp_path / "run", "host", gpu=True)
-    report.build_report([run], run)
+    build.build_report([run], run)
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
@@ -197,7 +200,7 @@ def test_each_cases_warnings_appear_in_the_report_beside_its_key(tmp_path: Path)
                               windows_s=[1.0], windows_images=[100],
                               warnings=["throughput varied: IQR is 40% of the median over 2 windows",
                                         "only 2 timed window(s): the spread is not meaningful"]))
-    md = report.build_report([run], run).markdown.read_text()
+    md = build.build_report([run], run).markdown.read_text()
     assert ("| train/cpu/resident/b8/t1/w1 | throughput varied: IQR is 40% of the median over 2 windows; only 2 "
             "timed window(s): the spread is not meaningful |") in md
 
@@ -222,7 +225,7 @@ def test_importing_the_charts_and_report_leaves_a_notebooks_matplotlib_backend_a
     import subprocess
     import sys
 
-    code = ("import matplotlib; matplotlib.use('svg'); import bench.charts, bench.report, bench; "
+    code = ("import matplotlib; matplotlib.use('svg'); import bench.report.charts, bench.report.build, bench; "
             "print(matplotlib.get_backend())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
     assert out.strip() == "svg"
@@ -231,7 +234,7 @@ def test_importing_the_charts_and_report_leaves_a_notebooks_matplotlib_backend_a
 def test_two_runs_each_priced_at_its_own_price_open_with_the_job_and_say_which_is_cheaper(tmp_path: Path):
     cpu_vm = _fake_run(tmp_path / "cpu-vm", "cpu-vm", gpu=False, env={"price_usd_per_hour": {"*": 0.10}}, job=True)
     gpu_vm = _fake_run(tmp_path / "gpu-vm", "gpu-vm", gpu=True, env={"price_usd_per_hour": {"*": 0.90}}, job=True)
-    rep = report.build_report([cpu_vm, gpu_vm], tmp_path / "both")
+    rep = build.build_report([cpu_vm, gpu_vm], tmp_path / "both")
     assert rep.verdict.headline.startswith("The tutorial's job (its script as published: imports, 2 epochs at batch 4 "
                                            "through its DataLoader, then its two test passes) takes about ")
     assert "cpu (cpu-vm (cpu-vm CPU, 2 cores, no GPU)), 2 threads (projected from the 10% of it measured" \
@@ -239,8 +242,8 @@ def test_two_runs_each_priced_at_its_own_price_open_with_the_job_and_say_which_i
     md = (tmp_path / "both" / "report.md").read_text()
     assert "| cpu-vm | cpu-vm (cpu-vm CPU, 2 cores, no GPU) |" in md and "| *=0.1 |" in md and "| *=0.9 |" in md
     assert any(f.startswith("Cheaper for the tutorial's job: ") for f in rep.verdict.findings)
-    tables = analysis.analyse(report.combined_frame([RunFolder(cpu_vm).load(), RunFolder(gpu_vm).load()]))
-    prices = tables.costs.set_index(["machine", "device"])["price_usd_per_hour"].to_dict()
+    analysed = tables.analyse(build.combined_frame([RunFolder(cpu_vm).load(), RunFolder(gpu_vm).load()]))
+    prices = analysed.costs.set_index(["machine", "device"])["price_usd_per_hour"].to_dict()
     assert prices == {("cpu-vm (cpu-vm CPU, 2 cores, no GPU)", "cpu"): 0.10,
                       ("gpu-vm (gpu-vm CPU, 2 cores, H100)", "cpu"): 0.90,  # the GPU VM's CPU at the GPU VM's price
                       ("gpu-vm (gpu-vm CPU, 2 cores, H100)", "cuda:0"): 0.90}
@@ -250,7 +253,7 @@ def test_two_runs_each_priced_at_its_own_price_open_with_the_job_and_say_which_i
 def test_an_accuracy_chart_with_nothing_to_compare_is_left_out_and_the_report_says_why(tmp_path: Path):
     run = _fake_run(tmp_path / "run", "host", gpu=False, whole_epochs=False)  # stopped by time: nothing compares
     (run / "accuracy.png").write_bytes(b"an earlier report's chart")
-    rep = report.build_report([run], run)
+    rep = build.build_report([run], run)
     assert "accuracy.png" not in rep.charts and not (run / "accuracy.png").exists()
     assert "- Left out: accuracy.png: no two batch sizes both trained the same full epochs and learnt" \
         in rep.markdown.read_text()

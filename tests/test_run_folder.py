@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.run_folder import RunError, RunFolder
-from bench.schema import Case, Result
+from bench.store.run_folder import RunError, RunFolder
+from bench.schema import Case
+from bench.result import ENVIRONMENT_STEPS, RECORD_STEPS, SCHEMA_VERSION, Result, upgrade_record
 from conftest import run_bench
 
 
@@ -75,11 +76,23 @@ def test_the_environment_is_written_once_and_a_resume_appends_its_record(tmp_pat
 def test_older_formats_are_upgraded_on_load(tmp_path: Path):
     (tmp_path / "environment.json").write_text(json.dumps({"matmul_gflops": {"cpu": 50.0, "cuda": 9000.0}}))
     record = Result(case=_case()).to_dict()
-    record["device"] = "cuda"
+    record.update(device="cuda", schema_version=1)  # version 1: a device as the user named it
     (tmp_path / "results.jsonl").write_text(json.dumps(record) + "\n")
     run = RunFolder(tmp_path).load()
     assert run.environment["ceilings"]["matmul_gflops"] == {"cpu": {"fp32": 50.0}, "cuda:0": {"fp32": 9000.0}}
     assert list(run.frame["device"]) == ["cuda:0"] and run.frame["key"].iloc[0].startswith("train/cuda:0/")
+    assert list(run.frame["schema_version"]) == [SCHEMA_VERSION]
+
+
+def test_each_version_has_a_named_step_to_the_next_and_files_say_their_version(tmp_path: Path):
+    assert sorted(RECORD_STEPS) == sorted(ENVIRONMENT_STEPS) == list(range(1, SCHEMA_VERSION))
+    folder = RunFolder(tmp_path)
+    folder.write_environment({"hostname": "box"})
+    assert json.loads((tmp_path / "environment.json").read_text())["schema_version"] == SCHEMA_VERSION
+    assert json.loads(Result(case=_case()).to_json())["schema_version"] == SCHEMA_VERSION
+    record = Result(case=_case()).to_dict()
+    record["device"] = "cuda"  # the current version names devices whole: nothing upgrades this one
+    assert upgrade_record(record)["device"] == "cuda"
 
 
 def test_a_folder_without_cases_cannot_be_loaded(tmp_path: Path):

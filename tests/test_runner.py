@@ -1,4 +1,4 @@
-"""bench/runner.py: one process per Case; crash, out-of-memory and time-out become Results."""
+"""bench/running/runner.py: one process per Case; crash, out-of-memory and time-out become Results."""
 from __future__ import annotations
 
 import os
@@ -10,10 +10,10 @@ from dataclasses import replace
 import psutil
 import pytest
 
-from bench import runner
+from bench.running import runner
 from conftest import ROOT
-from bench.plan import plan_cases
-from bench.spec import with_defaults
+from bench.sweep.plan import plan_cases
+from bench.sweep.spec import with_defaults
 
 
 @pytest.fixture
@@ -42,9 +42,9 @@ def test_a_case_runs_in_its_own_process_with_its_threads(case):
 
 
 def test_gpu_energy_per_epoch_scales_the_monitored_energy_to_an_epochs_images(case):
-    from bench import training
-    from bench.gpu_monitor import GpuUsage
-    from bench.schema import Result
+    from bench.measuring import training
+    from bench.measuring.gpu_monitor import GpuUsage
+    from bench.result import Result
 
     class Sampler:
         def usage(self):
@@ -110,7 +110,7 @@ def test_the_sweeps_own_process_leaves_torchvision_to_the_fork_server(tmp_path, 
 def test_a_cases_process_does_not_import_pandas():
     """The fork server imports what a Case needs before the first Case can start: pandas (0.46 s here) is the
     report's, not a Case's."""
-    modules = {"bench.worker", runner.case_main.__module__, runner.nothing.__module__}  # what a child imports
+    modules = {"bench.running.worker", runner.case_main.__module__, runner.nothing.__module__}  # what a child imports
     out = subprocess.run([sys.executable, "-c", f"import sys, {', '.join(sorted(modules))}; print('pandas' in sys.modules)"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"

@@ -1,11 +1,11 @@
-"""bench/training.py: choices made around the timed loop."""
+"""bench/measuring/training.py: choices made around the timed loop."""
 from __future__ import annotations
 
 from dataclasses import replace
 
-from bench import training
-from bench.plan import plan_cases
-from bench.spec import spec_from_keywords
+from bench.measuring import training
+from bench.sweep.plan import plan_cases
+from bench.sweep.spec import spec_from_keywords
 
 
 def _case(batch: int, mode: str = "train"):

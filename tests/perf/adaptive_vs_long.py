@@ -4,7 +4,7 @@ Runs the same Cases two ways, interleaved (adaptive, long, long, adaptive, ...) 
 both alike: with adaptive stopping (`--precision`, default 2%, within --max-seconds) and with a long fixed
 budget (no precision target, --long-seconds of training). Each way measures every Case in --processes
 processes (as `bench run --repeats` does), so that each side states an interval over processes
-(bench/repeats.py: the geometric mean of the processes' medians, Student's t with the spread between processes
+(bench/analysis/repeats.py: the geometric mean of the processes' medians, Student's t with the spread between processes
 pooled over that side's Cases), not only over the windows of one process, which a re-run in a new process
 lands outside of on a shared machine. For each Case it prints both sides' figures and intervals, then:
 whether the long run's figure lies inside the interval the adaptive run stated (is its precision honest?),
@@ -33,9 +33,11 @@ def _inside(value, low, high) -> bool:
 
 
 def main() -> int:
-    from bench import repeats, runner, spec
-    from bench.plan import plan_cases
-    from bench.run_folder import results_frame
+    from bench.analysis import repeats
+    from bench.running import runner
+    from bench.sweep import spec
+    from bench.sweep.plan import plan_cases
+    from bench.store.run_folder import results_frame
     from cnn.data import prepare_synthetic
 
     p = argparse.ArgumentParser()

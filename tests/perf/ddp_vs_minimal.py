@@ -82,9 +82,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    from bench import runner
-    from bench.plan import plan_cases
-    from bench.spec import with_defaults
+    from bench.running import runner
+    from bench.sweep.plan import plan_cases
+    from bench.sweep.spec import with_defaults
     from cnn.data import prepare_synthetic
 
     prepared = prepare_synthetic()

@@ -10,7 +10,7 @@ computes a bootstrap 95% confidence interval of the median ratio and stops once 
 lies inside 1 +- (--target-pct) (agreement, the only way it is claimed) or wholly outside it (disagreement);
 at --rounds it says which it could not tell: an interval within +-target of its centre that crosses the
 band's edge, or one wider than that (the machine was too noisy to decide). Each configuration runs in each
-allocator state of --mallocs (bench/allocator.py), both sides in the same state: the harness's Case pins it with
+allocator state of --mallocs (bench/measuring/allocator.py), both sides in the same state: the harness's Case pins it with
 mallopt, the minimal loop gets it from glibc's environment variables from its first allocation. Every measurement
 also prints minor page faults per timed step on both sides, which the state decides (default: every large block
 handed back and faulted in again each step; tuned: kept).
@@ -107,7 +107,7 @@ def minimal_run(cache: str, pipeline: str, bs: int, threads: int, steps: int, wa
                 device: str = "cpu", malloc: str = "default") -> tuple[float, float]:
     """(images/s, minor page faults per timed step) of the minimal loop in a fresh interpreter, its malloc put in
     the allocator state `malloc` from its first allocation by glibc's environment variables."""
-    from bench import allocator
+    from bench.measuring import allocator
 
     out = subprocess.run([sys.executable, "-c", MINIMAL, cache, pipeline, str(bs), str(threads), str(steps),
                           str(warmup), device], capture_output=True, text=True,
@@ -141,9 +141,9 @@ def decide(ratios: list[float], target_pct: float) -> tuple[str, float, float, f
 
 
 def main() -> int:
-    from bench import runner
-    from bench.plan import plan_cases
-    from bench.spec import with_defaults
+    from bench.running import runner
+    from bench.sweep.plan import plan_cases
+    from bench.sweep.spec import with_defaults
     from cnn.data import prepare_synthetic
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,7 +155,7 @@ def main() -> int:
     parser.add_argument("--batch-sizes", default="4,32,128")
     parser.add_argument("--pipelines", default="tutorial,resident")
     parser.add_argument("--mallocs", default="default,tuned",
-                        help="allocator states (bench/allocator.py), each side in the same state")
+                        help="allocator states (bench/measuring/allocator.py), each side in the same state")
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
     parser.add_argument("--json", help="also write every measurement and verdict to this file")
     args = parser.parse_args()

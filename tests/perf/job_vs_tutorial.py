@@ -8,8 +8,8 @@ reverse: a drift of the machine hits every side alike), runs:
   torchvision's md5 check of the generated files is computed as usual but not compared with the official digests;
 - the harness's job Case measured whole (no budget), through the runner as a sweep runs it: its `job_s`;
 - the harness's job within a sweep's budget (--budget, default 3 s as `bench run`), in the sittings a sweep plans
-  (bench/plan.py `job_sittings`), back to back: its projected `job_s` and 95% interval, combined from the sittings
-  as the report combines them (bench/repeats.py).
+  (bench/sweep/plan.py `job_sittings`), back to back: its projected `job_s` and 95% interval, combined from the sittings
+  as the report combines them (bench/analysis/repeats.py).
 Every process runs in the same allocator state (--malloc; the tutorial's through glibc's environment variables).
 It prints each round, then the ratio harness/tutorial of whole-job times (median over rounds with a bootstrap
 95% interval) and in how many rounds the projected interval covered the tutorial's time.
@@ -117,11 +117,13 @@ def tutorial_run(data_root: Path, env: dict) -> dict[str, float]:
 def main() -> int:
     from harness_vs_minimal import bootstrap_median_ci  # beside this script
 
-    from bench import allocator, repeats, runner
-    from bench.run_folder import results_frame
-    from bench.plan import plan_cases
+    from bench.measuring import allocator
+    from bench.analysis import repeats
+    from bench.running import runner
+    from bench.store.run_folder import results_frame
+    from bench.sweep.plan import plan_cases
     from bench.schema import JOB
-    from bench.spec import with_defaults
+    from bench.sweep.spec import with_defaults
     from cnn.data import prepare_cifar10
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

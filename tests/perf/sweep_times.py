@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cpu_times() -> tuple[float, float]:
-    """(steal, all) CPU seconds of the whole machine, read as bench/contention.py reads them (psutil); guest time is
+    """(steal, all) CPU seconds of the whole machine, read as bench/running/contention.py reads them (psutil); guest time is
     counted inside user and nice already, so it is left out of the total."""
     t = psutil.cpu_times()
     return getattr(t, "steal", 0.0), sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)

@@ -1,0 +1,1 @@
+"""Results frame -> tables: the analysis, repeats, costs, roofline shares, compare."""

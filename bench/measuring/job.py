@@ -1,0 +1,261 @@
+"""The tutorial's own job, timed as its script runs it: a fresh interpreter's imports, the data and the model, one
+peek at a training batch, 2 epochs at batch 4 through its train DataLoader (restarted every epoch, 2 workers,
+`loss.item()` every step), then its two test passes through its test DataLoader (batch 4, 2 workers): overall
+accuracy, then accuracy per class counted image by image.
+
+Each of the four passes is timed from the moment its DataLoader starts to the moment its workers are gone. When
+the Case's budget (`--max-seconds`, `--max-steps`) is smaller than the job, every pass gets a quarter of it and runs
+its first stretch, so the measured part samples the whole job, each pass's start included; the rest of a pass is
+projected at its mean step time after the stretch's first steps (total time over total steps, stalls included),
+with a 95% interval from a block bootstrap of those step times (`job_s_low`, `job_s_high`). With no budget the job
+runs whole and is measured. The accuracy is then the one its test passes measured; after a sampled job, the one
+reached after the measured training, never a projected one. Its tables for the report (`job_table`,
+`time_to_target`) are in bench/analysis/tables.py: every Case's process imports this module, and pandas has no place there.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from bench.measuring import allocator
+from bench.measuring import devices
+from bench.measuring import timing
+from bench.schema import Case
+from bench.result import Result
+from bench.measuring.training import record_windows
+from cnn import loops
+from cnn.cifar_files import CifarArrays
+from cnn.model import Net
+
+# what the tutorial's script imports before its first line of work; a fresh interpreter pays for them every run
+TUTORIAL_IMPORTS = "import torch, torchvision, torchvision.transforms, torch.nn, torch.optim, matplotlib.pyplot, numpy"
+PASSES = ("train epoch 1", "train epoch 2", "test: accuracy", "test: per class")
+MIN_PASS_STEPS = 20  # a sampled pass runs at least this many steps, whatever its share of the time
+MIN_SPREAD_STEPS = 4  # steps after the first few a projection's interval needs
+RESAMPLES = 2000
+BLOCKS = 20  # contiguous blocks of steps the bootstrap resamples (step times are not independent: prefetching)
+
+Progress = Callable[[dict], None]
+
+
+@dataclass
+class Pass:
+    """One pass of the job as measured: its DataLoader's start to its workers' end."""
+
+    name: str
+    total_steps: int  # in the whole pass
+    seconds: float = 0.0
+    step_s: list[float] = field(default_factory=list)  # the first one includes the DataLoader's start
+    wait_s: list[float] = field(default_factory=list)  # waiting for each step's batch
+    stopped_by: str | None = None  # max_steps or max_seconds when its share of the budget stopped it
+    faults: int = 0  # minor page faults of the process over the pass
+
+    @property
+    def outside_s(self) -> float:
+        """The pass's time outside its steps: its DataLoader's workers shutting down."""
+        return max(self.seconds - sum(self.step_s), 0.0)
+
+    @property
+    def whole(self) -> bool:
+        return len(self.step_s) >= self.total_steps
+
+
+def _settled(step_s: list[float]) -> int:
+    """How many first steps a stretch's mean leaves out: the first (the DataLoader's workers starting), and up to
+    10 (the allocator's and oneDNN's first requests) in a stretch long enough to spare them."""
+    return 0 if len(step_s) < 2 else max(1, min(10, len(step_s) // 5))
+
+
+def project(p: Pass, rng: np.random.Generator, resamples: int = RESAMPLES) -> tuple[float, float, np.ndarray]:
+    """(projected seconds of the whole pass, of which waiting for data, bootstrap samples of the seconds): the
+    measured stretch plus the steps left at the stretch's mean step time after its first steps."""
+    left = p.total_steps - len(p.step_s)
+    if left <= 0:
+        return p.seconds, float(sum(p.wait_s) + p.outside_s), np.full(resamples, p.seconds)
+    settled = _settled(p.step_s)
+    steps, waits = np.asarray(p.step_s[settled:]), np.asarray(p.wait_s[settled:])
+    mean = steps.mean()
+    data = float(sum(p.wait_s) + p.outside_s + left * waits.mean())
+    if len(steps) < MIN_SPREAD_STEPS:  # too few steps to say how they spread: no interval
+        return float(p.seconds + left * mean), data, np.full(resamples, np.nan)
+    blocks = np.array_split(steps, min(BLOCKS, len(steps)))
+    sums, counts = np.array([b.sum() for b in blocks]), np.array([len(b) for b in blocks])
+    picks = rng.integers(0, len(blocks), (resamples, len(blocks)))
+    means = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    return float(p.seconds + left * mean), data, p.seconds + left * means
+
+
+class Stretch:
+    """Times one pass: each step's end on the host clock (the tutorial's job synchronises every step through
+    `loss.item()` and `.sum().item()`, so host time is its wall time) and the wait for each batch; says stop once
+    the pass has had its share of the budget."""
+
+    def __init__(self, p: Pass, share_s: float | None, share_steps: int | None, tick: Callable[[], None]):
+        self.p, self.share_s, self.share_steps, self.tick = p, share_s, share_steps, tick
+        self.start = self.last = time.perf_counter()
+        self.waited = 0.0
+
+    def batches(self, loader: Iterable, device: torch.device) -> Iterator:
+        """The loader's batches copied to the device as the tutorial copies them, the wait for each recorded."""
+        t0 = time.perf_counter()
+        # the DataLoader starts its workers here (waiting for data, inside the pass); closing this generator, as a
+        # pass does when it stops, drops the iterator and so shuts them down, inside the pass too
+        iterator = iter(loader)
+        for inputs, labels in iterator:
+            self.waited = time.perf_counter() - t0
+            yield inputs.to(device), labels.to(device)
+            t0 = time.perf_counter()
+
+    def on_step(self, n_images: int) -> bool:
+        now = time.perf_counter()
+        self.p.step_s.append(now - self.last)
+        self.p.wait_s.append(self.waited)
+        self.last = now
+        self.tick()
+        steps = len(self.p.step_s)
+        if self.share_steps is not None and steps >= self.share_steps:
+            self.p.stopped_by = "max_steps"
+        elif self.share_s is not None and now - self.start >= self.share_s and steps >= MIN_PASS_STEPS:
+            self.p.stopped_by = "max_seconds"
+        return self.p.stopped_by is not None
+
+
+def import_seconds(malloc: str) -> float:
+    """A fresh interpreter importing what the tutorial's script imports, in the Case's allocator state: part of the
+    job's start-up that a Case forked from a server that imported them already does not pay."""
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", TUTORIAL_IMPORTS], capture_output=True, text=True,
+                         env={**os.environ, **allocator.environment(malloc), "PYTHONWARNINGS": "ignore"})
+    seconds = time.perf_counter() - t0
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RuntimeError(f"a fresh interpreter could not import what the tutorial imports: {last}")
+    return seconds
+
+
+def run_job(case: Case, arrays: CifarArrays, device: torch.device, result: Result, started: float,
+            progress: Progress | None) -> None:
+    """Runs (or samples) the tutorial's job on the Case's device and fills the Result's job fields."""
+    compute = devices.placement(device)
+    clock = timing.DeviceClock(device)
+    import_s = import_seconds(case.malloc)
+    net = Net(case.width, len(arrays.classes)).to(compute)
+    optimizer = torch.optim.SGD(net.parameters(), lr=case.lr, momentum=0.9)
+    step = loops.eager_step(net, optimizer)
+    train = loops.tutorial_loader(arrays.train_x, arrays.train_y, arrays.classes, case.batch_size,
+                                  num_workers=case.num_workers, seed=case.seed)
+    test = loops.tutorial_loader(arrays.test_x, arrays.test_y, arrays.classes, case.batch_size, shuffle=False,
+                                 num_workers=case.num_workers)
+    next(iter(train))  # the tutorial shows a batch of training images before it trains
+    clock.sync()
+    result.startup_s = time.time() - started - import_s  # the process's own start-up; the imports are counted apart
+    whole = case.max_seconds is None and case.max_steps is None
+    share_s = None if case.max_seconds is None else case.max_seconds / len(PASSES)
+    passes = [Pass(name, len(train) if name.startswith("train") else len(test)) for name in PASSES]
+    tick = _ticker(passes, progress, time.perf_counter())
+
+    def timed(p: Pass, body: Callable[[Stretch], object]):
+        share_steps = None if whole or case.max_steps is None else step_share(case.max_steps, PASSES.index(p.name))
+        stretch = Stretch(p, None if whole else share_s, share_steps, tick)
+        faults = timing.minor_faults()
+        clock.sync()
+        out = body(stretch)
+        clock.sync()
+        p.seconds = time.perf_counter() - stretch.start
+        p.faults = timing.minor_faults() - faults
+        return out
+
+    for p in passes[:2]:
+        result.loss = timed(p, lambda s: _closing(s, train, compute, lambda b: loops.train_epoch(
+            net, optimizer, b, item_every_step=True, on_step=s.on_step, step=step)))
+    t0 = time.perf_counter()
+    images, _ = next(iter(test))  # the tutorial shows a batch of test images and what the network makes of them
+    with torch.no_grad():
+        net(images.to(compute))
+    clock.sync()
+    peek_s = time.perf_counter() - t0
+    accuracy = timed(passes[2], lambda s: _closing(s, test, compute, lambda b: loops.tutorial_accuracy(net, b, s.on_step)))
+    per_class = timed(passes[3], lambda s: _closing(s, test, compute, lambda b: loops.tutorial_class_accuracy(
+        net, b, arrays.classes, s.on_step)))
+    if all(p.whole for p in passes):
+        result.test_accuracy_pct, result.class_accuracy_pct = accuracy, per_class
+        result.epoch_accuracy_pct = [accuracy]  # the tutorial tests once, after its 2 epochs
+    else:  # the accuracy after the training measured, outside every pass's time
+        n_eval = len(arrays.test_y) if case.eval_images is None else min(case.eval_images, len(arrays.test_y))
+        x, y = loops.resident_tensors(arrays.test_x[:n_eval], arrays.test_y[:n_eval], compute)
+        overall, classes = loops.evaluate(net, x, y, len(arrays.classes))
+        result.test_accuracy_pct, result.class_accuracy_pct = overall, dict(zip(arrays.classes, classes))
+    record_job(result, passes, import_s, peek_s)
+
+
+def step_share(max_steps: int, index: int) -> int:
+    """Pass `index`'s part of a --max-steps cap: the cap split exactly over the passes, at least 1 step each."""
+    n = len(PASSES)
+    return max(1, max_steps // n + (index < max_steps % n))
+
+
+def _closing(s: Stretch, loader, device: torch.device, body: Callable[[Iterator], object]):
+    batches = s.batches(loader, device)
+    try:
+        return body(batches)
+    finally:
+        batches.close()
+
+
+def _ticker(passes: list[Pass], progress: Progress | None, t0: float, every_s: float = 0.5) -> Callable[[], None]:
+    """Reports steps done over the job's steps at most every `every_s` seconds."""
+    total = sum(p.total_steps for p in passes)
+    last = [t0]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        if progress is None or now - last[0] < every_s:
+            return
+        last[0] = now
+        done = sum(len(p.step_s) for p in passes)
+        progress({"step": done, "steps": total, "epoch": 2 if passes[1].step_s else 1, "epochs": 2,
+                  "elapsed_s": now - t0, "eta_s": 0.0})
+    return tick
+
+
+def record_job(result: Result, passes: list[Pass], import_s: float, peek_s: float, seed: int = 0) -> None:
+    """The job's figures from its measured passes: each pass projected whole where it was sampled, the job's time
+    as start-up + passes, with a 95% interval from the passes' bootstrap samples drawn together."""
+    rng = np.random.default_rng(seed)
+    projected = [project(p, rng) for p in passes]
+    train, test = projected[:2], projected[2:]
+    train_steps = [s for p in passes[:2] for s in p.step_s[_settled(p.step_s):]]
+    train_steps_n = sum(len(p.step_s) for p in passes[:2])
+    images = train_steps_n * result.case.batch_size
+    blocks = np.array_split(np.asarray(train_steps), min(BLOCKS, len(train_steps))) if train_steps else []
+    record_windows(result, [float(b.sum()) for b in blocks], [len(b) * result.case.batch_size for b in blocks],
+                   train_steps)
+    result.train_s, result.eval_s = sum(p.seconds for p in passes[:2]), sum(p.seconds for p in passes[2:]) + peek_s
+    result.steps, result.images = sum(len(p.step_s) for p in passes), images
+    result.epochs_completed = images / (passes[0].total_steps * result.case.batch_size)
+    result.epoch_s = [point for point, _, _ in train]
+    whole = all(p.whole for p in passes)
+    result.stopped_by = "epochs" if whole else next((p.stopped_by for p in passes if p.stopped_by), "max_seconds")
+    result.minor_faults_per_step = sum(p.faults for p in passes[:2]) / train_steps_n if train_steps_n else None
+    if whole and result.test_accuracy_pct is not None and result.test_accuracy_pct >= result.case.target_accuracy_pct:
+        result.time_to_target_s = result.train_s  # the training's time to the accuracy it reached
+    result.job_import_s = import_s
+    result.job_startup_s = import_s + result.startup_s
+    result.job_data_s = sum(data for _, data, _ in train)
+    result.job_compute_s = sum(point for point, _, _ in train) - result.job_data_s
+    result.job_eval_s = sum(point for point, _, _ in test) + peek_s
+    result.job_s = result.job_startup_s + result.job_data_s + result.job_compute_s + result.job_eval_s
+    fixed = result.job_startup_s + peek_s
+    totals = fixed + sum(samples for _, _, samples in projected)
+    result.job_s_low, result.job_s_high = (None, None) if whole or np.isnan(totals).any() else \
+        (float(np.percentile(totals, 2.5)), float(np.percentile(totals, 97.5)))
+    measured = result.job_startup_s + result.train_s + result.eval_s
+    result.job_fraction = min(measured / result.job_s, 1.0) if result.job_s else 0.0
+    result.job_projected = not whole

@@ -1,0 +1,339 @@
+"""One training path for one process or N data-parallel ranks, and the inference path: a Case's
+model, data and loop, measured by bench/measuring/timing.py, written into its Result.
+
+A data-parallel rank runs the same `train` as a single process; what differs is passed in as
+`Ranks` (its rank and world size, the DDP wrapper with its timed all-reduce hook, the agreement on
+windows, the barrier while rank 0 evaluates), never a copied loop (bench/measuring/ddp.py builds it).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from bench.measuring import devices
+from bench.measuring import gpu_monitor
+from bench.measuring import timing
+from bench.schema import Case
+from bench.result import Result
+from cnn import loops, normalised
+from cnn.cifar_files import CifarArrays
+from cnn.model import Net
+
+Progress = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """What a data-parallel rank brings to the one training path; the default is a single process."""
+
+    rank: int = 0
+    world: int = 1
+    wrap: Callable[[nn.Module, timing.StepMeter], nn.Module] | None = None  # DDP, given the meter for its hook
+    agree: Callable[[float], float] | None = None  # all ranks close windows and stop at the same step
+    barrier: Callable[[], None] | None = None  # the other ranks wait while rank 0 evaluates
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        return (self.rank, self.world) if self.world > 1 else None
+
+
+SINGLE = Ranks()
+
+
+def set_threads(case: Case) -> None:
+    """The Case's CPU threads, for torch and for the OpenMP/MKL pools a library may start later."""
+    if case.threads is not None:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(case.threads)
+        torch.set_num_threads(case.threads)
+
+
+def prepare_cuda(device: torch.device, result: Result, autotune: bool = True) -> None:
+    """Before anything is allocated: the Case's GPU made current (the device is indexed: set_device
+    refuses a bare `cuda`), cuDNN autotuning on (off for the tutorial's job, as its script has it), the
+    peak-memory counter reset."""
+    torch.cuda.set_device(device)
+    torch.backends.cudnn.benchmark = autotune  # autotuning falls in the warm-up; new shapes are kept out of windows
+    torch.cuda.reset_peak_memory_stats(device)
+    result.cudnn_benchmark = torch.backends.cudnn.benchmark
+
+
+def monitor_gpu(device: torch.device, result: Result):
+    """A context that samples GPU utilisation and power around each epoch's loop, or does nothing."""
+    if device.type != "cuda":
+        return None, contextlib.nullcontext
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    sampler, result.gpu_monitor = gpu_monitor.open_sampler(device.index, str(uuid) if uuid else None)
+    return sampler, (sampler.active if sampler else contextlib.nullcontext)
+
+
+def record_gpu_usage(result: Result, sampler: gpu_monitor.NvmlSampler | None, epoch_images: int,
+                      images: int) -> None:
+    if sampler is None:
+        return
+    usage = sampler.usage()
+    result.gpu_util_pct, result.gpu_power_w = usage.util_pct, usage.power_w
+    if usage.energy_j is not None and images:
+        # every step, warm-up included, ran inside the monitored intervals
+        result.gpu_energy_j_per_epoch = usage.energy_j / images * epoch_images
+
+
+def case_meter(case: Case, device: torch.device, steps_per_epoch: int, progress: Progress | None,
+               agree=None) -> timing.StepMeter:
+    """The Case's StepMeter, reporting steps, epoch and ETA through `progress` (data-parallel ranks
+    pass `agree`, see timing.StepMeter)."""
+    planned = case.epochs * steps_per_epoch
+    if case.max_steps is not None:
+        planned = min(planned, case.max_steps)
+
+    def report(steps: int, elapsed: float) -> None:
+        eta = elapsed / steps * (planned - steps) if steps else None
+        if case.max_seconds is not None:
+            eta = min(eta if eta is not None else math.inf, case.max_seconds - elapsed)
+        progress({"step": steps, "steps": planned, "epoch": min(steps // steps_per_epoch + 1, case.epochs),
+                  "epochs": case.epochs, "elapsed_s": elapsed, "eta_s": max(eta or 0.0, 0.0)})
+
+    return timing.StepMeter(timing.DeviceClock(device), case.warmup_steps, case.window_s,
+                             timing.Budget(case.max_steps, case.max_seconds), precision_pct=case.target_precision_pct,
+                             progress=report if progress else None, agree=agree)
+
+
+def _memory_format(case: Case) -> torch.memory_format:
+    return torch.channels_last if case.memory_format == "channels_last" else torch.contiguous_format
+
+
+def _amp(case: Case) -> torch.dtype | None:
+    return torch.bfloat16 if case.amp == "bf16" else None
+
+
+def compile_unavailable(device_type: str) -> str | None:
+    """Why torch.compile cannot run here (an unsupported Python, no C++ compiler for inductor on a CPU,
+    no Triton on a GPU), or None."""
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        return f"torch.compile: not supported on Python {'.'.join(map(str, sys.version_info[:2]))} by this torch"
+    if device_type == "cpu":
+        from torch._inductor import cpp_builder
+
+        try:
+            cpp_builder.get_cpp_compiler()
+        except Exception as e:  # InvalidCxxCompiler and kin: inductor has nothing to build its kernels with
+            return f"torch.compile: no C++ compiler for inductor's CPU kernels ({type(e).__name__})"
+    elif device_type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "torch.compile: Triton is not installed for inductor's GPU kernels"
+    return None
+
+
+def compiled(case: Case, net: nn.Module, arrays: CifarArrays, compute: torch.device, result: Result,
+             train: bool, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
+    """`net` under torch.compile in the Case's mode, compiled before the clock starts on a batch of the
+    Case's shape (forward and backward when training; the gradients are dropped, so no weight moves),
+    its compilation time recorded apart as `compile_s`."""
+    # inductor's C++ build warns that a CPU-only machine has no CUDA runtime; the check table is no place for it
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    model = torch.compile(net, mode=case.compile_mode)
+    x, y = loops.resident_tensors(arrays.train_x[:case.batch_size], arrays.train_y[:case.batch_size], compute)
+    x = x.contiguous(memory_format=_memory_format(case))
+    clock = timing.DeviceClock(torch.device(case.device))
+    clock.sync()
+    t0 = time.perf_counter()
+    with torch.autocast(compute.type, dtype=_amp(case), enabled=_amp(case) is not None):
+        if train:
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            with torch.inference_mode():
+                model(x)
+    clock.sync()
+    result.compile_s = time.perf_counter() - t0
+    return model
+
+
+def resident_tensors(case: Case, split: str, images: np.ndarray, labels: np.ndarray,
+                     compute: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cnn.loops.resident_tensors of the split's first len(images) images; on a CPU copied from the normalised
+    copy the sweep cached beside the data (cnn/normalised.py) when there is a trusted one: the same numbers,
+    without each Case spending most of a second decoding them.
+
+    Copied into the process's own memory, as a plain script's decoded tensor is, not used where it is mapped: the
+    file's pages are 4 KiB pages of the page cache, while a large anonymous block can be backed by huge pages, and
+    with glibc handing blocks back every step (--malloc default) the gathers from the mapped file ran 5-8% slower
+    (tests/perf/harness_vs_minimal.py: the harness at 0.88-1.01 of a plain loop, median 0.95, before this copy)."""
+    cached = normalised.load(case.data_cache, split) if compute.type == "cpu" else None
+    if cached is None or len(cached) < len(images):
+        return loops.resident_tensors(images, labels, compute)
+    return torch.from_numpy(cached[:len(images)]).clone(), torch.from_numpy(np.asarray(labels, dtype=np.int64))
+
+
+def _batches(case: Case, split: str, images: np.ndarray, labels: np.ndarray, classes, device: torch.device,
+             train: bool, meter: timing.StepMeter, shard: tuple[int, int] | None = None):
+    """(epoch -> batches, item_every_step, resident tensors or None) for the Case's pipeline; with
+    `shard` (rank, world size) a rank's part of each epoch (see cnn.loops).
+
+    The time spent waiting for a batch counts as data wait where there is an input pipeline to
+    wait for: the tutorial's DataLoader, and the resident gather on a CPU (computed on the spot).
+    On CUDA the resident gather is only queued, and a wait there would be the launch queue being
+    full, not input, so it is not counted (data_wait_pct stays empty)."""
+    compute = devices.placement(device)
+    if case.pipeline == "tutorial":
+        cuda = device.type == "cuda"
+        loader = loops.tutorial_loader(images, labels, classes, case.batch_size, shuffle=train,
+                                       num_workers=case.num_workers, pin_memory=cuda, seed=case.seed, shard=shard)
+
+        def tutorial_epoch(epoch: int):
+            if shard is not None:
+                loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
+            return loops.tutorial_batches(meter.batches(loader), compute, non_blocking=cuda,
+                                          memory_format=_memory_format(case))
+        return tutorial_epoch, True, None
+    x, y = resident_tensors(case, split, images, labels, compute)
+    x = x.contiguous(memory_format=_memory_format(case))
+    generator = torch.Generator(device=compute).manual_seed(case.seed)  # the same permutation on every rank
+    waited = meter.batches if device.type == "cpu" else iter
+    return (lambda epoch: waited(loops.resident_batches(x, y, case.batch_size, generator, shuffle=train,
+                                                        shard=shard))), False, (x, y)
+
+
+def steps_per_epoch(case: Case, n_images: int, shard: tuple[int, int] | None = None) -> int:
+    """Steps in one epoch of the Case's pipeline, of one rank's part with `shard`: a DistributedSampler
+    pads each rank to ceil(n / world) images, the resident shards drop the remainder."""
+    if shard is None:
+        return math.ceil(n_images / case.batch_size)
+    world = shard[1]
+    per_rank = math.ceil(n_images / world) if case.pipeline == "tutorial" else n_images // world
+    return math.ceil(per_rank / case.batch_size)
+
+
+def record_windows(result: Result, windows_s: list[float], windows_images: list[int], step_s: list[float]) -> None:
+    """The throughput summary of timed windows into the Result, beside the raw windows it comes from."""
+    summary = timing.summarise(windows_s, windows_images, step_s)
+    result.images_per_s, result.images_per_s_p25, result.images_per_s_p75 = summary.images_per_s, summary.p25, summary.p75
+    result.images_per_s_spread_pct = summary.spread_pct
+    result.images_per_s_mean = sum(windows_images) / sum(windows_s) if sum(windows_s) > 0 else None
+    result.images_per_s_ci_low, result.images_per_s_ci_high = summary.interval or (None, None)
+    result.images_per_s_ci_pct = summary.half_width_pct
+    result.step_ms_p50, result.step_ms_p90, result.step_ms_p99 = summary.step_ms
+    result.windows_s, result.windows_images = windows_s, windows_images
+    result.warnings.extend(summary.warnings)
+
+
+def record_throughput(result: Result, meter: timing.StepMeter) -> None:
+    record_windows(result, meter.windows_s, meter.windows_images, meter.step_s)
+    result.warmup_s, result.train_s, result.epoch_s = meter.warmup_s, meter.train_s, meter.epoch_s
+    result.steps, result.images, result.stopped_by = meter.steps, meter.images, meter.stopped_by or "epochs"
+    result.new_shape_steps = meter.new_shape_steps
+    result.minor_faults_per_step = meter.timed_faults / len(meter.step_s) if meter.step_s else None
+    window_total = sum(meter.windows_s)
+    if meter.data_wait_measured:
+        result.data_wait_pct = 100.0 * meter.data_wait_s / window_total if window_total else None
+
+
+EVAL_BATCH = 500
+
+
+def eval_batch_size(case: Case, last: bool) -> int:
+    """The accuracy pass's batch: the Case's own while another epoch follows (a larger batch would free blocks
+    that change how malloc serves the next epoch's steps: cnn/loops.py, _SLICE_BYTES); after the last epoch nothing
+    timed follows, so EVAL_BATCH (at batch 4, 1,000 images took 0.2-0.3 s of a 0.6 s --quick Case)."""
+    return case.batch_size if not last else max(case.batch_size, EVAL_BATCH)
+
+
+def train(case: Case, arrays: CifarArrays, device: torch.device, result: Result, started: float,
+          progress: Progress | None, ranks: Ranks = SINGLE) -> tuple[nn.Module, timing.StepMeter]:
+    """Trains the Case (one rank's part of it with `ranks`), accuracy measured on rank 0 after every
+    epoch outside the timed windows; returns the model (unwrapped) and the meter."""
+    compute = devices.placement(device)
+    net = Net(case.width, len(arrays.classes)).to(compute, memory_format=_memory_format(case))
+    if ranks.world > 1:  # ranks agree on the window length at the warm-up's end, so there must be one
+        case = replace(case, warmup_steps=max(case.warmup_steps, 1))
+    meter = case_meter(case, device, steps_per_epoch(case, len(arrays.train_y), ranks.shard), progress,
+                       agree=ranks.agree)
+    model = ranks.wrap(net, meter) if ranks.wrap else net
+    optimizer = torch.optim.SGD(model.parameters(), lr=case.lr, momentum=0.9)
+    if case.compile_mode is not None:
+        model = compiled(case, model, arrays, compute, result, train=True, optimizer=optimizer)
+    n_eval = len(arrays.test_y) if case.eval_images is None else min(case.eval_images, len(arrays.test_y))
+    test_x, test_y = (resident_tensors(case, "test", arrays.test_x[:n_eval], arrays.test_y[:n_eval], compute)
+                      if ranks.rank == 0 else (None,) * 2)
+    epoch_batches, item, resident = _batches(case, "train", arrays.train_x, arrays.train_y, arrays.classes, device,
+                                             train=True, meter=meter, shard=ranks.shard)
+    if case.cuda_graphs:  # captured before the clock starts; its warm-up takes 3 steps on the first batch
+        x, y = resident
+        step = loops.graphed_step(model, optimizer, (x[:case.batch_size], y[:case.batch_size]), _amp(case))
+    else:
+        step = loops.eager_step(model, optimizer, _amp(case))
+    sampler, monitored = monitor_gpu(device, result)
+    result.startup_s = time.time() - started
+    result.eval_s = 0.0
+    for epoch in range(case.epochs):
+        meter.start_epoch()
+        with monitored():
+            result.loss = loops.train_epoch(model, optimizer, epoch_batches(epoch), item_every_step=item,
+                                            on_step=meter.on_step, step=step)
+            meter.end_epoch()
+        if ranks.rank == 0:  # accuracy after every epoch, outside the timed windows
+            t0 = time.perf_counter()
+            accuracy, per_class = loops.evaluate(net, test_x, test_y, len(arrays.classes),
+                                                 batch_size=eval_batch_size(case, last=bool(meter.stopped_by)
+                                                                            or epoch == case.epochs - 1))
+            result.eval_s += time.perf_counter() - t0
+            result.epoch_accuracy_pct.append(accuracy)
+            result.test_accuracy_pct, result.class_accuracy_pct = accuracy, dict(zip(arrays.classes, per_class))
+            if result.time_to_target_s is None and accuracy >= case.target_accuracy_pct:
+                result.time_to_target_s = meter.train_s
+        if ranks.barrier is not None:
+            ranks.barrier()
+        if meter.stopped_by:
+            break
+    result.epochs_completed = meter.images / len(arrays.train_y)
+    record_throughput(result, meter)
+    record_gpu_usage(result, sampler, len(arrays.train_y) // ranks.world, meter.images)
+    return net, meter
+
+
+def infer(case: Case, arrays: CifarArrays, device: torch.device, result: Result, started: float,
+          progress: Progress | None) -> None:
+    """Runs the Case's inference loop, then times the model alone for latency."""
+    compute = devices.placement(device)
+    net = Net(case.width, len(arrays.classes)).to(compute, memory_format=_memory_format(case)).eval()
+    if case.compile_mode is not None:
+        net = compiled(case, net, arrays, compute, result, train=False)
+    meter = case_meter(case, device, math.ceil(len(arrays.test_y) / case.batch_size), progress)
+    epoch_batches, item, _ = _batches(case, "test", arrays.test_x, arrays.test_y, arrays.classes, device, train=False,
+                                      meter=meter)
+    autocast = torch.autocast(compute.type, dtype=_amp(case), enabled=_amp(case) is not None)
+    sampler, monitored = monitor_gpu(device, result)
+    result.startup_s = time.time() - started
+    for _ in range(case.epochs):
+        meter.start_epoch()
+        with monitored(), autocast:
+            loops.infer_epoch(net, epoch_batches(0), item_every_step=item, on_step=meter.on_step)
+            meter.end_epoch()
+        if meter.stopped_by:
+            break
+    result.epochs_completed = meter.images / len(arrays.test_y)
+    record_throughput(result, meter)
+    record_gpu_usage(result, sampler, len(arrays.test_y), meter.images)
+    # latency: the model alone on a batch already on the device, synchronised around each call
+    n_latency = min(len(arrays.test_y), case.latency_batches * case.batch_size)  # the images it times, no more
+    test_x, _ = resident_tensors(case, "test", arrays.test_x[:n_latency], arrays.test_y[:n_latency], compute)
+    test_x = test_x.contiguous(memory_format=_memory_format(case))
+    inputs = (test_x[i:i + case.batch_size] for i in range(0, len(test_x), case.batch_size))
+    with torch.inference_mode(), autocast:  # within the Case's time budget too, as its throughput
+        lat = timing.latencies_ms(meter.clock, net, inputs, case.latency_batches, budget_s=case.max_seconds)
+    result.latency_ms_p50, result.latency_ms_p90, result.latency_ms_p99 = timing.percentiles(lat)
+    result.latency_calls = len(lat)

@@ -1,0 +1,167 @@
+"""Runs one Case and returns one Result. The runner calls it in a fresh process per Case.
+
+Usable alone, e.g. on each node of a cluster launcher:
+    python -m bench.running.worker case.json        (prints one Result JSON line)
+Importing this module imports torch and torchvision, so a fork server that
+preloads it hands each Case a process with them already imported.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict
+
+import psutil
+import torch
+import torchvision  # noqa: F401  (preloaded by the fork server with torch)
+
+from bench.measuring import allocator
+from bench.running import contention
+from bench.measuring import timing
+from bench.measuring import training
+from bench.measuring.job import run_job
+from bench.schema import JOB, Case
+from bench.result import Result
+from cnn import data
+
+Progress = training.Progress
+
+
+def _is_oom(exc: BaseException) -> bool:
+    """CUDA raises OutOfMemoryError; the CPU allocator raises a RuntimeError that says so."""
+    text = str(exc).lower()
+    return (isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text
+            or "can't allocate memory" in text)
+
+
+def run_case(case: Case, progress: Progress | None = None, started: float | None = None) -> Result:
+    """Runs the Case; every failure becomes a Result with its status and error, never an exception.
+
+    `started` is when the process was asked for (time.time()); by default the process's
+    creation time, which the kernel gives only to about a second.
+    """
+    started = psutil.Process().create_time() if started is None else started
+    watch = contention.Watch()
+    result = _run(case, progress, started)
+    load = watch.load()
+    result.other_cpu_cores, result.steal_pct, result.cpu_mhz = load.other_cpu_cores, load.steal_pct, load.cpu_mhz
+    result.contended = load.contended
+    if load.contended:
+        result.warnings.append(f"contended: other processes used {load.other_cpu_cores:.2f} cores on average "
+                               f"(steal {load.steal_pct:.1f}%) while this Case ran")
+    return result
+
+
+def _run(case: Case, progress: Progress | None, started: float) -> Result:
+    device = torch.device(case.device)
+    unavailable = training.compile_unavailable(device.type) if case.compile_mode is not None else None
+    unavailable = unavailable or allocator.unavailable(case.malloc)
+    if unavailable:  # before any rank is launched: a data-parallel Case is skipped as a single-process one is
+        return Result(case=case, status="skipped", error=unavailable)
+    if case.world_size > 1:
+        return _run_distributed(case, progress, started)
+    result = Result(case=case)
+    try:
+        result.malloc_state = allocator.pin(case.malloc)  # before the Case allocates anything
+        training.set_threads(case)
+        torch.manual_seed(case.seed)
+        if device.type == "cuda":  # the tutorial's script leaves cuDNN's autotuning off
+            training.prepare_cuda(device, result, autotune=case.mode != JOB)
+        arrays = data.load_arrays(case.data_cache)
+        result.train_images, result.test_images = len(arrays.train_y), len(arrays.test_y)
+        if case.mode == JOB:
+            run_job(case, arrays, device, result, started, progress)
+        elif case.mode == "train":
+            training.train(case, arrays, device, result, started, progress)
+        else:
+            training.infer(case, arrays, device, result, started, progress)
+        result.peak_device_mem_mb = timing.peak_device_mem_mb(device)
+    except Exception as exc:  # a Case's failure is data, the sweep goes on
+        result.status = "oom" if _is_oom(exc) else "failed"
+        frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        where = f" (at {os.path.basename(frame.filename)}:{frame.lineno})" if frame else ""
+        result.error = f"{type(exc).__name__}: {exc}{where}".replace("\n", " ")[:2000]
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    result.threads_used = torch.get_num_threads()
+    result.peak_rss_mb = timing.peak_rss_mb()
+    result.wall_s = time.time() - started
+    return result
+
+
+def _run_distributed(case: Case, progress: Progress | None, started: float) -> Result:
+    """A data-parallel Case: its ranks under PyTorch's elastic launcher; a failed rank fails the Case."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from bench.measuring import ddp
+    from bench.sweep.plan import oversubscription
+
+    try:
+        result = ddp.launch(case, progress, started)
+    except ChildFailedError as exc:  # the launcher has already torn the whole group down
+        text = ddp.failure_text(exc)
+        result = Result(case=case, status="oom" if _is_oom(RuntimeError(text)) else "failed", error=text[:2000])
+    except Exception as exc:  # rendezvous or launcher errors
+        result = Result(case=case, status="failed", error=f"{type(exc).__name__}: {exc}".replace("\n", " ")[:2000])
+    warning = oversubscription(case, psutil.cpu_count(logical=False) or 1)
+    if warning:
+        result.warnings.append(warning)
+    result.wall_s = time.time() - started
+    return result
+
+
+def child_main(case_fields: dict, conn, started: float) -> None:
+    """Entry point in a fork-server child: progress and the Result go back through `conn`."""
+    # A process group of its own: the runner kills the Case with all it started (DataLoader workers,
+    # DDP ranks), even a worker forked a moment before, and a terminal's Ctrl-C reaches the runner only.
+    os.setpgrp()
+    # A fork-server child inherits "forkserver" as its start method; give the Case the platform's
+    # default (fork on Linux), as in a plain `python train.py`, so DataLoader workers start as usual.
+    multiprocessing.set_start_method(multiprocessing.get_all_start_methods()[0], force=True)
+    case = Case(**case_fields)
+    result = run_case(case, progress=lambda p: conn.send(("progress", p)), started=started)
+    conn.send(("result", result.to_dict()))
+    conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.running.worker CASE.json|- [--out RUN_DIR]`: one Case, its Result printed (and appended
+    to RUN_DIR/results.jsonl). Under torchrun (RANK and WORLD_SIZE set) this process is one rank of
+    a data-parallel Case whose world is torchrun's; rank 0 prints and appends the Result."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.running.worker")
+    parser.add_argument("case", help="a Case as JSON (bench plan --write-cases DIR writes them), or - for stdin")
+    parser.add_argument("--out", help="run folder to append the Result to (bench report reads it)")
+    args = parser.parse_args(argv)
+    text = sys.stdin.read() if args.case == "-" else open(args.case).read()
+    case = Case(**json.loads(text))
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        from dataclasses import replace
+
+        from bench.measuring import ddp
+
+        case = replace(case, world_size=int(os.environ["WORLD_SIZE"]))
+        fields = ddp.rank_main(asdict(case))
+        if fields is None:  # not rank 0
+            return 0
+        result = Result.from_dict(fields)
+    else:
+        result = run_case(case)
+    if args.out:
+        from pathlib import Path
+
+        from bench.store.run_folder import RunFolder
+
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        RunFolder(args.out).append(result)
+    print(result.to_json(), flush=True)
+    return 0 if result.status == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

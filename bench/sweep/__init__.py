@@ -1,0 +1,1 @@
+"""What to run: the options, the spec built from them, the plan of Cases."""
