@@ -103,7 +103,7 @@ def _faults_per_step(state: str | None, start_env: dict) -> list[int]:
     """Minor page faults in each of 50 'steps' of three 2 MiB blocks live at once, touched and freed (as a training
     step's tensors are), after 5 steps of warm-up, in a fresh interpreter with glibc's real malloc started in
     `start_env`'s state and then pinned in `state` (None: left as it started)."""
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import resource, torch; from bench import allocator\n"
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import resource, torch; from bench.measuring import allocator\n"
             f"if {state!r} is not None: allocator.pin({state!r})\n"
             "f = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
             "def step():\n    blocks = [torch.empty(2**19).fill_(1) for _ in range(3)]\n    del blocks\n"

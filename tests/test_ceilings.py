@@ -148,7 +148,7 @@ def test_a_sweep_goes_on_when_its_ceiling_worker_fails_and_the_report_says_the_c
 def test_the_environment_names_torchvisions_build_without_importing_it():
     import torchvision
 
-    code = ("import sys; from bench import environment; env = environment.capture(query_cuda=False); "
+    code = ("import sys; from bench.running import environment; env = environment.capture(query_cuda=False); "
             "print(env['torchvision'], 'torchvision' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])

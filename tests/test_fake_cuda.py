@@ -227,7 +227,8 @@ def test_a_case_with_a_bare_cuda_fails_as_it_would_on_a_gpu(fake, small):
 
 def test_results_written_with_a_bare_cuda_load_as_cuda_0(small, tmp_path):
     folder = RunFolder(tmp_path)
-    folder.append(Result(case=_case(small, device="cuda")))
+    record = {**Result(case=_case(small, device="cuda")).to_dict(), "schema_version": 1}  # as version 1 wrote it
+    folder.results_path.write_text(json.dumps(record) + "\n")
     assert '"key": "train/cuda/' in folder.results_path.read_text()
     [loaded] = folder.results()  # so --resume matches the Cases of an older run folder
     assert loaded.case.device == "cuda:0" and loaded.case.key.startswith("train/cuda:0/")
