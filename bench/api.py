@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
-from bench.schema import SweepSpec
 from bench.result import Result
+from bench.schema import SweepSpec
 
 
 def sweep_spec(**options) -> SweepSpec:

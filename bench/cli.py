@@ -11,12 +11,12 @@ from pathlib import Path
 import psutil
 
 from bench.analysis.compare import METRICS
-from bench.sweep.converters import devices, percentage
 from bench.measuring.devices import cuda_device_count
-from bench.sweep.options import QUICK, add_sweep_args  # noqa: F401 (QUICK: the --quick presets)
 from bench.schema import SweepSpec
-from bench.sweep.spec import SpecError, resolve_devices  # noqa: F401
 from bench.sweep import spec as spec_stage
+from bench.sweep.converters import devices, percentage
+from bench.sweep.options import QUICK, add_sweep_args  # noqa: F401 (QUICK: the --quick presets)
+from bench.sweep.spec import SpecError, resolve_devices  # noqa: F401
 
 
 CliError = SpecError  # bad input, from argv or from the spec stage: printed as one line, exit status 2

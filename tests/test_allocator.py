@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.measuring import allocator
 from bench import cli
-from bench.sweep.plan import plan_cases
 from bench.analysis.frame import step_variant
+from bench.measuring import allocator
+from bench.sweep.plan import plan_cases
 from bench.sweep.spec import with_defaults
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,8 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.analysis import tables
-from bench.analysis import roofline
+from bench.analysis import roofline, tables
 from bench.report import findings as sentences
 
 

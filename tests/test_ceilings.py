@@ -13,13 +13,12 @@ import pytest
 import torch
 
 import bench
-from bench.running import ceilings
 from bench.analysis import roofline
-from bench.running import environment
 from bench.report import build
-from bench.sweep.plan import plan_cases
-from bench.store.run_folder import RunFolder
 from bench.result import Result
+from bench.running import ceilings, environment
+from bench.store.run_folder import RunFolder
+from bench.sweep.plan import plan_cases
 from bench.sweep.spec import with_defaults
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from bench.running import check
 from bench import cli
 from bench.result import Result
+from bench.running import check
 from conftest import run_bench
 
 ROW = re.compile(r"^(\S+)\s+(tutorial|resident)\s+(train|infer)\s+(.+?)\s+(ok|failed|skipped)\b\s*(.*)$")

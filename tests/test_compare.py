@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from bench.analysis.compare import compare_runs
-from bench.sweep.plan import plan_cases
-from bench.store.run_folder import RunFolder
 from bench.result import Result
+from bench.store.run_folder import RunFolder
+from bench.sweep.plan import plan_cases
 from bench.sweep.spec import with_defaults
 from conftest import ROOT, run_bench
 

@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.analysis import tables
 from bench import cli
+from bench.analysis import tables
 from bench.measuring import training
-from bench.running import worker
 from bench.report import findings as sentences
-from bench.sweep.plan import plan_cases
-from bench.schema import Case
 from bench.result import Result
+from bench.running import worker
+from bench.schema import Case
+from bench.sweep.plan import plan_cases
 from bench.sweep.spec import with_defaults
 from cnn import data
 from cnn.model import Net

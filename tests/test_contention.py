@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from bench.running import contention
-from bench.running import runner
-from bench.store.run_folder import RunFolder
-from bench.schema import Case
 from bench.result import Result
+from bench.running import contention, runner
+from bench.schema import Case
+from bench.store.run_folder import RunFolder
 
 
 def test_a_busy_neighbour_makes_a_case_contended():

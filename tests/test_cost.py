@@ -6,11 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.analysis import tables
-from bench.report import answer
 from bench import cli
-from bench.analysis import cost
-from bench.report import findings as sentences
+from bench.analysis import cost, tables
+from bench.report import answer, findings as sentences
 from test_analysis import _row
 
 

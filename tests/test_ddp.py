@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from bench import cli
-from bench.running import runner
 from bench.measuring.ddp import param_digest
-from bench.sweep.plan import plan_cases
+from bench.running import runner
 from bench.schema import SweepSpec
+from bench.sweep.plan import plan_cases
 from bench.sweep.spec import with_defaults
 from cnn import data
 from cnn.model import Net

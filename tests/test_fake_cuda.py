@@ -20,11 +20,11 @@ import torch
 
 import bench
 from bench import cli
-from bench.running import worker
-from bench.sweep.plan import plan_cases
-from bench.store.run_folder import RunFolder
-from bench.schema import Case
 from bench.result import Result
+from bench.running import worker
+from bench.schema import Case
+from bench.store.run_folder import RunFolder
+from bench.sweep.plan import plan_cases
 from bench.sweep.spec import with_defaults
 from cnn import data
 from conftest import ROOT

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from bench.report import answer
 from bench import cli
 from bench.measuring import job
 from bench.measuring.job import Pass, Stretch, project, record_job
-from bench.sweep.plan import JOB_SITTINGS, plan_cases
-from bench.store.run_folder import RunFolder
-from bench.schema import JOB
+from bench.report import answer
 from bench.result import Result
+from bench.schema import JOB
+from bench.store.run_folder import RunFolder
+from bench.sweep.plan import JOB_SITTINGS, plan_cases
 from bench.sweep.spec import with_defaults
 from conftest import run_bench
 

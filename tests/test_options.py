@@ -10,9 +10,9 @@ import pytest
 import bench
 from bench import cli
 from bench.analysis import compare
+from bench.schema import SweepSpec
 from bench.sweep import spec
 from bench.sweep.options import BY_KEYWORD, OPTIONS, QUICK, _shown, add_sweep_args, spec_defaults
-from bench.schema import SweepSpec
 
 VALUED = [o for o in OPTIONS if o.convert is not None and o.default not in (None, {})]
 

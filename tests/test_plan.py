@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from bench.sweep.plan import REPORT_S, SWEEP_SETUP_S, effective_lr, estimate_seconds, plan_cases
-from bench.schema import Case, SweepSpec
 from bench.result import SCHEMA_VERSION, Result
+from bench.schema import Case, SweepSpec
+from bench.sweep.plan import REPORT_S, SWEEP_SETUP_S, effective_lr, estimate_seconds, plan_cases
 from bench.sweep.spec import with_defaults
 
 

@@ -7,10 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.analysis import tables
-from bench.analysis import compare
+from bench.analysis import compare, repeats, tables
 from bench.report import findings
-from bench.analysis import repeats
 
 
 def _row(batch: int, repeat: int, rate: float | None, status: str = "ok", run: str = "run-a", windows=3, **kw):

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 
 from bench.analysis import tables
-from bench.report import charts
-from bench.report import build
-from bench.sweep.plan import plan_cases
-from bench.store.run_folder import RunFolder
-from bench.schema import JOB
+from bench.report import build, charts
 from bench.result import Result
+from bench.schema import JOB
+from bench.store.run_folder import RunFolder
+from bench.sweep.plan import plan_cases
 from bench.sweep.spec import with_defaults
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.store.run_folder import RunError, RunFolder
-from bench.schema import Case
 from bench.result import ENVIRONMENT_STEPS, RECORD_STEPS, SCHEMA_VERSION, Result, upgrade_record
+from bench.schema import Case
+from bench.store.run_folder import RunError, RunFolder
 from conftest import run_bench
 
 

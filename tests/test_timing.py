@@ -1,4 +1,4 @@
-"""bench/measuring/timing.py: windows, warm-up, budgets and summaries, on a clock we control."""
+"""bench/measuring/timing.py and its parts (clock, windows, stop, stats), on a clock we control."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -6,10 +6,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.measuring import timing
+from bench.measuring import clock as clocks
+from bench.measuring import stats, stop, timing, windows
 
 
-class FakeClock(timing.DeviceClock):
+class FakeClock(clocks.DeviceClock):
     """Each step takes `step_s` of device time; records when it was synchronised."""
 
     def __init__(self, step_s: float = 0.01):
@@ -45,7 +46,7 @@ def test_warmup_is_excluded_and_windows_cover_the_rest():
     assert meter.warmup_s == pytest.approx(0.05)
     assert len(meter.windows_s) == 20 and sum(meter.windows_images) == 80
     assert meter.train_s == pytest.approx(0.25)
-    summary = timing.summarise(meter.windows_s, meter.windows_images, meter.step_s)
+    summary = stats.summarise(meter.windows_s, meter.windows_images, meter.step_s)
     assert summary.images_per_s == pytest.approx(400.0)
     assert summary.step_ms[0] == pytest.approx(10.0) and summary.spread_pct == pytest.approx(0.0)
 
@@ -59,13 +60,13 @@ def test_every_window_is_closed_by_a_synchronise():
 
 
 @pytest.mark.parametrize("budget, window_s, stopped_by, steps", [
-    (timing.Budget(max_steps=7), 10.0, "max_steps", 7),
+    (stop.Budget(max_steps=7), 10.0, "max_steps", 7),
     # a spent time budget stops the Case once it has BUDGET_MIN_WINDOWS (3) windows: here one a step,
     # after the one warm-up step
-    (timing.Budget(max_seconds=0.0), 0.0, "max_seconds", 1 + timing.BUDGET_MIN_WINDOWS),
+    (stop.Budget(max_seconds=0.0), 0.0, "max_seconds", 1 + stop.BUDGET_MIN_WINDOWS),
     # windows closed only at epoch ends (one each): the three epochs end before a third window opens
-    (timing.Budget(max_seconds=0.0), 10.0, None, 30),
-    (timing.Budget(), 10.0, None, 30),
+    (stop.Budget(max_seconds=0.0), 10.0, None, 30),
+    (stop.Budget(), 10.0, None, 30),
 ])
 def test_budget_stops_the_case(budget, window_s, stopped_by, steps):
     clock = FakeClock()
@@ -83,13 +84,13 @@ def test_warmup_longer_than_an_epoch_carries_on():
 
 
 def test_summary_reports_spread_and_warns_when_noisy():
-    noisy = timing.summarise([1.0, 1.0, 1.0, 1.0], [100, 100, 150, 200], [])
+    noisy = stats.summarise([1.0, 1.0, 1.0, 1.0], [100, 100, 150, 200], [])
     assert noisy.images_per_s == pytest.approx(125.0)
     assert noisy.spread_pct == pytest.approx(100 * (162.5 - 100) / 125)
     assert any("varied" in w for w in noisy.warnings)
-    few = timing.summarise([1.0], [100], [])
+    few = stats.summarise([1.0], [100], [])
     assert any("only 1 timed window" in w for w in few.warnings)
-    none = timing.summarise([], [], [])
+    none = stats.summarise([], [], [])
     assert none.images_per_s is None and "no timed window" in none.warnings[0]
 
 
@@ -110,21 +111,21 @@ def test_data_wait_counts_time_inside_the_iterator_after_warmup():
 
 def test_latency_syncs_around_every_call():
     clock = FakeClock()
-    lat = timing.latencies_ms(clock, lambda x: x, iter(range(10)), limit=4)
+    lat = clocks.latencies_ms(clock, lambda x: x, iter(range(10)), limit=4)
     assert len(lat) == 4 and clock.syncs == 8
 
 
 def test_latency_stops_at_its_time_budget_after_the_fewest_calls_it_needs(monkeypatch):
     now = [0.0]
-    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(clocks, "time", SimpleNamespace(perf_counter=lambda: now[0]))
 
     def call(x):  # 20 ms a call
         now[0] += 0.02
 
-    assert len(timing.latencies_ms(FakeClock(), call, iter(range(50)), limit=50, budget_s=0.1)) == 5
-    assert len(timing.latencies_ms(FakeClock(), call, iter(range(50)), limit=50, budget_s=0.0)) == 3  # never under 3
-    assert len(timing.latencies_ms(FakeClock(), call, iter(range(50)), limit=7, budget_s=10.0)) == 7
-    assert len(timing.latencies_ms(FakeClock(), call, iter(range(50)), limit=9)) == 9
+    assert len(clocks.latencies_ms(FakeClock(), call, iter(range(50)), limit=50, budget_s=0.1)) == 5
+    assert len(clocks.latencies_ms(FakeClock(), call, iter(range(50)), limit=50, budget_s=0.0)) == 3  # never under 3
+    assert len(clocks.latencies_ms(FakeClock(), call, iter(range(50)), limit=7, budget_s=10.0)) == 7
+    assert len(clocks.latencies_ms(FakeClock(), call, iter(range(50)), limit=9)) == 9
 
 
 def test_cuda_windows_use_events_and_close_with_a_device_synchronise():
@@ -134,7 +135,7 @@ def test_cuda_windows_use_events_and_close_with_a_device_synchronise():
 
     fake = FakeCuda(2).install()
     try:
-        clock = timing.DeviceClock(torch.device("cuda:1"))
+        clock = clocks.DeviceClock(torch.device("cuda:1"))
         meter = timing.StepMeter(clock, warmup_steps=1, window_s=0.0)
         meter.start_epoch()
         for _ in range(4):
@@ -175,7 +176,7 @@ def test_ranks_vote_between_windows_never_inside_one():
         return value
 
     meter = timing.StepMeter(clock, warmup_steps=2, window_s=0.0, agree=agree,
-                              budget=timing.Budget(max_seconds=1e9))
+                              budget=stop.Budget(max_seconds=1e9))
     _run(meter, clock, steps=12)
     votes = [i for i, e in enumerate(clock.events) if e == "vote"]
     assert len(votes) > 5
@@ -245,12 +246,12 @@ def test_a_case_stops_once_its_median_is_known_within_the_target_and_not_before_
     # alternating speeds 40% apart never get within 2%: the budget stops the Case
     clock = ScriptedClock([0.01, 0.014] * 300)
     meter = timing.StepMeter(clock, warmup_steps=2, window_s=0.0, precision_pct=2.0,
-                              budget=timing.Budget(max_steps=100))
+                              budget=stop.Budget(max_steps=100))
     _run(meter, clock, steps=500)
     assert meter.stopped_by == "max_steps"
     # without a target the Case runs its whole budget
     clock = FakeClock(0.01)
-    meter = timing.StepMeter(clock, warmup_steps=2, window_s=0.0, budget=timing.Budget(max_steps=50))
+    meter = timing.StepMeter(clock, warmup_steps=2, window_s=0.0, budget=stop.Budget(max_steps=50))
     _run(meter, clock, steps=500)
     assert meter.stopped_by == "max_steps" and meter.steps == 50
 
@@ -273,7 +274,7 @@ def test_minor_faults_are_counted_inside_kept_windows_only(monkeypatch):
     # 7 page faults a step, read from a stand-in for getrusage that the fake clock drives; the warm-up's
     # faults (and the dropped partial-batch step's) stay out, as its time does
     clock = FakeClock(0.01)
-    monkeypatch.setattr(timing, "minor_faults", lambda: int(round(clock.now / clock.step_s)) * 7)
+    monkeypatch.setattr(windows, "minor_faults", lambda: int(round(clock.now / clock.step_s)) * 7)
     meter = timing.StepMeter(clock, warmup_steps=5, window_s=0.0)
     meter.start_epoch()
     for n in [4] * 20 + [2]:  # the last step is a new batch size: dropped from the windows
@@ -284,11 +285,11 @@ def test_minor_faults_are_counted_inside_kept_windows_only(monkeypatch):
 
 
 def test_minor_faults_reads_this_process():
-    before = timing.minor_faults()
+    before = clocks.minor_faults()
     block = bytearray(64 * 2**20)  # 64 MB, zero pages touched: the kernel maps them one by one
     for i in range(0, len(block), 4096):
         block[i] = 1
-    assert timing.minor_faults() - before >= 64 * 2**20 // 4096 // 2  # huge pages may map several at once
+    assert clocks.minor_faults() - before >= 64 * 2**20 // 4096 // 2  # huge pages may map several at once
 
 
 def test_a_step_before_its_epoch_started_is_a_clear_error_and_every_attribute_is_declared():

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis import repeats
-from bench.analysis.roofline import achieved_gflops
 from bench.analysis.cost import cost_table
 from bench.analysis.frame import CONFIG, PLAIN, ok_rows
+from bench.analysis.roofline import achieved_gflops
 from bench.schema import JOB
 
 SPREAD_WARN_PCT = 10.0

@@ -27,12 +27,11 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 from torch.nn.parallel import DistributedDataParallel
 
-from bench.measuring import allocator
-from bench.measuring import devices
-from bench.measuring import timing
-from bench.schema import Case
-from bench.result import Result
+from bench.measuring import allocator, devices, stats, timing
+from bench.measuring.clock import peak_device_mem_mb, peak_rss_mb
 from bench.measuring.training import Ranks, prepare_cuda, record_windows, set_threads, train
+from bench.result import Result
+from bench.schema import Case
 from cnn import data
 
 
@@ -187,7 +186,7 @@ def _train_rank(case: Case, device: torch.device, rank: int, world: int, progres
     return {**own, "step_s": meter.step_s, "allreduce_s": allreduce_s, "timed_s": sum(meter.windows_s),
             "param_digest": param_digest(net), "initial_digest": initial["digest"],
             "train_images": len(arrays.train_y), "test_images": len(arrays.test_y),
-            "peak_rss_mb": timing.peak_rss_mb(), "peak_device_mem_mb": timing.peak_device_mem_mb(device)}
+            "peak_rss_mb": peak_rss_mb(), "peak_device_mem_mb": peak_device_mem_mb(device)}
 
 
 # what each rank's Result holds that rank 0 gathers (accuracy fields are filled on rank 0 only)
@@ -205,7 +204,7 @@ def _result(case: Case, records: list[dict], backend: str, started: float) -> Re
     windows_images = [sum(r["windows_images"][i] for r in records) for i in range(n_windows)]
     result = Result(case=case, backend=backend, global_batch_size=case.global_batch_size)
     record_windows(result, windows_s, windows_images, zero["step_s"])
-    result.rank_images_per_s = [timing.summarise(r["windows_s"], r["windows_images"], r["step_s"]).images_per_s
+    result.rank_images_per_s = [stats.summarise(r["windows_s"], r["windows_images"], r["step_s"]).images_per_s
                                 for r in records]
     timed = sum(r["timed_s"] for r in records)
     result.allreduce_pct = 100.0 * sum(r["allreduce_s"] for r in records) / timed if timed else None

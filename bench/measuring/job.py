@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from bench.measuring import allocator
-from bench.measuring import devices
-from bench.measuring import timing
-from bench.schema import Case
-from bench.result import Result
+from bench.measuring import allocator, devices
+from bench.measuring.clock import DeviceClock, minor_faults
 from bench.measuring.training import record_windows
+from bench.result import Result
+from bench.schema import Case
 from cnn import loops
 from cnn.cifar_files import CifarArrays
 from cnn.model import Net
@@ -144,7 +143,7 @@ def run_job(case: Case, arrays: CifarArrays, device: torch.device, result: Resul
             progress: Progress | None) -> None:
     """Runs (or samples) the tutorial's job on the Case's device and fills the Result's job fields."""
     compute = devices.placement(device)
-    clock = timing.DeviceClock(device)
+    clock = DeviceClock(device)
     import_s = import_seconds(case.malloc)
     net = Net(case.width, len(arrays.classes)).to(compute)
     optimizer = torch.optim.SGD(net.parameters(), lr=case.lr, momentum=0.9)
@@ -164,12 +163,12 @@ def run_job(case: Case, arrays: CifarArrays, device: torch.device, result: Resul
     def timed(p: Pass, body: Callable[[Stretch], object]):
         share_steps = None if whole or case.max_steps is None else step_share(case.max_steps, PASSES.index(p.name))
         stretch = Stretch(p, None if whole else share_s, share_steps, tick)
-        faults = timing.minor_faults()
+        faults = minor_faults()
         clock.sync()
         out = body(stretch)
         clock.sync()
         p.seconds = time.perf_counter() - stretch.start
-        p.faults = timing.minor_faults() - faults
+        p.faults = minor_faults() - faults
         return out
 
     for p in passes[:2]:

@@ -20,11 +20,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from bench.measuring import devices
-from bench.measuring import gpu_monitor
-from bench.measuring import timing
-from bench.schema import Case
+from bench.measuring import devices, gpu_monitor, stats, stop, timing
+from bench.measuring.clock import DeviceClock, latencies_ms, percentiles
 from bench.result import Result
+from bench.schema import Case
 from cnn import loops, normalised
 from cnn.cifar_files import CifarArrays
 from cnn.model import Net
@@ -103,8 +102,8 @@ def case_meter(case: Case, device: torch.device, steps_per_epoch: int, progress:
         progress({"step": steps, "steps": planned, "epoch": min(steps // steps_per_epoch + 1, case.epochs),
                   "epochs": case.epochs, "elapsed_s": elapsed, "eta_s": max(eta or 0.0, 0.0)})
 
-    return timing.StepMeter(timing.DeviceClock(device), case.warmup_steps, case.window_s,
-                             timing.Budget(case.max_steps, case.max_seconds), precision_pct=case.target_precision_pct,
+    return timing.StepMeter(DeviceClock(device), case.warmup_steps, case.window_s,
+                             stop.Budget(case.max_steps, case.max_seconds), precision_pct=case.target_precision_pct,
                              progress=report if progress else None, agree=agree)
 
 
@@ -148,7 +147,7 @@ def compiled(case: Case, net: nn.Module, arrays: CifarArrays, compute: torch.dev
     model = torch.compile(net, mode=case.compile_mode)
     x, y = loops.resident_tensors(arrays.train_x[:case.batch_size], arrays.train_y[:case.batch_size], compute)
     x = x.contiguous(memory_format=_memory_format(case))
-    clock = timing.DeviceClock(torch.device(case.device))
+    clock = DeviceClock(torch.device(case.device))
     clock.sync()
     t0 = time.perf_counter()
     with torch.autocast(compute.type, dtype=_amp(case), enabled=_amp(case) is not None):
@@ -220,7 +219,7 @@ def steps_per_epoch(case: Case, n_images: int, shard: tuple[int, int] | None = N
 
 def record_windows(result: Result, windows_s: list[float], windows_images: list[int], step_s: list[float]) -> None:
     """The throughput summary of timed windows into the Result, beside the raw windows it comes from."""
-    summary = timing.summarise(windows_s, windows_images, step_s)
+    summary = stats.summarise(windows_s, windows_images, step_s)
     result.images_per_s, result.images_per_s_p25, result.images_per_s_p75 = summary.images_per_s, summary.p25, summary.p75
     result.images_per_s_spread_pct = summary.spread_pct
     result.images_per_s_mean = sum(windows_images) / sum(windows_s) if sum(windows_s) > 0 else None
@@ -334,6 +333,6 @@ def infer(case: Case, arrays: CifarArrays, device: torch.device, result: Result,
     test_x = test_x.contiguous(memory_format=_memory_format(case))
     inputs = (test_x[i:i + case.batch_size] for i in range(0, len(test_x), case.batch_size))
     with torch.inference_mode(), autocast:  # within the Case's time budget too, as its throughput
-        lat = timing.latencies_ms(meter.clock, net, inputs, case.latency_batches, budget_s=case.max_seconds)
-    result.latency_ms_p50, result.latency_ms_p90, result.latency_ms_p99 = timing.percentiles(lat)
+        lat = latencies_ms(meter.clock, net, inputs, case.latency_batches, budget_s=case.max_seconds)
+    result.latency_ms_p50, result.latency_ms_p90, result.latency_ms_p99 = percentiles(lat)
     result.latency_calls = len(lat)

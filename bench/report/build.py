@@ -10,10 +10,9 @@ from matplotlib.figure import Figure
 import pandas as pd
 
 from bench.analysis import tables
-from bench.report import charts
-from bench.report import findings
-from bench.analysis.roofline import with_ceilings
 from bench.analysis.cost import with_prices
+from bench.analysis.roofline import with_ceilings
+from bench.report import charts, findings
 from bench.report.summary import precision_table
 from bench.store.run_folder import Run, RunFolder
 

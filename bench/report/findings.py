@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from bench.report import answer
-from bench.analysis.tables import SPREAD_WARN_PCT, Analysis
 from bench.analysis.frame import PLAIN
+from bench.analysis.tables import SPREAD_WARN_PCT, Analysis
+from bench.report import answer
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.analysis.frame import step_variant
-from bench.store.run_folder import results_frame
 from bench.result import Result
+from bench.store.run_folder import results_frame
 
 SUMMARY_COLUMNS = ["mode", "device", "pipeline", "variant", "batch_size", "threads", "world_size", "width", "status",
                    "images_per_s", "images_per_s_ci_pct", "stop", "step_ms_p50", "test_accuracy_pct",

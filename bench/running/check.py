@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from bench.sweep.plan import plan_cases
-from bench.schema import MODES, PIPELINES, VARIANTS, Case, changed
 from bench.result import Result
+from bench.schema import MODES, PIPELINES, VARIANTS, Case, changed
+from bench.sweep.plan import plan_cases
 from bench.sweep.spec import with_defaults
 
 RANKS = 2

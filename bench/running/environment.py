@@ -13,8 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.measuring import allocator
-from bench.measuring import gpu_monitor
+from bench.measuring import allocator, gpu_monitor
 
 
 def _cpu_model() -> str:

@@ -6,8 +6,8 @@ import time
 
 from tqdm import tqdm
 
-from bench.schema import Case
 from bench.result import Result
+from bench.schema import Case
 
 
 def _eta(seconds: float | None) -> str:

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import psutil
 
-from bench.running.forkserver import case_main, nothing, start_server
-from bench.store.run_folder import RunError, RunFolder
-from bench.schema import Case
 from bench.result import Result
+from bench.running.forkserver import case_main, nothing, start_server
+from bench.schema import Case
+from bench.store.run_folder import RunError, RunFolder
 
 POLL_S = 0.1
 

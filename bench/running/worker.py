@@ -19,13 +19,12 @@ import psutil
 import torch
 import torchvision  # noqa: F401  (preloaded by the fork server with torch)
 
-from bench.measuring import allocator
-from bench.running import contention
-from bench.measuring import timing
-from bench.measuring import training
+from bench.measuring import allocator, training
+from bench.measuring.clock import peak_device_mem_mb, peak_rss_mb
 from bench.measuring.job import run_job
-from bench.schema import JOB, Case
 from bench.result import Result
+from bench.running import contention
+from bench.schema import JOB, Case
 from cnn import data
 
 Progress = training.Progress
@@ -79,7 +78,7 @@ def _run(case: Case, progress: Progress | None, started: float) -> Result:
             training.train(case, arrays, device, result, started, progress)
         else:
             training.infer(case, arrays, device, result, started, progress)
-        result.peak_device_mem_mb = timing.peak_device_mem_mb(device)
+        result.peak_device_mem_mb = peak_device_mem_mb(device)
     except Exception as exc:  # a Case's failure is data, the sweep goes on
         result.status = "oom" if _is_oom(exc) else "failed"
         frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
@@ -88,7 +87,7 @@ def _run(case: Case, progress: Progress | None, started: float) -> Result:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     result.threads_used = torch.get_num_threads()
-    result.peak_rss_mb = timing.peak_rss_mb()
+    result.peak_rss_mb = peak_rss_mb()
     result.wall_s = time.time() - started
     return result
 

@@ -36,7 +36,7 @@ def _benchmark(row: pd.Series, variant: str, run_id: str) -> dict:
                        "variant": variant, "images_per_s": float(row["images_per_s"]),
                        "images_per_s_spread_pct": float(row["images_per_s_spread_pct"]),
                        "dataset": row["dataset"], "unit": "seconds per step (mean within a timed window)"},
-        "options": {"timer": "bench.measuring.timing.DeviceClock", "min_rounds": len(stats.data), "max_time": None,
+        "options": {"timer": "bench.measuring.clock.DeviceClock", "min_rounds": len(stats.data), "max_time": None,
                     "warmup": int(row["warmup_steps"]), "disable_gc": False},
         "stats": {**stats.as_dict(), "data": stats.data, "iterations": 1},
     }

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import psutil
 
-from bench.sweep import converters
 from bench.schema import MODES, PIPELINES, VARIANTS
+from bench.sweep import converters
 
 DATASETS = ("auto", "cifar10", "synthetic")
 LR_SCALINGS = ("none", "linear", "sqrt")

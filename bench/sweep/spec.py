@@ -13,8 +13,8 @@ from dataclasses import asdict
 import psutil
 
 from bench.measuring.devices import cuda_index
-from bench.sweep.options import BY_KEYWORD, OPTIONS, Option, spec_defaults
 from bench.schema import SweepSpec
+from bench.sweep.options import BY_KEYWORD, OPTIONS, Option, spec_defaults
 
 # every option (its converter, default, --quick preset, CLI spelling) is declared once, in bench/sweep/options.py
 
