@@ -78,13 +78,11 @@ def _check_resumable(folder, spec: SweepSpec) -> None:
 
 def _sweep(spec: SweepSpec, folder, run_id: str, resume: bool, display, warn) -> pd.DataFrame:
     """run_sweep's work, with the run folder prepared and locked."""
-    from bench.running import ceilings
-    from bench.running import environment
-    from bench.sweep.plan import oversubscription_warnings, plan_cases
-    from bench.running.progress import Display
-    from bench.store.run_folder import results_frame
     from bench.running.forkserver import check_temp_dir
+    from bench.running.progress import Display
     from bench.running.runner import run_cases
+    from bench.store.run_folder import results_frame
+    from bench.sweep.plan import oversubscription_warnings, plan_cases
 
     check_temp_dir()
     prepared = prepare_data(spec)
@@ -99,20 +97,7 @@ def _sweep(spec: SweepSpec, folder, run_id: str, resume: bool, display, warn) ->
     normalising = _cache_normalised(prepared.cache_dir) if any(c.device == "cpu" for c in todo) else None
     for text in oversubscription_warnings(todo, psutil.cpu_count(logical=False) or 1):
         warn(f"{text} (recorded in those Cases' warnings)")
-    env = environment.capture(query_cuda=False)  # no CUDA here: the ceiling worker reads the GPUs
-    import bench.report.build  # noqa: F401  (the report's imports, a second, made while the fork server still imports)
-    if normalising is not None:  # done before anything is measured
-        normalising.join()
-        if normalising.failure:
-            warn(normalising.failure)
-    if todo:  # a resume with nothing left to run has nothing to hold against a ceiling
-        env.update(ceilings.measure_in_worker(spec.devices, spec.widths, spec.amp))
-    for device, reasons in env.get("ceilings", {}).get("matmul_missing", {}).items():
-        for precision, reason in reasons.items():
-            warn(f"the {precision} matmul ceiling of {device} was not measured ({reason}); the report says so")
-    env.update(run_id=run_id, dataset=prepared.name, dataset_source=prepared.source,
-               dataset_warning=prepared.warning, skipped_devices=spec.skipped_devices, spec=asdict(spec),
-               price_usd_per_hour=spec.price)
+    env = _environment(spec, prepared, run_id, measure_ceilings=bool(todo), normalising=normalising, warn=warn)
     folder.write_environment(env)
     for case in cases:
         if case.device in spec.skipped_devices and case.key not in done:
@@ -129,6 +114,28 @@ def _sweep(spec: SweepSpec, folder, run_id: str, resume: bool, display, warn) ->
     frame = results_frame(results)
     frame.attrs["run_dir"] = str(folder.path)
     return frame
+
+
+def _environment(spec: SweepSpec, prepared, run_id: str, measure_ceilings: bool, normalising, warn) -> dict:
+    """The run's environment.json: the machine, the matmul ceilings (in a worker, after the normalised copy is
+    made: before anything is measured), the data and the spec."""
+    from bench.running import ceilings, environment
+
+    env = environment.capture(query_cuda=False)  # no CUDA here: the ceiling worker reads the GPUs
+    import bench.report.build  # noqa: F401  (the report's imports, a second, made while the fork server still imports)
+    if normalising is not None:  # done before anything is measured
+        normalising.join()
+        if normalising.failure:
+            warn(normalising.failure)
+    if measure_ceilings:  # a resume with nothing left to run has nothing to hold against a ceiling
+        env.update(ceilings.measure_in_worker(spec.devices, spec.widths, spec.amp))
+    for device, reasons in env.get("ceilings", {}).get("matmul_missing", {}).items():
+        for precision, reason in reasons.items():
+            warn(f"the {precision} matmul ceiling of {device} was not measured ({reason}); the report says so")
+    env.update(run_id=run_id, dataset=prepared.name, dataset_source=prepared.source,
+               dataset_warning=prepared.warning, skipped_devices=spec.skipped_devices, spec=asdict(spec),
+               price_usd_per_hour=spec.price)
+    return env
 
 
 class _Normalising(threading.Thread):

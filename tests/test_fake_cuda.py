@@ -302,9 +302,7 @@ def test_the_fake_is_gone_after_uninstall(small):
     fake = FakeCuda(1).install()
     fake.uninstall()
     assert torch.cuda.is_available() is (torch.cuda.device_count() > 0)
-    from bench.measuring import ddp
-    from bench.measuring import devices
-    from bench.measuring import training
+    from bench.measuring import ddp, devices, training
     assert devices.placement(torch.device("cpu")) == torch.device("cpu")
     assert os.environ.get("BENCH_FAKE_CUDA") is None
     assert not [f for f in sys.meta_path if type(f).__name__ == "_PatchAfterImport"]

@@ -272,9 +272,9 @@ def test_a_line_cut_short_by_a_killed_run_is_skipped_and_nan_is_never_written(go
 def test_a_case_measured_but_not_writable_is_printed_whole_and_stops_the_sweep(tmp_path: Path, capsys):
     """A full disk, from the kernel: results.jsonl is /dev/full, whose writes fail with ENOSPC."""
     from bench.running import runner
+    from bench.running.progress import Display
     from bench.sweep import spec
     from bench.sweep.plan import plan_cases
-    from bench.running.progress import Display
     from cnn.data import prepare_synthetic
 
     out = tmp_path / "run"

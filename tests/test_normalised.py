@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.measuring import training
+from bench.measuring import feed
 from bench.sweep.plan import plan_cases
 from bench.sweep.spec import spec_from_keywords
 from cnn import data, loops, normalised
@@ -122,13 +122,13 @@ def test_a_cpu_case_copies_the_cached_copy_and_decodes_only_without_one(cache: P
     decoded = []
     real = loops.resident_tensors
     monkeypatch.setattr(loops, "resident_tensors", lambda *a: decoded.append(len(a[0])) or real(*a))
-    x, y = training.resident_tensors(case, "train", arrays.train_x, arrays.train_y, CPU)
+    x, y = feed.resident_tensors(case, "train", arrays.train_x, arrays.train_y, CPU)
     assert decoded == [] and len(x) == len(arrays.train_x) and torch.equal(y, torch.from_numpy(arrays.train_y))
     assert "normalised" not in _mapping_of(x.data_ptr())  # copied into the process's memory, not read where mapped
-    x, _ = training.resident_tensors(case, "test", arrays.test_x[:50], arrays.test_y[:50], CPU)
+    x, _ = feed.resident_tensors(case, "test", arrays.test_x[:50], arrays.test_y[:50], CPU)
     assert decoded == [] and len(x) == 50
     (cache / normalised.RECORD).unlink()
-    x, _ = training.resident_tensors(case, "train", arrays.train_x, arrays.train_y, CPU)
+    x, _ = feed.resident_tensors(case, "train", arrays.train_x, arrays.train_y, CPU)
     assert decoded == [len(arrays.train_x)]
     assert torch.equal(x, real(arrays.train_x, arrays.train_y, CPU)[0])
 

@@ -13,11 +13,11 @@ import pandas as pd
 
 from bench.analysis import repeats
 from bench.analysis.cost import cost_table
+from bench.analysis.doubts import case_warnings, noisy_cases, time_outside_windows
 from bench.analysis.frame import CONFIG, PLAIN, ok_rows
 from bench.analysis.roofline import achieved_gflops
 from bench.schema import JOB
 
-SPREAD_WARN_PCT = 10.0
 LEARNT_PCT = 20.0  # twice chance on ten classes: below it a Case did not train long enough to learn
 
 
@@ -200,22 +200,6 @@ def gpu_usage(df: pd.DataFrame) -> pd.DataFrame:
     return ok[cols].sort_values(CONFIG).reset_index(drop=True)
 
 
-def time_outside_windows(df: pd.DataFrame) -> pd.DataFrame:
-    """Per machine, device, mode and variant: what no timed window holds, and no throughput shows.
-    Start-up is from the Case's process to its first step (imports, data, model, on CUDA the context
-    and any graph capture); warm-up is its first steps (lazy initialisation, cuDNN autotuning);
-    new-shape steps are later steps on a batch size first seen then (an epoch's partial last batch)."""
-    cols = ["machine", "device", "mode", "variant", "cases", "startup_s", "warmup_s", "new_shape_steps"]
-    ok = ok_rows(df)
-    if ok.empty or "startup_s" not in ok:
-        return pd.DataFrame(columns=cols)
-    ok = ok.assign(new_shape_steps=ok.get("new_shape_steps", pd.Series(float("nan"), index=ok.index)))
-    grouped = ok.groupby(["machine", "device", "mode", "variant"], sort=True)
-    out = grouped.agg(cases=("key", "size"), startup_s=("startup_s", "median"), warmup_s=("warmup_s", "median"),
-                      new_shape_steps=("new_shape_steps", lambda s: s.sum(min_count=1)))
-    return out.reset_index()[cols]
-
-
 def data_parallel_scaling(df: pd.DataFrame) -> pd.DataFrame:
     """Training Cases by world size, against one process (world size 1) of the same device, pipeline,
     variant and width: weak scaling at the same per-rank batch and threads per rank, strong scaling at
@@ -249,20 +233,6 @@ def data_parallel_scaling(df: pd.DataFrame) -> pd.DataFrame:
                      "vs_best_one_process": r["images_per_s"] / best})
     return pd.DataFrame(rows, columns=cols).sort_values(keys + ["batch_size", "threads", "world_size"]) \
         .reset_index(drop=True)
-
-
-def noisy_cases(df: pd.DataFrame) -> pd.DataFrame:
-    """Cases whose throughput spread (IQR) exceeds 10% of the median."""
-    ok = ok_rows(df)
-    return ok[ok["images_per_s_spread_pct"] > SPREAD_WARN_PCT][["key", "images_per_s_spread_pct"]]
-
-
-def case_warnings(df: pd.DataFrame) -> pd.DataFrame:
-    """Each Case's recorded doubts (noisy windows, too few windows, oversubscribed cores), beside its key."""
-    if "warnings" not in df:
-        return pd.DataFrame(columns=["key", "warnings"])
-    has = df["warnings"].map(lambda w: isinstance(w, list) and len(w) > 0)
-    return pd.DataFrame({"key": df.loc[has, "key"], "warnings": df.loc[has, "warnings"].map("; ".join)})
 
 
 @dataclass(frozen=True)

@@ -186,12 +186,19 @@ def run_job(case: Case, arrays: CifarArrays, device: torch.device, result: Resul
     if all(p.whole for p in passes):
         result.test_accuracy_pct, result.class_accuracy_pct = accuracy, per_class
         result.epoch_accuracy_pct = [accuracy]  # the tutorial tests once, after its 2 epochs
-    else:  # the accuracy after the training measured, outside every pass's time
-        n_eval = len(arrays.test_y) if case.eval_images is None else min(case.eval_images, len(arrays.test_y))
-        x, y = loops.resident_tensors(arrays.test_x[:n_eval], arrays.test_y[:n_eval], compute)
-        overall, classes = loops.evaluate(net, x, y, len(arrays.classes))
-        result.test_accuracy_pct, result.class_accuracy_pct = overall, dict(zip(arrays.classes, classes))
+    else:
+        _sampled_accuracy(case, net, arrays, compute, result)
     record_job(result, passes, import_s, peek_s)
+
+
+def _sampled_accuracy(case: Case, net: torch.nn.Module, arrays: CifarArrays, compute: torch.device,
+                      result: Result) -> None:
+    """The accuracy after the training measured, outside every pass's time (a sampled job's passes test part of
+    the test set)."""
+    n_eval = len(arrays.test_y) if case.eval_images is None else min(case.eval_images, len(arrays.test_y))
+    x, y = loops.resident_tensors(arrays.test_x[:n_eval], arrays.test_y[:n_eval], compute)
+    overall, classes = loops.evaluate(net, x, y, len(arrays.classes))
+    result.test_accuracy_pct, result.class_accuracy_pct = overall, dict(zip(arrays.classes, classes))
 
 
 def step_share(max_steps: int, index: int) -> int:

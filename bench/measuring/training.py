@@ -16,15 +16,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from bench.measuring import devices, gpu_monitor, stats, stop, timing
 from bench.measuring.clock import DeviceClock, latencies_ms, percentiles
+from bench.measuring.feed import amp_dtype, memory_format, pipeline_batches, resident_tensors, steps_per_epoch
 from bench.result import Result
 from bench.schema import Case
-from cnn import loops, normalised
+from cnn import loops
 from cnn.cifar_files import CifarArrays
 from cnn.model import Net
 
@@ -107,14 +107,6 @@ def case_meter(case: Case, device: torch.device, steps_per_epoch: int, progress:
                              progress=report if progress else None, agree=agree)
 
 
-def _memory_format(case: Case) -> torch.memory_format:
-    return torch.channels_last if case.memory_format == "channels_last" else torch.contiguous_format
-
-
-def _amp(case: Case) -> torch.dtype | None:
-    return torch.bfloat16 if case.amp == "bf16" else None
-
-
 def compile_unavailable(device_type: str) -> str | None:
     """Why torch.compile cannot run here (an unsupported Python, no C++ compiler for inductor on a CPU,
     no Triton on a GPU), or None."""
@@ -146,11 +138,11 @@ def compiled(case: Case, net: nn.Module, arrays: CifarArrays, compute: torch.dev
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     model = torch.compile(net, mode=case.compile_mode)
     x, y = loops.resident_tensors(arrays.train_x[:case.batch_size], arrays.train_y[:case.batch_size], compute)
-    x = x.contiguous(memory_format=_memory_format(case))
+    x = x.contiguous(memory_format=memory_format(case))
     clock = DeviceClock(torch.device(case.device))
     clock.sync()
     t0 = time.perf_counter()
-    with torch.autocast(compute.type, dtype=_amp(case), enabled=_amp(case) is not None):
+    with torch.autocast(compute.type, dtype=amp_dtype(case), enabled=amp_dtype(case) is not None):
         if train:
             nn.functional.cross_entropy(model(x), y).backward()
             optimizer.zero_grad(set_to_none=True)
@@ -160,61 +152,6 @@ def compiled(case: Case, net: nn.Module, arrays: CifarArrays, compute: torch.dev
     clock.sync()
     result.compile_s = time.perf_counter() - t0
     return model
-
-
-def resident_tensors(case: Case, split: str, images: np.ndarray, labels: np.ndarray,
-                     compute: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cnn.loops.resident_tensors of the split's first len(images) images; on a CPU copied from the normalised
-    copy the sweep cached beside the data (cnn/normalised.py) when there is a trusted one: the same numbers,
-    without each Case spending most of a second decoding them.
-
-    Copied into the process's own memory, as a plain script's decoded tensor is, not used where it is mapped: the
-    file's pages are 4 KiB pages of the page cache, while a large anonymous block can be backed by huge pages, and
-    with glibc handing blocks back every step (--malloc default) the gathers from the mapped file ran 5-8% slower
-    (tests/perf/harness_vs_minimal.py: the harness at 0.88-1.01 of a plain loop, median 0.95, before this copy)."""
-    cached = normalised.load(case.data_cache, split) if compute.type == "cpu" else None
-    if cached is None or len(cached) < len(images):
-        return loops.resident_tensors(images, labels, compute)
-    return torch.from_numpy(cached[:len(images)]).clone(), torch.from_numpy(np.asarray(labels, dtype=np.int64))
-
-
-def _batches(case: Case, split: str, images: np.ndarray, labels: np.ndarray, classes, device: torch.device,
-             train: bool, meter: timing.StepMeter, shard: tuple[int, int] | None = None):
-    """(epoch -> batches, item_every_step, resident tensors or None) for the Case's pipeline; with
-    `shard` (rank, world size) a rank's part of each epoch (see cnn.loops).
-
-    The time spent waiting for a batch counts as data wait where there is an input pipeline to
-    wait for: the tutorial's DataLoader, and the resident gather on a CPU (computed on the spot).
-    On CUDA the resident gather is only queued, and a wait there would be the launch queue being
-    full, not input, so it is not counted (data_wait_pct stays empty)."""
-    compute = devices.placement(device)
-    if case.pipeline == "tutorial":
-        cuda = device.type == "cuda"
-        loader = loops.tutorial_loader(images, labels, classes, case.batch_size, shuffle=train,
-                                       num_workers=case.num_workers, pin_memory=cuda, seed=case.seed, shard=shard)
-
-        def tutorial_epoch(epoch: int):
-            if shard is not None:
-                loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
-            return loops.tutorial_batches(meter.batches(loader), compute, non_blocking=cuda,
-                                          memory_format=_memory_format(case))
-        return tutorial_epoch, True, None
-    x, y = resident_tensors(case, split, images, labels, compute)
-    x = x.contiguous(memory_format=_memory_format(case))
-    generator = torch.Generator(device=compute).manual_seed(case.seed)  # the same permutation on every rank
-    waited = meter.batches if device.type == "cpu" else iter
-    return (lambda epoch: waited(loops.resident_batches(x, y, case.batch_size, generator, shuffle=train,
-                                                        shard=shard))), False, (x, y)
-
-
-def steps_per_epoch(case: Case, n_images: int, shard: tuple[int, int] | None = None) -> int:
-    """Steps in one epoch of the Case's pipeline, of one rank's part with `shard`: a DistributedSampler
-    pads each rank to ceil(n / world) images, the resident shards drop the remainder."""
-    if shard is None:
-        return math.ceil(n_images / case.batch_size)
-    world = shard[1]
-    per_rank = math.ceil(n_images / world) if case.pipeline == "tutorial" else n_images // world
-    return math.ceil(per_rank / case.batch_size)
 
 
 def record_windows(result: Result, windows_s: list[float], windows_images: list[int], step_s: list[float]) -> None:
@@ -251,12 +188,24 @@ def eval_batch_size(case: Case, last: bool) -> int:
     return case.batch_size if not last else max(case.batch_size, EVAL_BATCH)
 
 
+def _score(case: Case, net: nn.Module, test: tuple, classes, batch_size: int, train_s: float, result: Result) -> None:
+    """The test accuracy after an epoch, overall and per class, and the training time when it first reaches the
+    target."""
+    t0 = time.perf_counter()
+    accuracy, per_class = loops.evaluate(net, *test, len(classes), batch_size=batch_size)
+    result.eval_s += time.perf_counter() - t0
+    result.epoch_accuracy_pct.append(accuracy)
+    result.test_accuracy_pct, result.class_accuracy_pct = accuracy, dict(zip(classes, per_class))
+    if result.time_to_target_s is None and accuracy >= case.target_accuracy_pct:
+        result.time_to_target_s = train_s
+
+
 def train(case: Case, arrays: CifarArrays, device: torch.device, result: Result, started: float,
           progress: Progress | None, ranks: Ranks = SINGLE) -> tuple[nn.Module, timing.StepMeter]:
     """Trains the Case (one rank's part of it with `ranks`), accuracy measured on rank 0 after every
     epoch outside the timed windows; returns the model (unwrapped) and the meter."""
     compute = devices.placement(device)
-    net = Net(case.width, len(arrays.classes)).to(compute, memory_format=_memory_format(case))
+    net = Net(case.width, len(arrays.classes)).to(compute, memory_format=memory_format(case))
     if ranks.world > 1:  # ranks agree on the window length at the warm-up's end, so there must be one
         case = replace(case, warmup_steps=max(case.warmup_steps, 1))
     meter = case_meter(case, device, steps_per_epoch(case, len(arrays.train_y), ranks.shard), progress,
@@ -268,13 +217,13 @@ def train(case: Case, arrays: CifarArrays, device: torch.device, result: Result,
     n_eval = len(arrays.test_y) if case.eval_images is None else min(case.eval_images, len(arrays.test_y))
     test_x, test_y = (resident_tensors(case, "test", arrays.test_x[:n_eval], arrays.test_y[:n_eval], compute)
                       if ranks.rank == 0 else (None,) * 2)
-    epoch_batches, item, resident = _batches(case, "train", arrays.train_x, arrays.train_y, arrays.classes, device,
-                                             train=True, meter=meter, shard=ranks.shard)
+    epoch_batches, item, resident = pipeline_batches(case, "train", arrays.train_x, arrays.train_y, arrays.classes,
+                                                     device, train=True, meter=meter, shard=ranks.shard)
     if case.cuda_graphs:  # captured before the clock starts; its warm-up takes 3 steps on the first batch
         x, y = resident
-        step = loops.graphed_step(model, optimizer, (x[:case.batch_size], y[:case.batch_size]), _amp(case))
+        step = loops.graphed_step(model, optimizer, (x[:case.batch_size], y[:case.batch_size]), amp_dtype(case))
     else:
-        step = loops.eager_step(model, optimizer, _amp(case))
+        step = loops.eager_step(model, optimizer, amp_dtype(case))
     sampler, monitored = monitor_gpu(device, result)
     result.startup_s = time.time() - started
     result.eval_s = 0.0
@@ -285,15 +234,8 @@ def train(case: Case, arrays: CifarArrays, device: torch.device, result: Result,
                                             on_step=meter.on_step, step=step)
             meter.end_epoch()
         if ranks.rank == 0:  # accuracy after every epoch, outside the timed windows
-            t0 = time.perf_counter()
-            accuracy, per_class = loops.evaluate(net, test_x, test_y, len(arrays.classes),
-                                                 batch_size=eval_batch_size(case, last=bool(meter.stopped_by)
-                                                                            or epoch == case.epochs - 1))
-            result.eval_s += time.perf_counter() - t0
-            result.epoch_accuracy_pct.append(accuracy)
-            result.test_accuracy_pct, result.class_accuracy_pct = accuracy, dict(zip(arrays.classes, per_class))
-            if result.time_to_target_s is None and accuracy >= case.target_accuracy_pct:
-                result.time_to_target_s = meter.train_s
+            last = bool(meter.stopped_by) or epoch == case.epochs - 1
+            _score(case, net, (test_x, test_y), arrays.classes, eval_batch_size(case, last), meter.train_s, result)
         if ranks.barrier is not None:
             ranks.barrier()
         if meter.stopped_by:
@@ -308,13 +250,13 @@ def infer(case: Case, arrays: CifarArrays, device: torch.device, result: Result,
           progress: Progress | None) -> None:
     """Runs the Case's inference loop, then times the model alone for latency."""
     compute = devices.placement(device)
-    net = Net(case.width, len(arrays.classes)).to(compute, memory_format=_memory_format(case)).eval()
+    net = Net(case.width, len(arrays.classes)).to(compute, memory_format=memory_format(case)).eval()
     if case.compile_mode is not None:
         net = compiled(case, net, arrays, compute, result, train=False)
     meter = case_meter(case, device, math.ceil(len(arrays.test_y) / case.batch_size), progress)
-    epoch_batches, item, _ = _batches(case, "test", arrays.test_x, arrays.test_y, arrays.classes, device, train=False,
-                                      meter=meter)
-    autocast = torch.autocast(compute.type, dtype=_amp(case), enabled=_amp(case) is not None)
+    epoch_batches, item, _ = pipeline_batches(case, "test", arrays.test_x, arrays.test_y, arrays.classes, device,
+                                              train=False, meter=meter)
+    autocast = torch.autocast(compute.type, dtype=amp_dtype(case), enabled=amp_dtype(case) is not None)
     sampler, monitored = monitor_gpu(device, result)
     result.startup_s = time.time() - started
     for _ in range(case.epochs):
@@ -330,7 +272,7 @@ def infer(case: Case, arrays: CifarArrays, device: torch.device, result: Result,
     # latency: the model alone on a batch already on the device, synchronised around each call
     n_latency = min(len(arrays.test_y), case.latency_batches * case.batch_size)  # the images it times, no more
     test_x, _ = resident_tensors(case, "test", arrays.test_x[:n_latency], arrays.test_y[:n_latency], compute)
-    test_x = test_x.contiguous(memory_format=_memory_format(case))
+    test_x = test_x.contiguous(memory_format=memory_format(case))
     inputs = (test_x[i:i + case.batch_size] for i in range(0, len(test_x), case.batch_size))
     with torch.inference_mode(), autocast:  # within the Case's time budget too, as its throughput
         lat = latencies_ms(meter.clock, net, inputs, case.latency_batches, budget_s=case.max_seconds)

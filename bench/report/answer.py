@@ -32,9 +32,15 @@ def _where(row) -> str:
     return f"{row['device']}" + (f" ({machine})" if machine else "")
 
 
+def threads_phrase(t) -> str:
+    """"1 thread", "4 threads", or "default threads" where the Case left torch's default."""
+    return "default threads" if pd.isna(t) else f"{int(t)} thread{'s' if t != 1 else ''}"
+
+
 def _threads(row) -> str:
+    """", 4 threads" for a CPU Case, from the threads it used; nothing for a GPU's."""
     t = row.get("threads_used")
-    return "" if pd.isna(t) or not str(row["device"]).startswith("cpu") else f", {int(t)} threads"
+    return "" if pd.isna(t) or not str(row["device"]).startswith("cpu") else f", {threads_phrase(t)}"
 
 
 JOB_WHAT = ("The tutorial's job (its script as published: imports, 2 epochs at batch 4 through its DataLoader, then "

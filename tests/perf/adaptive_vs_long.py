@@ -35,9 +35,9 @@ def _inside(value, low, high) -> bool:
 def main() -> int:
     from bench.analysis import repeats
     from bench.running import runner
+    from bench.store.run_folder import results_frame
     from bench.sweep import spec
     from bench.sweep.plan import plan_cases
-    from bench.store.run_folder import results_frame
     from cnn.data import prepare_synthetic
 
     p = argparse.ArgumentParser()

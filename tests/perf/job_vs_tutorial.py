@@ -117,12 +117,12 @@ def tutorial_run(data_root: Path, env: dict) -> dict[str, float]:
 def main() -> int:
     from harness_vs_minimal import bootstrap_median_ci  # beside this script
 
-    from bench.measuring import allocator
     from bench.analysis import repeats
+    from bench.measuring import allocator
     from bench.running import runner
+    from bench.schema import JOB
     from bench.store.run_folder import results_frame
     from bench.sweep.plan import plan_cases
-    from bench.schema import JOB
     from bench.sweep.spec import with_defaults
     from cnn.data import prepare_cifar10
 
