@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnn import data
+from cnn import cache
 
 MEAN = (0.5, 0.5, 0.5)  # the tutorial's Normalize
 STD = (0.5, 0.5, 0.5)
@@ -60,11 +60,11 @@ def load(cache_dir: str | Path, split: str) -> np.ndarray | None:
     """The split's images as the tutorial's transform makes them (N, 3, 32, 32 float32), memory-mapped and
     every page touched once (so none is first read inside a timed window); None when no trusted file is there."""
     cache_dir = Path(cache_dir)
-    path, key = _path(cache_dir, split), data._cache_key()
+    path, key = _path(cache_dir, split), cache.cache_key()
     try:
         record = json.loads((cache_dir / RECORD).read_text())
         entry = record["files"][split]
-        if key is None or not hmac.compare_digest(str(record.get("mac")), data._mac(record, key)):
+        if key is None or not hmac.compare_digest(str(record.get("mac")), cache.mac(record, key)):
             return None
         if record.get("version") != _VERSION or entry["source_sha256"] != (_source_digests(cache_dir) or {}).get(split):
             return None
@@ -119,11 +119,11 @@ def write(cache_dir: str | Path) -> None:
     _remove_abandoned(cache_dir)
     if all(load(cache_dir, split) is not None for split in SPLITS):
         return
-    key, manifest = data._cache_key(), data.read_manifest(cache_dir)  # its arrays checked against their digests
+    key, manifest = cache.cache_key(), cache.read_manifest(cache_dir)  # its arrays checked against their digests
     if key is None or manifest is None:
         raise OSError(f"{cache_dir}: no signed cache to derive the normalised images from")
     digests = _digests(manifest["files"])
-    arrays = data.load_arrays(cache_dir)
+    arrays = cache.load_arrays(cache_dir)
     record = {"version": _VERSION, "files": {}}
     for split, name in SPLITS.items():
         images, path = getattr(arrays, name), _path(cache_dir, split)
@@ -139,7 +139,7 @@ def write(cache_dir: str | Path) -> None:
             tmp.unlink(missing_ok=True)
         record["files"][split] = {"source_sha256": digests[split], "shape": [len(images), 3, 32, 32],
                                   "identity": _identity(path.stat())}
-    record["mac"] = data._mac(record, key)
+    record["mac"] = cache.mac(record, key)
     tmp = cache_dir / f"{RECORD}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, cache_dir / RECORD)

@@ -17,7 +17,7 @@ from bench.running import worker
 from bench.schema import Case
 from bench.sweep.plan import plan_cases
 from bench.sweep.spec import with_defaults
-from cnn import data
+from cnn import cache, data
 from cnn.model import Net
 from test_analysis import _row
 
@@ -69,7 +69,7 @@ def test_a_compiled_case_is_compiled_before_the_clock_and_records_the_time_apart
 
 def test_compiling_moves_no_weight(small):
     case = _case(small)
-    arrays = data.load_arrays(small.cache_dir)
+    arrays = cache.load_arrays(small.cache_dir)
     net = Net(1.0, 10)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)

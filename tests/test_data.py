@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnn import cifar_files, data
+from cnn import cache, cifar_files, data
+from cnn.archive import download_archive, extract_archive
 
 
 def _equal(a: cifar_files.CifarArrays, b: cifar_files.CifarArrays) -> None:
@@ -38,7 +39,7 @@ def test_python_binary_and_archive_layouts_give_the_same_real_images(mini: Path,
     (only_archive / cifar_files.ARCHIVE).write_bytes((mini / cifar_files.ARCHIVE).read_bytes())
     prepared = data.prepare_cifar10(only_archive, verify=False, download=False)
     assert prepared.name == "cifar10-unverified"
-    _equal(py, data.load_arrays(prepared.cache_dir))
+    _equal(py, cache.load_arrays(prepared.cache_dir))
 
 
 @pytest.mark.parametrize("layout", [cifar_files.PY_FOLDER, cifar_files.BIN_FOLDER, cifar_files.ARCHIVE])
@@ -129,7 +130,7 @@ def test_archive_extraction_refuses_escapes_links_and_devices(tmp_path: Path, me
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(cifar_files.DataError, match=reason):
-        cifar_files.extract_archive(archive, dest)
+        extract_archive(archive, dest)
     assert list(dest.iterdir()) == []  # nothing is extracted when any member is refused
     assert not (tmp_path / "escape.txt").exists()
 
@@ -159,11 +160,11 @@ def test_download_over_http_checks_md5_then_extracts_and_parses(mini: Path, tmp_
         tar.add(mini / cifar_files.PY_FOLDER, arcname=cifar_files.PY_FOLDER)
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     root = tmp_path / "fresh"
-    path = cifar_files.download_archive(root, url=f"{base}/cifar.tar.gz", md5=md5, timeout_s=10)
+    path = download_archive(root, url=f"{base}/cifar.tar.gz", md5=md5, timeout_s=10)
     assert path == root / cifar_files.ARCHIVE and path.read_bytes() == archive.read_bytes()
     prepared = data.prepare_cifar10(root, verify=False, download=False)
     assert (root / cifar_files.PY_FOLDER / "data_batch_1").is_file()
-    assert data.load_arrays(prepared.cache_dir).train_x.shape == (820, 32, 32, 3)
+    assert cache.load_arrays(prepared.cache_dir).train_x.shape == (820, 32, 32, 3)
 
 
 def test_a_download_with_the_wrong_md5_is_refused_and_removed(tmp_path: Path, http_root):
@@ -171,10 +172,10 @@ def test_a_download_with_the_wrong_md5_is_refused_and_removed(tmp_path: Path, ht
     (served / "cifar.tar.gz").write_bytes(b"not the archive")
     root = tmp_path / "fresh"
     with pytest.raises(cifar_files.DataError, match="does not match the official MD5"):
-        cifar_files.download_archive(root, url=f"{base}/cifar.tar.gz", timeout_s=10)
+        download_archive(root, url=f"{base}/cifar.tar.gz", timeout_s=10)
     assert not (root / cifar_files.ARCHIVE).exists()
     with pytest.raises(cifar_files.DataError, match="could not download"):
-        cifar_files.download_archive(root, url=f"{base}/missing.tar.gz", timeout_s=10)
+        download_archive(root, url=f"{base}/missing.tar.gz", timeout_s=10)
 
 
 def test_auto_falls_back_to_synthetic_with_a_warning_when_nothing_can_be_had(tmp_path: Path, http_root):
@@ -196,14 +197,14 @@ def test_cache_is_reused_and_a_stale_or_corrupt_one_is_rebuilt(mini: Path):
     with open(first.cache_dir / "test_x.npy", "r+b") as f:
         f.seek(-5, os.SEEK_END)
         f.write(b"\xff\x00\xff\x00\xff")
-    assert data.read_manifest(first.cache_dir) is None
-    rebuilt = data.load_arrays(data.prepare_cifar10(mini, verify=False, download=False).cache_dir)
+    assert cache.read_manifest(first.cache_dir) is None
+    rebuilt = cache.load_arrays(data.prepare_cifar10(mini, verify=False, download=False).cache_dir)
     np.testing.assert_array_equal(rebuilt.test_x, cifar_files.read_python_folder(mini / cifar_files.PY_FOLDER).test_x)
     # a changed source file makes the cache stale
     batch = mini / cifar_files.PY_FOLDER / "test_batch"
     good = pickle.loads(batch.read_bytes(), encoding="latin1")
     batch.write_bytes(pickle.dumps({**good, "labels": [0] * len(good["labels"])}))
-    assert set(data.load_arrays(data.prepare_cifar10(mini, verify=False, download=False).cache_dir).test_y) == {0}
+    assert set(cache.load_arrays(data.prepare_cifar10(mini, verify=False, download=False).cache_dir).test_y) == {0}
     assert manifest["sources"] != json.loads((first.cache_dir / "manifest.json").read_text())["sources"]
 
 
@@ -216,7 +217,7 @@ def test_synthetic_has_cifar_shapes_and_is_deterministic():
 
 
 def test_full_size_synthetic_set_is_cifar_sized(synthetic):
-    arrays = data.load_arrays(synthetic.cache_dir)
+    arrays = cache.load_arrays(synthetic.cache_dir)
     assert (len(arrays.train_y), len(arrays.test_y)) == (50000, 10000)
     assert isinstance(arrays.train_x, np.memmap)
 

@@ -19,7 +19,8 @@ import pytest
 
 from bench import cli
 from bench.store.run_folder import RunFolder
-from cnn import cifar_files
+from cnn import cache, cifar_files
+from cnn.archive import MAX_EXTRACT_BYTES, extract_archive
 from conftest import run_bench
 
 TINY = ["--dataset", "synthetic", "--devices", "cpu", "--batch-sizes", "8", "--threads", "1", "--pipelines",
@@ -99,11 +100,11 @@ def test_an_archive_that_unpacks_more_than_cifar10_is_refused_before_extracting(
     archive = tmp_path / "bomb.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         info = tarfile.TarInfo(f"{cifar_files.PY_FOLDER}/data_batch_1")
-        info.size = cifar_files.MAX_EXTRACT_BYTES + 1
+        info.size = MAX_EXTRACT_BYTES + 1
         tar.addfile(info, _Zeros(info.size))
     assert archive.stat().st_size < 4 * 2**20  # a small download
     with pytest.raises(cifar_files.DataError, match="bytes unpacked; CIFAR-10's archive has 9"):
-        cifar_files.extract_archive(archive, tmp_path / "out")
+        extract_archive(archive, tmp_path / "out")
     assert not (tmp_path / "out" / cifar_files.PY_FOLDER / "data_batch_1").exists()
 
 
@@ -122,9 +123,9 @@ def test_a_planted_verified_manifest_cannot_skip_the_md5_check(mini: Path):
     unverified = data.prepare_cifar10(mini, verify=False, download=False)
     manifest_path = unverified.cache_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    assert manifest["verified"] is False and data.read_manifest(unverified.cache_dir) == manifest
+    assert manifest["verified"] is False and cache.read_manifest(unverified.cache_dir) == manifest
     manifest_path.write_text(json.dumps({**manifest, "verified": True}))  # planted: everything else consistent
-    assert data.read_manifest(unverified.cache_dir) is None
+    assert cache.read_manifest(unverified.cache_dir) is None
     with pytest.raises(cifar_files.DataError, match="is not the official"):
         data.prepare_cifar10(mini, verify=True, download=False)
     # a cache made under another user's key (copied from elsewhere) is not trusted either
@@ -132,13 +133,13 @@ def test_a_planted_verified_manifest_cannot_skip_the_md5_check(mini: Path):
     key = Path(os.environ["CNN_CACHE_DIR"]) / "cache.key"
     key.rename(mini / "key.bak")
     try:
-        assert data.read_manifest(unverified.cache_dir) is None
+        assert cache.read_manifest(unverified.cache_dir) is None
     finally:
         (mini / "key.bak").rename(key)
-    assert data.read_manifest(unverified.cache_dir) is not None
+    assert cache.read_manifest(unverified.cache_dir) is not None
     key.chmod(0o644)  # a key others can read is no secret: nothing it marked is trusted
     try:
-        assert data.read_manifest(unverified.cache_dir) is None
+        assert cache.read_manifest(unverified.cache_dir) is None
     finally:
         key.chmod(0o600)
 
@@ -151,7 +152,7 @@ def test_a_partial_folder_is_never_preferred_to_a_good_archive(mini: Path):
     prepared = data.prepare_cifar10(mini, verify=False, download=False)
     assert prepared.source.endswith(cifar_files.ARCHIVE)
     assert "data_batch_3" in prepared.warning and f"used {mini / cifar_files.ARCHIVE} instead" in prepared.warning
-    got = data.load_arrays(prepared.cache_dir)
+    got = cache.load_arrays(prepared.cache_dir)
     np.testing.assert_array_equal(got.train_x, expected.train_x)
     assert not (folder / "data_batch_3").exists()  # the user's folder is left as it was
 
@@ -164,7 +165,7 @@ def test_an_extraction_that_fails_leaves_no_folder_under_the_official_name(mini:
     good = (mini / cifar_files.ARCHIVE).read_bytes()
     truncated.write_bytes(good[: len(good) * 2 // 3])
     with pytest.raises(cifar_files.DataError, match="not a readable tar.gz archive"):
-        cifar_files.extract_archive(truncated, dest)
+        extract_archive(truncated, dest)
     assert sorted(p.name for p in dest.iterdir()) == [cifar_files.ARCHIVE]
     # the disk fills up after two members were written
     written, makefile = [], tarfile.TarFile.makefile
@@ -178,7 +179,7 @@ def test_an_extraction_that_fails_leaves_no_folder_under_the_official_name(mini:
     monkeypatch.setattr(tarfile.TarFile, "makefile", filling)
     with pytest.raises(cifar_files.DataError, match=f"{dest}: cannot extract {cifar_files.ARCHIVE} into it "
                                                     "\\(No space left on device\\)"):
-        cifar_files.extract_archive(mini / cifar_files.ARCHIVE, dest)
+        extract_archive(mini / cifar_files.ARCHIVE, dest)
     assert len(written) == 2 and sorted(p.name for p in dest.iterdir()) == [cifar_files.ARCHIVE]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnn import data, loops
+from cnn import cache, data, loops
 from cnn.model import Net
 
 
@@ -62,7 +62,7 @@ def test_evaluate_counts_per_class():
 
 def test_tutorial_model_learns_on_real_cifar10_images(mini: Path):
     """10 epochs at batch 4 on the 820 real training images: well above the 10% of chance."""
-    arrays = data.load_arrays(data.prepare_cifar10(mini, verify=False, download=False).cache_dir)
+    arrays = cache.load_arrays(data.prepare_cifar10(mini, verify=False, download=False).cache_dir)
     torch.manual_seed(0)
     device = torch.device("cpu")
     x, y = loops.resident_tensors(arrays.train_x, arrays.train_y, device)

@@ -16,6 +16,7 @@ import torch
 from bench.measuring import feed
 from bench.sweep.plan import plan_cases
 from bench.sweep.spec import spec_from_keywords
+from cnn import cache as signed
 from cnn import data, loops, normalised
 
 CPU = torch.device("cpu")
@@ -30,7 +31,7 @@ def cache(mini: Path) -> Path:
 
 
 def test_the_cached_images_are_the_tutorials_transform_of_the_real_ones(cache: Path):
-    arrays = data.load_arrays(cache)
+    arrays = signed.load_arrays(cache)
     for split, images, labels in (("train", arrays.train_x, arrays.train_y), ("test", arrays.test_x, arrays.test_y)):
         mapped = normalised.load(cache, split)
         assert mapped.shape == (len(images), 3, 32, 32) and mapped.dtype == np.float32
@@ -84,7 +85,7 @@ def test_anything_that_changed_the_copy_or_its_source_makes_it_untrusted_and_wri
     if spoil == "source changed":
         return  # its manifest no longer matches its MAC: the data set's own preparation rebuilds the cache
     normalised.write(cache)
-    arrays = data.load_arrays(cache)
+    arrays = signed.load_arrays(cache)
     assert torch.equal(torch.from_numpy(normalised.load(cache, "train")),
                        loops.resident_tensors(arrays.train_x, arrays.train_y, CPU)[0])
 
@@ -118,7 +119,7 @@ def _mapping_of(address: int) -> str:
 
 
 def test_a_cpu_case_copies_the_cached_copy_and_decodes_only_without_one(cache: Path, monkeypatch):
-    arrays, case = data.load_arrays(cache), _case(cache, "resident")
+    arrays, case = signed.load_arrays(cache), _case(cache, "resident")
     decoded = []
     real = loops.resident_tensors
     monkeypatch.setattr(loops, "resident_tensors", lambda *a: decoded.append(len(a[0])) or real(*a))
@@ -153,11 +154,11 @@ def test_a_copy_others_could_write_is_not_trusted_even_under_a_record_naming_it(
     os.chmod(path, 0o664)
     body = json.loads(record.read_text())
     body["files"]["train"]["identity"] = normalised._identity(path.stat())
-    body["mac"] = data._mac(body, data._cache_key())
+    body["mac"] = signed.mac(body, signed.cache_key())
     record.write_text(json.dumps(body))
     assert normalised.load(cache, "train") is None
     os.chmod(path, 0o444)
     body["files"]["train"]["identity"] = normalised._identity(path.stat())
-    body["mac"] = data._mac(body, data._cache_key())
+    body["mac"] = signed.mac(body, signed.cache_key())
     record.write_text(json.dumps(body))
     assert normalised.load(cache, "train") is not None  # the same record, for the file as written: trusted

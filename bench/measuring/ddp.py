@@ -32,7 +32,7 @@ from bench.measuring.clock import peak_device_mem_mb, peak_rss_mb
 from bench.measuring.training import Ranks, prepare_cuda, record_windows, set_threads, train
 from bench.result import Result
 from bench.schema import Case
-from cnn import data
+from cnn import cache
 
 
 def param_digest(net: torch.nn.Module) -> str:
@@ -169,7 +169,7 @@ def _train_rank(case: Case, device: torch.device, rank: int, world: int, progres
     """One rank's part of the Case on the one training path (bench.measuring.training.train), with what a rank
     adds: DDP around the model with its all-reduce timed, agreement on windows, a barrier while rank 0
     evaluates. Returns the rank's record for rank 0 to gather."""
-    arrays = data.load_arrays(case.data_cache)
+    arrays = cache.load_arrays(case.data_cache)
     spans, initial = [], {}
 
     def wrap(net: torch.nn.Module, meter: timing.StepMeter) -> torch.nn.Module:

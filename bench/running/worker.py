@@ -25,7 +25,7 @@ from bench.measuring.job import run_job
 from bench.result import Result
 from bench.running import contention
 from bench.schema import JOB, Case
-from cnn import data
+from cnn import cache
 
 Progress = training.Progress
 
@@ -70,7 +70,7 @@ def _run(case: Case, progress: Progress | None, started: float) -> Result:
         torch.manual_seed(case.seed)
         if device.type == "cuda":  # the tutorial's script leaves cuDNN's autotuning off
             training.prepare_cuda(device, result, autotune=case.mode != JOB)
-        arrays = data.load_arrays(case.data_cache)
+        arrays = cache.load_arrays(case.data_cache)
         result.train_images, result.test_images = len(arrays.train_y), len(arrays.test_y)
         if case.mode == JOB:
             run_job(case, arrays, device, result, started, progress)
