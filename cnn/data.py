@@ -12,6 +12,7 @@ import numpy as np
 
 from cnn.archive import download_archive, extract_archive, verify_archive
 from cnn.cache import CACHE_VERSION, cache_dir_for, fingerprint, read_manifest, user_cache_dir, writable, write_cache
+from cnn.cache import load_arrays  # noqa: F401  (with prepare_dataset, this module's API: prepare, then load)
 from cnn.cifar_files import (ARCHIVE, BIN_FOLDER, PY_FOLDER, URL, CifarArrays, DataError, read_binary_folder,
                              read_python_folder, verify_binary_folder, verify_python_folder)
 

@@ -51,7 +51,7 @@ def matmul_gflops(device: str, precision: str, n: int, repeats: int = 5) -> floa
     import numpy as np
     import torch
 
-    from bench.measuring.timing import DeviceClock, latencies_ms
+    from bench.measuring.clock import DeviceClock, latencies_ms
 
     setting, dtype = PRECISIONS[precision]
     dev = torch.device(device)
