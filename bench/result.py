@@ -130,6 +130,27 @@ class Result:
         return cls(case=case, **{k: v for k, v in data.items() if k in own_names})
 
 
+
+def assemble(case: Case, *parts: dict) -> Result:
+    """The one place a measured Result is made: from the small values a Case's stages return (its setup, the
+    throughput, the accuracy, the latency, the GPU's usage, the machine's load, the job's parts, how it ended),
+    each a mapping of Result fields. A field two stages both give, or one the Result has not, is a bug, said at
+    once; warnings add up, in the stages' order."""
+    names = {f.name for f in fields(Result)} - {"case"}
+    given: dict = {}
+    warnings: list[str] = []
+    for part in parts:
+        for name, value in part.items():
+            if name not in names:
+                raise TypeError(f"a Result has no field {name!r}")
+            if name == "warnings":
+                warnings += value
+            elif name in given:
+                raise ValueError(f"two stages of a Case gave {name!r}")
+            else:
+                given[name] = value
+    return Result(case=case, warnings=warnings, **given)
+
 def _finite(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None

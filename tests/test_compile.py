@@ -12,7 +12,6 @@ from bench import cli
 from bench.analysis import tables
 from bench.measuring import training
 from bench.report import findings as sentences
-from bench.result import Result
 from bench.running import worker
 from bench.schema import Case
 from bench.sweep.plan import plan_cases
@@ -73,7 +72,7 @@ def test_compiling_moves_no_weight(small):
     net = Net(1.0, 10)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    training.compiled(case, net, arrays, torch.device("cpu"), Result(case=case), train=True, optimizer=optimizer)
+    training.compiled(case, net, arrays, torch.device("cpu"), train=True, optimizer=optimizer)
     for name, value in net.state_dict().items():
         torch.testing.assert_close(value, before[name], rtol=0, atol=0)
     assert all(p.grad is None for p in net.parameters()) and not optimizer.state

@@ -12,9 +12,9 @@ import torch
 
 from bench import cli
 from bench.measuring import job
-from bench.measuring.job import Pass, Stretch, project, record_job
+from bench.measuring.job import Pass, Stretch, job_fields, project
 from bench.report import answer
-from bench.result import Result
+from bench.result import Result, assemble
 from bench.schema import JOB
 from bench.store.run_folder import RunFolder
 from bench.sweep.plan import JOB_SITTINGS, plan_cases
@@ -104,8 +104,7 @@ def test_a_pass_of_too_few_steps_is_projected_without_an_interval_and_never_from
     p = _pass(1000, [2.0, 0.01, 0.01])  # the first step: the workers starting
     point, _, samples = project(p, np.random.default_rng(0))
     assert point == pytest.approx(2.02 + 997 * 0.01) and np.isnan(samples).all()
-    result = _job_result()
-    record_job(result, [p, p, _pass(10, [0.1] * 3), _pass(10, [0.1] * 3)], import_s=1.0, peek_s=0.0)
+    result = _job_result([p, p, _pass(10, [0.1] * 3), _pass(10, [0.1] * 3)], import_s=1.0, peek_s=0.0)
     assert result.job_projected is True and (result.job_s_low, result.job_s_high) == (None, None)
 
 
@@ -114,16 +113,16 @@ def test_a_step_cap_is_split_exactly_over_the_four_passes():
     assert [job.step_share(2, i) for i in range(4)] == [1, 1, 1, 1]  # each pass is sampled, its start included
 
 
-def _job_result() -> Result:
+def _job_result(passes: list, import_s: float, peek_s: float, accuracy_pct: float | None = None) -> Result:
+    """The job's Result from these passes, after a start-up of 1 s."""
     case = next(c for c in plan_cases(SPEC, "/c", "synthetic") if c.mode == JOB)
-    return Result(case=case, startup_s=1.0)
+    return assemble(case, job_fields(case, passes, import_s, peek_s, startup_s=1.0, accuracy_pct=accuracy_pct))
 
 
 def test_the_job_is_start_up_and_its_four_passes_projected_with_an_interval_over_them_all():
-    result = _job_result()
     train = [_pass(12500, [0.5] + [0.002, 0.003, 0.002] * 33, [0.4] + [0.0005] * 99) for _ in range(2)]
     test = [_pass(2500, [0.3] + [0.001] * 99) for _ in range(2)]
-    record_job(result, train + test, import_s=4.0, peek_s=0.1)
+    result = _job_result(train + test, import_s=4.0, peek_s=0.1)
     projected = [project(p, np.random.default_rng(0))[0] for p in train + test]
     assert result.job_projected is True and result.stopped_by == "max_seconds"
     assert result.job_startup_s == 5.0 and result.job_import_s == 4.0
@@ -137,10 +136,8 @@ def test_the_job_is_start_up_and_its_four_passes_projected_with_an_interval_over
 
 
 def test_a_job_measured_whole_has_no_interval_and_says_so():
-    result = _job_result()
-    result.test_accuracy_pct = 51.0  # from its test passes, over the target
     passes = [_pass(3, [0.2, 0.1, 0.1]), _pass(3, [0.2, 0.1, 0.1]), _pass(1, [0.1]), _pass(1, [0.1])]
-    record_job(result, passes, import_s=2.0, peek_s=0.0)
+    result = _job_result(passes, import_s=2.0, peek_s=0.0, accuracy_pct=51.0)  # from its test passes, over the target
     assert result.job_projected is False and result.stopped_by == "epochs" and result.job_fraction == 1.0
     assert (result.job_s_low, result.job_s_high) == (None, None)
     assert result.time_to_target_s == pytest.approx(0.8)  # a candidate for the fastest to the target

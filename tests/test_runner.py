@@ -44,16 +44,15 @@ def test_a_case_runs_in_its_own_process_with_its_threads(case):
 def test_gpu_energy_per_epoch_scales_the_monitored_energy_to_an_epochs_images(case):
     from bench.measuring import training
     from bench.measuring.gpu_monitor import GpuUsage
-    from bench.result import Result
+    from bench.result import assemble
 
     class Sampler:
         def usage(self):
             return GpuUsage(util_pct=75.0, power_w=200.0, energy_j=50.0, seconds=0.25, samples=3)
 
-    result = Result(case=case)
-    training.record_gpu_usage(result, Sampler(), epoch_images=50000, images=10000)
+    result = assemble(case, training.gpu_usage(Sampler(), epoch_images=50000, images=10000))
     assert (result.gpu_util_pct, result.gpu_power_w, result.gpu_energy_j_per_epoch) == (75.0, 200.0, 250.0)
-    training.record_gpu_usage(none := Result(case=case), None, epoch_images=50000, images=10000)
+    none = assemble(case, training.gpu_usage(None, epoch_images=50000, images=10000))
     assert none.gpu_energy_j_per_epoch is None
 
 

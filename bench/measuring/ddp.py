@@ -29,8 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bench.measuring import allocator, devices, stats, timing
 from bench.measuring.clock import peak_device_mem_mb, peak_rss_mb
-from bench.measuring.training import Ranks, prepare_cuda, record_windows, set_threads, train
-from bench.result import Result
+from bench.measuring.training import Ranks, prepare_cuda, set_threads, train, window_fields
 from bench.schema import Case
 from cnn import cache
 
@@ -43,8 +42,8 @@ def param_digest(net: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def launch(case: Case, progress=None, started: float | None = None) -> Result:
-    """Runs the Case's ranks on this machine and returns rank 0's Result; a failed rank raises
+def launch(case: Case, progress=None, started: float | None = None) -> dict:
+    """Runs the Case's ranks on this machine and returns what rank 0 gathered (Result fields); a failed rank raises
     ChildFailedError (after the launcher has torn the whole group down)."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -65,7 +64,7 @@ def launch(case: Case, progress=None, started: float | None = None) -> Result:
                               max_restarts=0, monitor_interval=0.1, start_method="fork",
                               logs_specs=DefaultLogsSpecs(log_dir=logs))
         returns = elastic_launch(config, rank_main)(asdict(case), progress, started or time.time())
-    return Result.from_dict(returns[0])
+    return returns[0]
 
 
 def failure_text(exc: ChildFailedError) -> str:
@@ -92,7 +91,7 @@ def failure_text(exc: ChildFailedError) -> str:
 @record  # a rank's exception reaches the launcher, so the Result can say what went wrong
 def rank_main(case_fields: dict, progress=None, started: float | None = None) -> dict | None:
     """One rank: joins the group the launcher set up (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR in the
-    environment), trains, and on rank 0 returns the Result as a dict."""
+    environment), trains, and on rank 0 returns what the ranks measured, as Result fields."""
     case = Case(**case_fields)
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     started = started or time.time()
@@ -101,14 +100,14 @@ def rank_main(case_fields: dict, progress=None, started: float | None = None) ->
     malloc_state = allocator.pin(case.malloc)  # each rank is a process of its own, pinned before it allocates
     set_threads(case)
     torch.manual_seed(case.seed)  # as a single-process Case: the same initial weights (rank 0's, broadcast) each run
-    gpu = Result(case=case, malloc_state=malloc_state)  # this rank's own figures, filled by the training path
+    setup = {"malloc_state": malloc_state}
     if cuda:
-        prepare_cuda(device, gpu)  # before the process group: NCCL binds the rank to the current device
+        setup.update(prepare_cuda(device))  # before the process group: NCCL binds the rank to the current device
     backend = "nccl" if cuda else "gloo"
     # collectives give up after the Case's own time limit rather than hang past it
     dist.init_process_group(backend, timeout=timedelta(seconds=case.time_limit_s))
     try:
-        own = _train_rank(case, device, rank, world, progress if rank == 0 else None, started, gpu)
+        own = _train_rank(case, device, rank, world, progress if rank == 0 else None, started, setup)
         records = [None] * world
         dist.all_gather_object(records, own)
     except Exception as exc:
@@ -119,7 +118,7 @@ def rank_main(case_fields: dict, progress=None, started: float | None = None) ->
         raise
     finally:
         dist.destroy_process_group()
-    return _result(case, records, backend, started).to_dict() if rank == 0 else None
+    return _gathered(case, records, backend) if rank == 0 else None
 
 
 def rank_device(case: Case, local_rank: int) -> torch.device:
@@ -165,7 +164,7 @@ def _timed_allreduce(meter: timing.StepMeter, spans: list):
 
 
 def _train_rank(case: Case, device: torch.device, rank: int, world: int, progress, started: float,
-                result: Result) -> dict:
+                setup: dict) -> dict:
     """One rank's part of the Case on the one training path (bench.measuring.training.train), with what a rank
     adds: DDP around the model with its all-reduce timed, agreement on windows, a barrier while rank 0
     evaluates. Returns the rank's record for rank 0 to gather."""
@@ -179,10 +178,10 @@ def _train_rank(case: Case, device: torch.device, rank: int, world: int, progres
         return model
 
     ranks = Ranks(rank, world, wrap=wrap, agree=_agree(devices.placement(device)), barrier=dist.barrier)
-    net, meter = train(case, arrays, device, result, started, progress, ranks)
+    net, meter, measured = train(case, arrays, device, started, progress, ranks)
     meter.clock.sync()
     allreduce_s = sum(meter.clock.seconds(a, b) for a, b in spans)
-    own = {k: v for k, v in result.to_dict().items() if k in RANK_FIELDS}
+    own = {k: v for k, v in {**setup, **measured}.items() if k in RANK_FIELDS}
     return {**own, "step_s": meter.step_s, "allreduce_s": allreduce_s, "timed_s": sum(meter.windows_s),
             "param_digest": param_digest(net), "initial_digest": initial["digest"],
             "train_images": len(arrays.train_y), "test_images": len(arrays.test_y),
@@ -196,34 +195,32 @@ RANK_FIELDS = ("malloc_state", "startup_s", "warmup_s", "train_s", "epoch_s", "e
                "gpu_power_w", "gpu_energy_j_per_epoch")
 
 
-def _result(case: Case, records: list[dict], backend: str, started: float) -> Result:
-    """Rank 0's Result from every rank's record: global windows (slowest rank's time, all ranks' images)."""
+def _gathered(case: Case, records: list[dict], backend: str) -> dict:
+    """Rank 0's Result fields from every rank's record: global windows (slowest rank's time, all ranks' images)."""
     zero = records[0]
     n_windows = min(len(r["windows_s"]) for r in records)
     windows_s = [max(r["windows_s"][i] for r in records) for i in range(n_windows)]
     windows_images = [sum(r["windows_images"][i] for r in records) for i in range(n_windows)]
-    result = Result(case=case, backend=backend, global_batch_size=case.global_batch_size)
-    record_windows(result, windows_s, windows_images, zero["step_s"])
-    result.rank_images_per_s = [stats.summarise(r["windows_s"], r["windows_images"], r["step_s"]).images_per_s
-                                for r in records]
     timed = sum(r["timed_s"] for r in records)
-    result.allreduce_pct = 100.0 * sum(r["allreduce_s"] for r in records) / timed if timed else None
-    result.param_digest_initial = zero["initial_digest"]
-    result.rank_param_digests = [r["param_digest"] for r in records]
-    for name in ("malloc_state", "startup_s", "warmup_s", "train_s", "epoch_s", "eval_s", "loss", "test_accuracy_pct",
-                 "class_accuracy_pct", "epoch_accuracy_pct", "time_to_target_s", "train_images", "test_images",
-                 "stopped_by", "new_shape_steps", "cudnn_benchmark", "gpu_monitor"):
-        setattr(result, name, zero.get(name))
+    images = sum(r["images"] for r in records)
     utils = [r["gpu_util_pct"] for r in records if r.get("gpu_util_pct") is not None]
-    result.gpu_util_pct = sum(utils) / len(utils) if utils else None
+    device_mem = [r["peak_device_mem_mb"] for r in records if r["peak_device_mem_mb"] is not None]
+    out = {**window_fields(windows_s, windows_images, zero["step_s"]), "backend": backend,
+           "global_batch_size": case.global_batch_size,
+           "rank_images_per_s": [stats.summarise(r["windows_s"], r["windows_images"], r["step_s"]).images_per_s
+                                 for r in records],
+           "allreduce_pct": 100.0 * sum(r["allreduce_s"] for r in records) / timed if timed else None,
+           "param_digest_initial": zero["initial_digest"], "rank_param_digests": [r["param_digest"] for r in records],
+           **{name: zero.get(name) for name in ("malloc_state", "startup_s", "warmup_s", "train_s", "epoch_s",
+                                                "eval_s", "loss", "test_accuracy_pct", "class_accuracy_pct",
+                                                "epoch_accuracy_pct", "time_to_target_s", "train_images",
+                                                "test_images", "stopped_by", "new_shape_steps", "cudnn_benchmark",
+                                                "gpu_monitor")},
+           "gpu_util_pct": sum(utils) / len(utils) if utils else None,
+           "steps": zero["steps"], "images": images, "epochs_completed": images / zero["train_images"],
+           "peak_rss_mb": max(r["peak_rss_mb"] for r in records), "peak_device_mem_mb": max(device_mem, default=None),
+           "threads_used": torch.get_num_threads()}
     for name in ("gpu_power_w", "gpu_energy_j_per_epoch"):  # every rank's GPU together
         values = [r[name] for r in records if r.get(name) is not None]
-        setattr(result, name, sum(values) if len(values) == len(records) else None)
-    result.steps, result.images = zero["steps"], sum(r["images"] for r in records)
-    result.epochs_completed = result.images / zero["train_images"]
-    result.peak_rss_mb = max(r["peak_rss_mb"] for r in records)
-    device_mem = [r["peak_device_mem_mb"] for r in records if r["peak_device_mem_mb"] is not None]
-    result.peak_device_mem_mb = max(device_mem) if device_mem else None
-    result.threads_used = torch.get_num_threads()
-    result.wall_s = time.time() - started
-    return result
+        out[name] = sum(values) if len(values) == len(records) else None
+    return out

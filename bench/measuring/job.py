@@ -26,8 +26,7 @@ import torch
 
 from bench.measuring import allocator, devices
 from bench.measuring.clock import DeviceClock, minor_faults
-from bench.measuring.training import record_windows
-from bench.result import Result
+from bench.measuring.training import window_fields
 from bench.schema import Case
 from cnn import loops
 from cnn.cifar_files import CifarArrays
@@ -139,9 +138,8 @@ def import_seconds(malloc: str) -> float:
     return seconds
 
 
-def run_job(case: Case, arrays: CifarArrays, device: torch.device, result: Result, started: float,
-            progress: Progress | None) -> None:
-    """Runs (or samples) the tutorial's job on the Case's device and fills the Result's job fields."""
+def run_job(case: Case, arrays: CifarArrays, device: torch.device, started: float, progress: Progress | None) -> dict:
+    """Runs (or samples) the tutorial's job on the Case's device; returns what was measured, the job's parts."""
     compute = devices.placement(device)
     clock = DeviceClock(device)
     import_s = import_seconds(case.malloc)
@@ -154,7 +152,7 @@ def run_job(case: Case, arrays: CifarArrays, device: torch.device, result: Resul
                                  num_workers=case.num_workers)
     next(iter(train))  # the tutorial shows a batch of training images before it trains
     clock.sync()
-    result.startup_s = time.time() - started - import_s  # the process's own start-up; the imports are counted apart
+    startup_s = time.time() - started - import_s  # the process's own start-up; the imports are counted apart
     whole = case.max_seconds is None and case.max_steps is None
     share_s = None if case.max_seconds is None else case.max_seconds / len(PASSES)
     passes = [Pass(name, len(train) if name.startswith("train") else len(test)) for name in PASSES]
@@ -172,7 +170,7 @@ def run_job(case: Case, arrays: CifarArrays, device: torch.device, result: Resul
         return out
 
     for p in passes[:2]:
-        result.loss = timed(p, lambda s: _closing(s, train, compute, lambda b: loops.train_epoch(
+        loss = timed(p, lambda s: _closing(s, train, compute, lambda b: loops.train_epoch(
             net, optimizer, b, item_every_step=True, on_step=s.on_step, step=step)))
     t0 = time.perf_counter()
     images, _ = next(iter(test))  # the tutorial shows a batch of test images and what the network makes of them
@@ -183,22 +181,21 @@ def run_job(case: Case, arrays: CifarArrays, device: torch.device, result: Resul
     accuracy = timed(passes[2], lambda s: _closing(s, test, compute, lambda b: loops.tutorial_accuracy(net, b, s.on_step)))
     per_class = timed(passes[3], lambda s: _closing(s, test, compute, lambda b: loops.tutorial_class_accuracy(
         net, b, arrays.classes, s.on_step)))
-    if all(p.whole for p in passes):
-        result.test_accuracy_pct, result.class_accuracy_pct = accuracy, per_class
-        result.epoch_accuracy_pct = [accuracy]  # the tutorial tests once, after its 2 epochs
+    if all(p.whole for p in passes):  # the tutorial tests once, after its 2 epochs
+        scores = {"test_accuracy_pct": accuracy, "class_accuracy_pct": per_class, "epoch_accuracy_pct": [accuracy]}
     else:
-        _sampled_accuracy(case, net, arrays, compute, result)
-    record_job(result, passes, import_s, peek_s)
+        scores = _sampled_accuracy(case, net, arrays, compute)
+    return {"loss": loss, **scores, **job_fields(case, passes, import_s, peek_s, startup_s,
+                                                 scores["test_accuracy_pct"])}
 
 
-def _sampled_accuracy(case: Case, net: torch.nn.Module, arrays: CifarArrays, compute: torch.device,
-                      result: Result) -> None:
+def _sampled_accuracy(case: Case, net: torch.nn.Module, arrays: CifarArrays, compute: torch.device) -> dict:
     """The accuracy after the training measured, outside every pass's time (a sampled job's passes test part of
     the test set)."""
     n_eval = len(arrays.test_y) if case.eval_images is None else min(case.eval_images, len(arrays.test_y))
     x, y = loops.resident_tensors(arrays.test_x[:n_eval], arrays.test_y[:n_eval], compute)
     overall, classes = loops.evaluate(net, x, y, len(arrays.classes))
-    result.test_accuracy_pct, result.class_accuracy_pct = overall, dict(zip(arrays.classes, classes))
+    return {"test_accuracy_pct": overall, "class_accuracy_pct": dict(zip(arrays.classes, classes))}
 
 
 def step_share(max_steps: int, index: int) -> int:
@@ -231,37 +228,44 @@ def _ticker(passes: list[Pass], progress: Progress | None, t0: float, every_s: f
     return tick
 
 
-def record_job(result: Result, passes: list[Pass], import_s: float, peek_s: float, seed: int = 0) -> None:
+def job_fields(case: Case, passes: list[Pass], import_s: float, peek_s: float, startup_s: float,
+               accuracy_pct: float | None, seed: int = 0) -> dict:
     """The job's figures from its measured passes: each pass projected whole where it was sampled, the job's time
     as start-up + passes, with a 95% interval from the passes' bootstrap samples drawn together."""
     rng = np.random.default_rng(seed)
     projected = [project(p, rng) for p in passes]
-    train, test = projected[:2], projected[2:]
+    train = projected[:2]
     train_steps = [s for p in passes[:2] for s in p.step_s[_settled(p.step_s):]]
     train_steps_n = sum(len(p.step_s) for p in passes[:2])
-    images = train_steps_n * result.case.batch_size
+    images = train_steps_n * case.batch_size
     blocks = np.array_split(np.asarray(train_steps), min(BLOCKS, len(train_steps))) if train_steps else []
-    record_windows(result, [float(b.sum()) for b in blocks], [len(b) * result.case.batch_size for b in blocks],
-                   train_steps)
-    result.train_s, result.eval_s = sum(p.seconds for p in passes[:2]), sum(p.seconds for p in passes[2:]) + peek_s
-    result.steps, result.images = sum(len(p.step_s) for p in passes), images
-    result.epochs_completed = images / (passes[0].total_steps * result.case.batch_size)
-    result.epoch_s = [point for point, _, _ in train]
     whole = all(p.whole for p in passes)
-    result.stopped_by = "epochs" if whole else next((p.stopped_by for p in passes if p.stopped_by), "max_seconds")
-    result.minor_faults_per_step = sum(p.faults for p in passes[:2]) / train_steps_n if train_steps_n else None
-    if whole and result.test_accuracy_pct is not None and result.test_accuracy_pct >= result.case.target_accuracy_pct:
-        result.time_to_target_s = result.train_s  # the training's time to the accuracy it reached
-    result.job_import_s = import_s
-    result.job_startup_s = import_s + result.startup_s
-    result.job_data_s = sum(data for _, data, _ in train)
-    result.job_compute_s = sum(point for point, _, _ in train) - result.job_data_s
-    result.job_eval_s = sum(point for point, _, _ in test) + peek_s
-    result.job_s = result.job_startup_s + result.job_data_s + result.job_compute_s + result.job_eval_s
-    fixed = result.job_startup_s + peek_s
-    totals = fixed + sum(samples for _, _, samples in projected)
-    result.job_s_low, result.job_s_high = (None, None) if whole or np.isnan(totals).any() else \
+    train_s, eval_s = sum(p.seconds for p in passes[:2]), sum(p.seconds for p in passes[2:]) + peek_s
+    out = {**window_fields([float(b.sum()) for b in blocks], [len(b) * case.batch_size for b in blocks], train_steps),
+           "startup_s": startup_s, "train_s": train_s, "eval_s": eval_s,
+           "steps": sum(len(p.step_s) for p in passes), "images": images,
+           "epochs_completed": images / (passes[0].total_steps * case.batch_size),
+           "epoch_s": [point for point, _, _ in train],
+           "stopped_by": "epochs" if whole else next((p.stopped_by for p in passes if p.stopped_by), "max_seconds"),
+           "minor_faults_per_step": sum(p.faults for p in passes[:2]) / train_steps_n if train_steps_n else None,
+           # the training's time to the accuracy it reached
+           "time_to_target_s": train_s if whole and accuracy_pct is not None and accuracy_pct >= case.target_accuracy_pct
+           else None}
+    return {**out, **_job_times(projected, import_s + startup_s, peek_s, train_s + eval_s, whole),
+            "job_import_s": import_s}
+
+
+def _job_times(projected: list, job_startup_s: float, peek_s: float, measured_s: float, whole: bool) -> dict:
+    """The job's time and its parts, its 95% interval where it was projected, and the share of it measured."""
+    train, test = projected[:2], projected[2:]
+    data_s = sum(data for _, data, _ in train)
+    compute_s = sum(point for point, _, _ in train) - data_s
+    eval_s = sum(point for point, _, _ in test) + peek_s
+    job_s = job_startup_s + data_s + compute_s + eval_s
+    totals = job_startup_s + peek_s + sum(samples for _, _, samples in projected)
+    low, high = (None, None) if whole or np.isnan(totals).any() else \
         (float(np.percentile(totals, 2.5)), float(np.percentile(totals, 97.5)))
-    measured = result.job_startup_s + result.train_s + result.eval_s
-    result.job_fraction = min(measured / result.job_s, 1.0) if result.job_s else 0.0
-    result.job_projected = not whole
+    return {"job_startup_s": job_startup_s, "job_data_s": data_s, "job_compute_s": compute_s, "job_eval_s": eval_s,
+            "job_s": job_s, "job_s_low": low, "job_s_high": high,
+            "job_fraction": min((job_startup_s + measured_s) / job_s, 1.0) if job_s else 0.0,
+            "job_projected": not whole}

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -22,7 +22,6 @@ import torch.nn as nn
 from bench.measuring import devices, gpu_monitor, stats, stop, timing
 from bench.measuring.clock import DeviceClock, latencies_ms, percentiles
 from bench.measuring.feed import amp_dtype, memory_format, pipeline_batches, resident_tensors, steps_per_epoch
-from bench.result import Result
 from bench.schema import Case
 from cnn import loops
 from cnn.cifar_files import CifarArrays
@@ -57,34 +56,36 @@ def set_threads(case: Case) -> None:
         torch.set_num_threads(case.threads)
 
 
-def prepare_cuda(device: torch.device, result: Result, autotune: bool = True) -> None:
+def prepare_cuda(device: torch.device, autotune: bool = True) -> dict:
     """Before anything is allocated: the Case's GPU made current (the device is indexed: set_device
     refuses a bare `cuda`), cuDNN autotuning on (off for the tutorial's job, as its script has it), the
-    peak-memory counter reset."""
+    peak-memory counter reset. Returns whether cuDNN autotunes."""
     torch.cuda.set_device(device)
     torch.backends.cudnn.benchmark = autotune  # autotuning falls in the warm-up; new shapes are kept out of windows
     torch.cuda.reset_peak_memory_stats(device)
-    result.cudnn_benchmark = torch.backends.cudnn.benchmark
+    return {"cudnn_benchmark": torch.backends.cudnn.benchmark}
 
 
-def monitor_gpu(device: torch.device, result: Result):
-    """A context that samples GPU utilisation and power around each epoch's loop, or does nothing."""
+def monitor_gpu(device: torch.device):
+    """(the sampler or None, a context that samples GPU utilisation and power around each epoch's loop or does
+    nothing, how the GPU is monitored: the Result's `gpu_monitor`, none on a CPU)."""
     if device.type != "cuda":
-        return None, contextlib.nullcontext
+        return None, contextlib.nullcontext, {}
     uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
-    sampler, result.gpu_monitor = gpu_monitor.open_sampler(device.index, str(uuid) if uuid else None)
-    return sampler, (sampler.active if sampler else contextlib.nullcontext)
+    sampler, how = gpu_monitor.open_sampler(device.index, str(uuid) if uuid else None)
+    return sampler, (sampler.active if sampler else contextlib.nullcontext), {"gpu_monitor": how}
 
 
-def record_gpu_usage(result: Result, sampler: gpu_monitor.NvmlSampler | None, epoch_images: int,
-                      images: int) -> None:
+def gpu_usage(sampler: gpu_monitor.NvmlSampler | None, epoch_images: int, images: int) -> dict:
+    """The GPU's utilisation and power while the loop ran, and its energy scaled to an epoch's images."""
     if sampler is None:
-        return
+        return {}
     usage = sampler.usage()
-    result.gpu_util_pct, result.gpu_power_w = usage.util_pct, usage.power_w
+    out = {"gpu_util_pct": usage.util_pct, "gpu_power_w": usage.power_w}
     if usage.energy_j is not None and images:
         # every step, warm-up included, ran inside the monitored intervals
-        result.gpu_energy_j_per_epoch = usage.energy_j / images * epoch_images
+        out["gpu_energy_j_per_epoch"] = usage.energy_j / images * epoch_images
+    return out
 
 
 def case_meter(case: Case, device: torch.device, steps_per_epoch: int, progress: Progress | None,
@@ -129,11 +130,11 @@ def compile_unavailable(device_type: str) -> str | None:
     return None
 
 
-def compiled(case: Case, net: nn.Module, arrays: CifarArrays, compute: torch.device, result: Result,
-             train: bool, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
+def compiled(case: Case, net: nn.Module, arrays: CifarArrays, compute: torch.device, train: bool,
+             optimizer: torch.optim.Optimizer | None = None) -> tuple[nn.Module, dict]:
     """`net` under torch.compile in the Case's mode, compiled before the clock starts on a batch of the
     Case's shape (forward and backward when training; the gradients are dropped, so no weight moves),
-    its compilation time recorded apart as `compile_s`."""
+    its compilation time returned apart as `compile_s`."""
     # inductor's C++ build warns that a CPU-only machine has no CUDA runtime; the check table is no place for it
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     model = torch.compile(net, mode=case.compile_mode)
@@ -150,32 +151,31 @@ def compiled(case: Case, net: nn.Module, arrays: CifarArrays, compute: torch.dev
             with torch.inference_mode():
                 model(x)
     clock.sync()
-    result.compile_s = time.perf_counter() - t0
-    return model
+    return model, {"compile_s": time.perf_counter() - t0}
 
 
-def record_windows(result: Result, windows_s: list[float], windows_images: list[int], step_s: list[float]) -> None:
-    """The throughput summary of timed windows into the Result, beside the raw windows it comes from."""
+def window_fields(windows_s: list[float], windows_images: list[int], step_s: list[float]) -> dict:
+    """The throughput summary of timed windows, beside the raw windows it comes from."""
     summary = stats.summarise(windows_s, windows_images, step_s)
-    result.images_per_s, result.images_per_s_p25, result.images_per_s_p75 = summary.images_per_s, summary.p25, summary.p75
-    result.images_per_s_spread_pct = summary.spread_pct
-    result.images_per_s_mean = sum(windows_images) / sum(windows_s) if sum(windows_s) > 0 else None
-    result.images_per_s_ci_low, result.images_per_s_ci_high = summary.interval or (None, None)
-    result.images_per_s_ci_pct = summary.half_width_pct
-    result.step_ms_p50, result.step_ms_p90, result.step_ms_p99 = summary.step_ms
-    result.windows_s, result.windows_images = windows_s, windows_images
-    result.warnings.extend(summary.warnings)
+    low, high = summary.interval or (None, None)
+    p50, p90, p99 = summary.step_ms
+    return {"images_per_s": summary.images_per_s, "images_per_s_p25": summary.p25, "images_per_s_p75": summary.p75,
+            "images_per_s_spread_pct": summary.spread_pct, "images_per_s_mean": summary.mean,
+            "images_per_s_ci_low": low, "images_per_s_ci_high": high, "images_per_s_ci_pct": summary.half_width_pct,
+            "step_ms_p50": p50, "step_ms_p90": p90, "step_ms_p99": p99, "windows_s": windows_s,
+            "windows_images": windows_images, "warnings": summary.warnings}
 
 
-def record_throughput(result: Result, meter: timing.StepMeter) -> None:
-    record_windows(result, meter.windows_s, meter.windows_images, meter.step_s)
-    result.warmup_s, result.train_s, result.epoch_s = meter.warmup_s, meter.train_s, meter.epoch_s
-    result.steps, result.images, result.stopped_by = meter.steps, meter.images, meter.stopped_by or "epochs"
-    result.new_shape_steps = meter.new_shape_steps
-    result.minor_faults_per_step = meter.timed_faults / len(meter.step_s) if meter.step_s else None
+def throughput_fields(meter: timing.StepMeter) -> dict:
+    """What the meter measured: the windows' summary, the warm-up and training time, the steps and why they
+    stopped, the page faults and the data wait."""
     window_total = sum(meter.windows_s)
-    if meter.data_wait_measured:
-        result.data_wait_pct = 100.0 * meter.data_wait_s / window_total if window_total else None
+    wait = 100.0 * meter.data_wait_s / window_total if meter.data_wait_measured and window_total else None
+    return {**window_fields(meter.windows_s, meter.windows_images, meter.step_s), "warmup_s": meter.warmup_s,
+            "train_s": meter.train_s, "epoch_s": meter.epoch_s, "steps": meter.steps, "images": meter.images,
+            "stopped_by": meter.stopped_by or "epochs", "new_shape_steps": meter.new_shape_steps,
+            "minor_faults_per_step": meter.timed_faults / len(meter.step_s) if meter.step_s else None,
+            "data_wait_pct": wait}
 
 
 EVAL_BATCH = 500
@@ -188,22 +188,36 @@ def eval_batch_size(case: Case, last: bool) -> int:
     return case.batch_size if not last else max(case.batch_size, EVAL_BATCH)
 
 
-def _score(case: Case, net: nn.Module, test: tuple, classes, batch_size: int, train_s: float, result: Result) -> None:
-    """The test accuracy after an epoch, overall and per class, and the training time when it first reaches the
-    target."""
-    t0 = time.perf_counter()
-    accuracy, per_class = loops.evaluate(net, *test, len(classes), batch_size=batch_size)
-    result.eval_s += time.perf_counter() - t0
-    result.epoch_accuracy_pct.append(accuracy)
-    result.test_accuracy_pct, result.class_accuracy_pct = accuracy, dict(zip(classes, per_class))
-    if result.time_to_target_s is None and accuracy >= case.target_accuracy_pct:
-        result.time_to_target_s = train_s
+@dataclass
+class Scores:
+    """The test accuracy after each epoch, overall and per class, its passes' time, and the training time when it
+    first reached the target."""
+
+    target_pct: float
+    eval_s: float = 0.0
+    epoch_accuracy_pct: list[float] = field(default_factory=list)
+    class_accuracy_pct: dict[str, float] | None = None
+    time_to_target_s: float | None = None
+
+    def add(self, net: nn.Module, test: tuple, classes, batch_size: int, train_s: float) -> None:
+        t0 = time.perf_counter()
+        accuracy, per_class = loops.evaluate(net, *test, len(classes), batch_size=batch_size)
+        self.eval_s += time.perf_counter() - t0
+        self.epoch_accuracy_pct.append(accuracy)
+        self.class_accuracy_pct = dict(zip(classes, per_class))
+        if self.time_to_target_s is None and accuracy >= self.target_pct:
+            self.time_to_target_s = train_s
+
+    def fields(self) -> dict:
+        last = self.epoch_accuracy_pct[-1] if self.epoch_accuracy_pct else None
+        return {"eval_s": self.eval_s, "epoch_accuracy_pct": self.epoch_accuracy_pct, "test_accuracy_pct": last,
+                "class_accuracy_pct": self.class_accuracy_pct, "time_to_target_s": self.time_to_target_s}
 
 
-def train(case: Case, arrays: CifarArrays, device: torch.device, result: Result, started: float,
-          progress: Progress | None, ranks: Ranks = SINGLE) -> tuple[nn.Module, timing.StepMeter]:
+def train(case: Case, arrays: CifarArrays, device: torch.device, started: float, progress: Progress | None,
+          ranks: Ranks = SINGLE) -> tuple[nn.Module, timing.StepMeter, dict]:
     """Trains the Case (one rank's part of it with `ranks`), accuracy measured on rank 0 after every
-    epoch outside the timed windows; returns the model (unwrapped) and the meter."""
+    epoch outside the timed windows; returns the model (unwrapped), the meter and what was measured."""
     compute = devices.placement(device)
     net = Net(case.width, len(arrays.classes)).to(compute, memory_format=memory_format(case))
     if ranks.world > 1:  # ranks agree on the window length at the warm-up's end, so there must be one
@@ -212,11 +226,12 @@ def train(case: Case, arrays: CifarArrays, device: torch.device, result: Result,
                        agree=ranks.agree)
     model = ranks.wrap(net, meter) if ranks.wrap else net
     optimizer = torch.optim.SGD(model.parameters(), lr=case.lr, momentum=0.9)
+    setup = {}
     if case.compile_mode is not None:
-        model = compiled(case, model, arrays, compute, result, train=True, optimizer=optimizer)
+        model, setup = compiled(case, model, arrays, compute, train=True, optimizer=optimizer)
     n_eval = len(arrays.test_y) if case.eval_images is None else min(case.eval_images, len(arrays.test_y))
-    test_x, test_y = (resident_tensors(case, "test", arrays.test_x[:n_eval], arrays.test_y[:n_eval], compute)
-                      if ranks.rank == 0 else (None,) * 2)
+    test = (resident_tensors(case, "test", arrays.test_x[:n_eval], arrays.test_y[:n_eval], compute)
+            if ranks.rank == 0 else (None,) * 2)
     epoch_batches, item, resident = pipeline_batches(case, "train", arrays.train_x, arrays.train_y, arrays.classes,
                                                      device, train=True, meter=meter, shard=ranks.shard)
     if case.cuda_graphs:  # captured before the clock starts; its warm-up takes 3 steps on the first batch
@@ -224,41 +239,39 @@ def train(case: Case, arrays: CifarArrays, device: torch.device, result: Result,
         step = loops.graphed_step(model, optimizer, (x[:case.batch_size], y[:case.batch_size]), amp_dtype(case))
     else:
         step = loops.eager_step(model, optimizer, amp_dtype(case))
-    sampler, monitored = monitor_gpu(device, result)
-    result.startup_s = time.time() - started
-    result.eval_s = 0.0
+    sampler, monitored, monitor = monitor_gpu(device)
+    startup_s, scores, loss = time.time() - started, Scores(case.target_accuracy_pct), None
     for epoch in range(case.epochs):
         meter.start_epoch()
         with monitored():
-            result.loss = loops.train_epoch(model, optimizer, epoch_batches(epoch), item_every_step=item,
-                                            on_step=meter.on_step, step=step)
+            loss = loops.train_epoch(model, optimizer, epoch_batches(epoch), item_every_step=item,
+                                     on_step=meter.on_step, step=step)
             meter.end_epoch()
         if ranks.rank == 0:  # accuracy after every epoch, outside the timed windows
             last = bool(meter.stopped_by) or epoch == case.epochs - 1
-            _score(case, net, (test_x, test_y), arrays.classes, eval_batch_size(case, last), meter.train_s, result)
+            scores.add(net, test, arrays.classes, eval_batch_size(case, last), meter.train_s)
         if ranks.barrier is not None:
             ranks.barrier()
         if meter.stopped_by:
             break
-    result.epochs_completed = meter.images / len(arrays.train_y)
-    record_throughput(result, meter)
-    record_gpu_usage(result, sampler, len(arrays.train_y) // ranks.world, meter.images)
-    return net, meter
+    return net, meter, {**setup, **monitor, "startup_s": startup_s, "loss": loss, **scores.fields(),
+                        "epochs_completed": meter.images / len(arrays.train_y), **throughput_fields(meter),
+                        **gpu_usage(sampler, len(arrays.train_y) // ranks.world, meter.images)}
 
 
-def infer(case: Case, arrays: CifarArrays, device: torch.device, result: Result, started: float,
-          progress: Progress | None) -> None:
-    """Runs the Case's inference loop, then times the model alone for latency."""
+def infer(case: Case, arrays: CifarArrays, device: torch.device, started: float, progress: Progress | None) -> dict:
+    """Runs the Case's inference loop, then times the model alone for latency; returns what was measured."""
     compute = devices.placement(device)
     net = Net(case.width, len(arrays.classes)).to(compute, memory_format=memory_format(case)).eval()
+    setup = {}
     if case.compile_mode is not None:
-        net = compiled(case, net, arrays, compute, result, train=False)
+        net, setup = compiled(case, net, arrays, compute, train=False)
     meter = case_meter(case, device, math.ceil(len(arrays.test_y) / case.batch_size), progress)
     epoch_batches, item, _ = pipeline_batches(case, "test", arrays.test_x, arrays.test_y, arrays.classes, device,
                                               train=False, meter=meter)
     autocast = torch.autocast(compute.type, dtype=amp_dtype(case), enabled=amp_dtype(case) is not None)
-    sampler, monitored = monitor_gpu(device, result)
-    result.startup_s = time.time() - started
+    sampler, monitored, monitor = monitor_gpu(device)
+    startup_s = time.time() - started
     for _ in range(case.epochs):
         meter.start_epoch()
         with monitored(), autocast:
@@ -266,9 +279,8 @@ def infer(case: Case, arrays: CifarArrays, device: torch.device, result: Result,
             meter.end_epoch()
         if meter.stopped_by:
             break
-    result.epochs_completed = meter.images / len(arrays.test_y)
-    record_throughput(result, meter)
-    record_gpu_usage(result, sampler, len(arrays.test_y), meter.images)
+    measured = {**setup, **monitor, "startup_s": startup_s, "epochs_completed": meter.images / len(arrays.test_y),
+                **throughput_fields(meter), **gpu_usage(sampler, len(arrays.test_y), meter.images)}
     # latency: the model alone on a batch already on the device, synchronised around each call
     n_latency = min(len(arrays.test_y), case.latency_batches * case.batch_size)  # the images it times, no more
     test_x, _ = resident_tensors(case, "test", arrays.test_x[:n_latency], arrays.test_y[:n_latency], compute)
@@ -276,5 +288,6 @@ def infer(case: Case, arrays: CifarArrays, device: torch.device, result: Result,
     inputs = (test_x[i:i + case.batch_size] for i in range(0, len(test_x), case.batch_size))
     with torch.inference_mode(), autocast:  # within the Case's time budget too, as its throughput
         lat = latencies_ms(meter.clock, net, inputs, case.latency_batches, budget_s=case.max_seconds)
-    result.latency_ms_p50, result.latency_ms_p90, result.latency_ms_p99 = percentiles(lat)
-    result.latency_calls = len(lat)
+    p50, p90, p99 = percentiles(lat)
+    return {**measured, "latency_ms_p50": p50, "latency_ms_p90": p90, "latency_ms_p99": p99,
+            "latency_calls": len(lat)}

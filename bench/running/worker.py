@@ -22,7 +22,7 @@ import torchvision  # noqa: F401  (preloaded by the fork server with torch)
 from bench.measuring import allocator, training
 from bench.measuring.clock import peak_device_mem_mb, peak_rss_mb
 from bench.measuring.job import run_job
-from bench.result import Result
+from bench.result import Result, assemble
 from bench.running import contention
 from bench.schema import JOB, Case
 from cnn import cache
@@ -38,61 +38,63 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def run_case(case: Case, progress: Progress | None = None, started: float | None = None) -> Result:
-    """Runs the Case; every failure becomes a Result with its status and error, never an exception.
+    """Runs the Case; every failure becomes a Result with its status and error, never an exception. The Result is
+    assembled here, once, from what each stage returned.
 
     `started` is when the process was asked for (time.time()); by default the process's
     creation time, which the kernel gives only to about a second.
     """
     started = psutil.Process().create_time() if started is None else started
     watch = contention.Watch()
-    result = _run(case, progress, started)
-    load = watch.load()
-    result.other_cpu_cores, result.steal_pct, result.cpu_mhz = load.other_cpu_cores, load.steal_pct, load.cpu_mhz
-    result.contended = load.contended
-    if load.contended:
-        result.warnings.append(f"contended: other processes used {load.other_cpu_cores:.2f} cores on average "
-                               f"(steal {load.steal_pct:.1f}%) while this Case ran")
-    return result
+    parts = _measured(case, progress, started) + [{"wall_s": time.time() - started}]
+    return assemble(case, *parts, _load(watch.load()))
 
 
-def _run(case: Case, progress: Progress | None, started: float) -> Result:
+def _load(load: contention.Load) -> dict:
+    """The machine while the Case ran: other processes' CPU use, steal time, the clock, and whether that made the
+    Case contended."""
+    warnings = [f"contended: other processes used {load.other_cpu_cores:.2f} cores on average "
+                f"(steal {load.steal_pct:.1f}%) while this Case ran"] if load.contended else []
+    return {"other_cpu_cores": load.other_cpu_cores, "steal_pct": load.steal_pct, "cpu_mhz": load.cpu_mhz,
+            "contended": load.contended, "warnings": warnings}
+
+
+def _measured(case: Case, progress: Progress | None, started: float) -> list[dict]:
+    """What the Case's stages measured, in order, and how it ended where it did not end ok."""
     device = torch.device(case.device)
     unavailable = training.compile_unavailable(device.type) if case.compile_mode is not None else None
     unavailable = unavailable or allocator.unavailable(case.malloc)
     if unavailable:  # before any rank is launched: a data-parallel Case is skipped as a single-process one is
-        return Result(case=case, status="skipped", error=unavailable)
+        return [{"status": "skipped", "error": unavailable}]
     if case.world_size > 1:
-        return _run_distributed(case, progress, started)
-    result = Result(case=case)
+        return _distributed(case, progress, started)
+    parts = []
     try:
-        result.malloc_state = allocator.pin(case.malloc)  # before the Case allocates anything
+        parts.append({"malloc_state": allocator.pin(case.malloc)})  # before the Case allocates anything
         training.set_threads(case)
         torch.manual_seed(case.seed)
         if device.type == "cuda":  # the tutorial's script leaves cuDNN's autotuning off
-            training.prepare_cuda(device, result, autotune=case.mode != JOB)
+            parts.append(training.prepare_cuda(device, autotune=case.mode != JOB))
         arrays = cache.load_arrays(case.data_cache)
-        result.train_images, result.test_images = len(arrays.train_y), len(arrays.test_y)
+        parts.append({"train_images": len(arrays.train_y), "test_images": len(arrays.test_y)})
         if case.mode == JOB:
-            run_job(case, arrays, device, result, started, progress)
+            parts.append(run_job(case, arrays, device, started, progress))
         elif case.mode == "train":
-            training.train(case, arrays, device, result, started, progress)
+            parts.append(training.train(case, arrays, device, started, progress)[2])
         else:
-            training.infer(case, arrays, device, result, started, progress)
-        result.peak_device_mem_mb = peak_device_mem_mb(device)
+            parts.append(training.infer(case, arrays, device, started, progress))
+        parts.append({"peak_device_mem_mb": peak_device_mem_mb(device)})
     except Exception as exc:  # a Case's failure is data, the sweep goes on
-        result.status = "oom" if _is_oom(exc) else "failed"
         frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         where = f" (at {os.path.basename(frame.filename)}:{frame.lineno})" if frame else ""
-        result.error = f"{type(exc).__name__}: {exc}{where}".replace("\n", " ")[:2000]
+        parts.append({"status": "oom" if _is_oom(exc) else "failed",
+                      "error": f"{type(exc).__name__}: {exc}{where}".replace("\n", " ")[:2000]})
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    result.threads_used = torch.get_num_threads()
-    result.peak_rss_mb = peak_rss_mb()
-    result.wall_s = time.time() - started
-    return result
+    return parts + [{"threads_used": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb()}]
 
 
-def _run_distributed(case: Case, progress: Progress | None, started: float) -> Result:
+def _distributed(case: Case, progress: Progress | None, started: float) -> list[dict]:
     """A data-parallel Case: its ranks under PyTorch's elastic launcher; a failed rank fails the Case."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
@@ -100,17 +102,14 @@ def _run_distributed(case: Case, progress: Progress | None, started: float) -> R
     from bench.sweep.plan import oversubscription
 
     try:
-        result = ddp.launch(case, progress, started)
+        parts = [ddp.launch(case, progress, started)]
     except ChildFailedError as exc:  # the launcher has already torn the whole group down
         text = ddp.failure_text(exc)
-        result = Result(case=case, status="oom" if _is_oom(RuntimeError(text)) else "failed", error=text[:2000])
+        parts = [{"status": "oom" if _is_oom(RuntimeError(text)) else "failed", "error": text[:2000]}]
     except Exception as exc:  # rendezvous or launcher errors
-        result = Result(case=case, status="failed", error=f"{type(exc).__name__}: {exc}".replace("\n", " ")[:2000])
+        parts = [{"status": "failed", "error": f"{type(exc).__name__}: {exc}".replace("\n", " ")[:2000]}]
     warning = oversubscription(case, psutil.cpu_count(logical=False) or 1)
-    if warning:
-        result.warnings.append(warning)
-    result.wall_s = time.time() - started
-    return result
+    return parts + [{"warnings": [warning] if warning else []}]
 
 
 def child_main(case_fields: dict, conn, started: float) -> None:
@@ -145,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench.measuring import ddp
 
         case = replace(case, world_size=int(os.environ["WORLD_SIZE"]))
-        fields = ddp.rank_main(asdict(case))
+        started = psutil.Process().create_time()
+        fields = ddp.rank_main(asdict(case), started=started)
         if fields is None:  # not rank 0
             return 0
-        result = Result.from_dict(fields)
+        result = assemble(case, fields, {"wall_s": time.time() - started})
     else:
         result = run_case(case)
     if args.out:
