@@ -54,6 +54,16 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, resume: bool = Fal
     Returns the run's results (one row per Case); `.attrs["run_dir"]` is the folder. Raises
     ValueError for an unusable folder or data set.
     """
+    run = sweep_run(spec, out, resume, reports_dir, display, warn)
+    frame = run.frame
+    frame.attrs["run_dir"] = str(run.path)
+    return frame
+
+
+def sweep_run(spec: SweepSpec, out: str | Path | None = None, resume: bool = False,
+              reports_dir: str | Path | None = None, display=None, warn=None, csv: bool = True):
+    """run_sweep's work; returns the run folder as read once at the end (store.run_folder.Run), its results.csv
+    written unless `csv` is False (a report that follows writes it)."""
     from bench.store.run_folder import RunFolder
 
     warn = warn or (lambda text: print(f"bench: WARNING: {text}", file=sys.stderr, flush=True))
@@ -63,7 +73,7 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, resume: bool = Fal
     with folder.locked():
         if resume:
             _check_resumable(folder, spec)
-        return _sweep(spec, folder, run_id, resume, display, warn)
+        return _sweep(spec, folder, run_id, resume, display, warn, csv)
 
 
 def _check_resumable(folder, spec: SweepSpec) -> None:
@@ -76,12 +86,12 @@ def _check_resumable(folder, spec: SweepSpec) -> None:
                          f"options of the run being resumed)")
 
 
-def _sweep(spec: SweepSpec, folder, run_id: str, resume: bool, display, warn) -> pd.DataFrame:
+def _sweep(spec: SweepSpec, folder, run_id: str, resume: bool, display, warn, csv: bool):
     """run_sweep's work, with the run folder prepared and locked."""
     from bench.running.forkserver import check_temp_dir
     from bench.running.progress import Display
     from bench.running.runner import run_cases
-    from bench.store.run_folder import results_frame
+    from bench.store.run_folder import Run, results_frame
     from bench.sweep.plan import oversubscription_warnings, plan_cases
 
     check_temp_dir()
@@ -110,10 +120,9 @@ def _sweep(spec: SweepSpec, folder, run_id: str, resume: bool, display, warn) ->
     finally:
         display.close()
     results = folder.results()
-    folder.write_csv(results)
-    frame = results_frame(results)
-    frame.attrs["run_dir"] = str(folder.path)
-    return frame
+    if csv:
+        folder.write_csv(results)
+    return Run(folder.path, folder.environment(), results_frame(results), results)
 
 
 def _environment(spec: SweepSpec, prepared, run_id: str, measure_ceilings: bool, normalising, warn) -> dict:

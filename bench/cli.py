@@ -152,19 +152,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     signal.signal(signal.SIGTERM, _interrupt)  # a `kill` stops the running Case too, not only Ctrl-C
     try:
-        api.run_sweep(spec, run_dir, resume=args.resume, warn=_warn)
+        run = api.sweep_run(spec, run_dir, resume=args.resume, warn=_warn, csv=args.no_report)
     except ValueError as e:
         raise CliError(str(e)) from None
     except KeyboardInterrupt:
         print(f"\nbench: interrupted; finished Cases are kept in {RunFolder(run_dir).results_path}. "
               f"Resume with: python -m bench run --resume --out {run_dir} (and the same options)", file=sys.stderr)
         return 130
-    results = RunFolder(run_dir).results()
-    print(summary_table(results))
-    if results and results[0].case.dataset == "synthetic":
+    print(summary_table(run.results))
+    if run.results and run.results[0].case.dataset == "synthetic":
         print("bench: measured on SYNTHETIC data: throughput is representative, accuracy is not CIFAR-10's")
     if not args.no_report:
-        report = api.make_report(run_dir)
+        from bench.report.build import build_report
+
+        report = build_report([run], run_dir)
         print(f"bench: report in {report.markdown} and {report.html}")
     print(f"bench: results in {run_dir}")
     return 0

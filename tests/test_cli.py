@@ -172,3 +172,18 @@ def test_unknown_variants_are_refused(capsys):
     assert "--amp: 'fp8' is not one of off, bf16" in capsys.readouterr().err
     assert cli.main(["run", "--memory-formats", "nhwc"]) == 2
     assert "--memory-formats: 'nhwc' is not one of contiguous, channels_last" in capsys.readouterr().err
+
+
+def test_a_run_reads_its_results_once_and_writes_its_csv_once(tmp_path: Path, monkeypatch, capsys):
+    from bench.store.run_folder import RunFolder
+
+    reads, writes = [], []
+    results, write_csv = RunFolder.results, RunFolder.write_csv
+    monkeypatch.setattr(RunFolder, "results", lambda self: reads.append(self.path) or results(self))
+    monkeypatch.setattr(RunFolder, "write_csv", lambda self, r=None: writes.append(self.path) or write_csv(self, r))
+    out = tmp_path / "run"
+    assert cli.main(["run", "--quick", "--devices", "cpu", "--batch-sizes", "4", "--threads", "1", "--modes", "infer",
+                     "--pipelines", "resident", "--no-job", "--dataset", "synthetic", "--data-dir",
+                     str(tmp_path / "data"), "--out", str(out)]) == 0
+    assert reads == [out] and writes == [out]
+    assert (out / "results.csv").is_file() and (out / "report.md").is_file()

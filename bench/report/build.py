@@ -170,9 +170,9 @@ def _save_charts(charts: list[tuple[Path, Figure]]) -> None:
         fig.savefig(path, dpi=CHART_DPI)
 
 
-def build_report(run_dirs: list[Path], out_dir: Path) -> Report:
-    """Writes the report files into out_dir."""
-    runs = [RunFolder(p).load() for p in run_dirs]
+def build_report(run_dirs: list[Path | Run], out_dir: Path) -> Report:
+    """Writes the report files into out_dir, from run folders (or runs already read)."""
+    runs = [r if isinstance(r, Run) else RunFolder(r).load() for r in run_dirs]
     df = combined_frame(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped = {d: why for r in runs for d, why in r.environment.get("skipped_devices", {}).items()}
@@ -186,7 +186,7 @@ def build_report(run_dirs: list[Path], out_dir: Path) -> Report:
     _save_charts([(out_dir / name, fig) for name, _, fig in figures])
     for name, _, fig in figures:
         images[name] = base64.b64encode((out_dir / name).read_bytes()).decode()
-    RunFolder(out_dir).write_csv([r for run in runs for r in RunFolder(run.path).results()])
+    RunFolder(out_dir).write_csv([r for run in runs for r in run.results])
     datasets = ", ".join(sorted(df["dataset"].dropna().unique()))
     title = "Does a GPU help the CIFAR-10 tutorial CNN?"
     sections = _sections(analysed, _ceilings(runs))

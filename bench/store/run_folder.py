@@ -8,7 +8,7 @@ import fcntl
 import json
 import os
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -24,9 +24,12 @@ class RunError(ValueError):
 
 @dataclass
 class Run:
+    """A run folder read once: its environment, its Results, and the frame made from them."""
+
     path: Path
     environment: dict
     frame: pd.DataFrame
+    results: list[Result] = field(default_factory=list)
 
 
 class RunFolder:
@@ -170,7 +173,7 @@ class RunFolder:
         results = self.results()
         if not results:
             raise RunError(f"'{self.path}' holds no {RESULTS} with any Case (expected a folder written by bench run)")
-        return Run(self.path, self.environment(), results_frame(results))
+        return Run(self.path, self.environment(), results_frame(results), results)
 
 
 POSITIVE = ("images_per_s", "images_per_s_p25", "images_per_s_p75", "batch_size", "width")
