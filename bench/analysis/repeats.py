@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
+from bench.measuring.stats import WindowStats
 from bench.schema import JOB
 
 REPEAT = re.compile(r"/r\d+(?=/|$)")
@@ -72,12 +73,11 @@ def _pools(df: pd.DataFrame) -> pd.Series:
     return _run(df) + "|" + device
 
 
-def _window_rates(g: pd.DataFrame) -> np.ndarray:
-    if "windows_s" not in g or "windows_images" not in g:
-        return np.array([])
-    pairs = [(n, s) for ns, ss in zip(g["windows_images"], g["windows_s"]) if isinstance(ns, list) and isinstance(ss, list)
-             for n, s in zip(ns, ss) if s > 0]
-    return np.array([n / s for n, s in pairs])
+def _windows(g: pd.DataFrame) -> WindowStats:
+    """Every timed window of the processes in g, as one statistics object."""
+    pairs = [(ss, ns) for ss, ns in zip(g.get("windows_s", []), g.get("windows_images", []))
+             if isinstance(ss, list) and isinstance(ns, list)]
+    return WindowStats.of([s for ss, _ in pairs for s in ss], [n for _, ns in pairs for n in ns])
 
 
 def between_processes(df: pd.DataFrame) -> tuple[float, int] | None:
@@ -176,12 +176,12 @@ def _combined(g: pd.DataFrame, spread: tuple[float, int] | None) -> pd.Series:
     row["repeat"] = np.nan
     row["processes"] = len(g)
     row["between_process_pct"] = 100 * (math.exp(sd) - 1)
-    rates = _window_rates(g)
+    windows = _windows(g)
     for column in ("windows_s", "windows_images"):
         if column in g:
             row[column] = [w for ws in g[column] if isinstance(ws, list) for w in ws]
-    if len(rates):  # the spread of every window of every process
-        row["images_per_s_p25"], row["images_per_s_p75"] = np.percentile(rates, [25, 75])
+    if windows.quartiles:  # the spread of every window of every process
+        row["images_per_s_p25"], _, row["images_per_s_p75"] = windows.quartiles
     row["images_per_s_p25"] = min(row["images_per_s_p25"], row["images_per_s"])  # the figure inside its spread
     row["images_per_s_p75"] = max(row["images_per_s_p75"], row["images_per_s"])
     row["images_per_s_spread_pct"] = 100 * (row["images_per_s_p75"] - row["images_per_s_p25"]) / row["images_per_s"]
