@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -169,9 +169,8 @@ def _measured(case: Case, ctx, display, budget: _RetryBudget) -> Result:
     if result.status != "ok" or not result.contended:
         return result
     if not budget.allows(took + contention.QUIET_SAMPLE_S):
-        result.warnings.append(f"not measured again: measuring contended Cases again had taken its share of the "
-                               f"sweep's time ({RETRY_SHARE:.0%})")
-        return result
+        return _noted(result, f"not measured again: measuring contended Cases again had taken its share of the "
+                              f"sweep's time ({RETRY_SHARE:.0%})")
     started = time.monotonic()
     try:
         if not contention.machine_is_quiet():
@@ -180,12 +179,15 @@ def _measured(case: Case, ctx, display, budget: _RetryBudget) -> Result:
     finally:
         budget.retried_s += time.monotonic() - started
     if again.status == "ok":
-        again.warnings.append(f"measured again: the first try was contended (other processes "
-                              f"{result.other_cpu_cores:.2f} cores, steal {result.steal_pct:.1f}%, "
-                              f"{result.images_per_s or float('nan'):.0f} images/s)")
-        return again
-    result.warnings.append(f"measuring it again once the machine was quiet ended as {again.status}")
-    return result
+        return _noted(again, f"measured again: the first try was contended (other processes "
+                             f"{result.other_cpu_cores:.2f} cores, steal {result.steal_pct:.1f}%, "
+                             f"{result.images_per_s or float('nan'):.0f} images/s)")
+    return _noted(result, f"measuring it again once the machine was quiet ended as {again.status}")
+
+
+def _noted(result: Result, warning: str) -> Result:
+    """The Result as its worker assembled it, with what the runner adds about how it was measured."""
+    return replace(result, warnings=[*result.warnings, warning])
 
 
 def _run_and_append(case: Case, ctx, folder: RunFolder, display, budget: _RetryBudget) -> Result:
