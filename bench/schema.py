@@ -30,6 +30,7 @@ class Variant:
     options: tuple[dict, ...]  # the options that sweep it, as bench/sweep/options.py's Option takes them
     values: Callable[[SweepSpec], list]  # the values a sweep runs
     program: bool = False  # it replaces the eager step (its name stands for "eager") rather than modifying it
+    process: bool = False  # it sets the whole process (the allocator), not the step
     applies: Callable[[dict], bool] = lambda point: True  # where it applies (device, mode, pipeline, world_size,
     #                                                       the variants before it); elsewhere the plain value runs
     check_values: dict = field(default_factory=dict)  # the SweepSpec fields with which `bench check` tries it
@@ -55,7 +56,7 @@ VARIANTS: tuple[Variant, ...] = (
               "(freed memory kept between steps, as MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=2147483647 "
               "give a script), or both: default,tuned (default {default})", "default": ["default"],
               "choices": MALLOCS, "cli": "malloc"},), lambda spec: spec.mallocs,
-            check_values={"mallocs": list(MALLOCS)}, check_once=True),
+            process=True, check_values={"mallocs": list(MALLOCS)}, check_once=True),
     Variant("cuda_graphs", False, lambda g: "graphs", lambda g: "graphs", "CUDA graphs",
             ({"name": "cuda_graphs", "help": "also run the resident training step captured in a CUDA graph (CUDA "
               "devices only)", "default": False},), lambda spec: [False, True] if spec.cuda_graphs else [False],

@@ -57,7 +57,10 @@ class WindowStats:
 
     @property
     def half_width_pct(self) -> float | None:
-        return precision.half_width_pct(self.rates) if len(self.rates) else None
+        """The interval's half-width, % of the median (as precision.half_width_pct, from the interval above)."""
+        if self.interval is None or not self.median or self.median <= 0:
+            return None
+        return 100.0 * (self.interval[1] - self.interval[0]) / 2 / self.median
 
     @property
     def mean(self) -> float | None:

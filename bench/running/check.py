@@ -28,8 +28,9 @@ SPEC = with_defaults(devices=["cpu"], batch_sizes=[4], threads=[1], pipelines=li
                  modes=list(MODES), epochs=1, max_steps=6, max_seconds=None, time_limit_s=120.0, warmup_steps=2,
                  window_s=0.05, latency_batches=3, num_workers=2, dataset=DATASET, world_sizes=[1, RANKS], job=False,
                  **{k: v for variant in VARIANTS for k, v in variant.check_values.items()})
-# the rows of each pipeline and mode: the variants checked everywhere, then those checked once, then data-parallel
-CHECKS = ("eager", *(v.check for v in sorted(VARIANTS, key=lambda v: v.check_once)), f"DDP, {RANKS} ranks")
+# the rows of each pipeline and mode: the step's own variants, those that replace the step, those of the whole
+# process, then data-parallel
+CHECKS = ("eager", *(v.check for v in sorted(VARIANTS, key=lambda v: (v.process, v.program))), f"DDP, {RANKS} ranks")
 GRAPHS_CPU = "CUDA graphs: CUDA devices only"
 HEADER = f"{'device':<7} {'pipeline':<8} {'mode':<5} {'check':<13} {'status':<7} detail"
 
