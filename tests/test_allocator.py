@@ -76,6 +76,16 @@ def test_without_mallopt_the_default_state_runs_unpinned_and_says_so(monkeypatch
     assert "--malloc tuned needs it" in allocator.unavailable("tuned")
     with pytest.raises(RuntimeError, match="no mallopt"):
         allocator.pin("tuned")
+    # a state asked for but not required (the tutorial's job) is left to the C library, and says so
+    assert allocator.unavailable("tuned", required=False) is None
+    assert allocator.pin("tuned", required=False) == "tuned: not pinned: the C library has no mallopt (glibc's)"
+
+
+def test_with_mallopt_a_state_not_required_is_pinned_all_the_same(monkeypatch):
+    recorder = RecordingMallopt()
+    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda name: FakeLibc(recorder))
+    assert allocator.pin("tuned", required=False) == "tuned: glibc mmap threshold 32 MiB, trim threshold never, pinned"
+    assert recorder.calls == [(allocator.M_MMAP_THRESHOLD, 32 * 2**20), (allocator.M_TRIM_THRESHOLD, 2**31 - 1)]
 
 
 @pytest.mark.parametrize("world_size", [1, 2])
@@ -91,6 +101,22 @@ def test_without_mallopt_a_tuned_case_is_skipped_with_the_reason(monkeypatch, tm
     assert case.world_size == world_size
     result = worker.run_case(case)  # a rank would have raised "the C library has no mallopt": the Case failed
     assert result.status == "skipped" and "mallopt" in result.error
+
+
+def test_without_mallopt_the_tutorials_job_still_runs_unpinned_and_says_so(monkeypatch):
+    from bench.running import worker
+    from cnn.data import prepare_synthetic
+
+    monkeypatch.setattr(allocator.ctypes, "CDLL", _no_libc)  # musl, macOS: the report's first sentence still stands
+    spec = with_defaults(devices=["cpu"], batch_sizes=[4], threads=[1], pipelines=["resident"], widths=[1.0],
+                         modes=["train"], max_steps=3, warmup_steps=1, max_seconds=None, precision_pct=None,
+                         window_s=0.5, job=True)
+    [case] = [c for c in plan_cases(spec, str(prepare_synthetic(n_train=40, n_test=20).cache_dir), "synthetic")
+              if c.mode == "job"]
+    assert case.malloc == "tuned"
+    result = worker.run_case(case)
+    assert result.status == "ok", result.error
+    assert result.malloc_state == "tuned: not pinned: the C library has no mallopt (glibc's)"
 
 
 BLOCK_PAGES = 2**21 // 4096  # one 2 MiB block's pages

@@ -46,7 +46,7 @@ def test_run_sweep_writes_the_run_folder_and_returns_its_results_and_the_report_
     assert results.attrs["run_dir"] == str(tmp_path / "run")
     sweep = results[results["mode"] != "job"]
     assert sorted(sweep["batch_size"]) == [8, 32] and set(results["status"]) == {"ok"}
-    assert results[results["mode"] == "job"]["key"].tolist() == ["job/cpu/tutorial/b4/tauto/w1/r0"]  # on by default
+    assert results[results["mode"] == "job"]["key"].tolist() == ["job/cpu/tutorial/b4/tauto/w1/r0/malloc-tuned"]  # on by default
     assert (results["images_per_s"] > 0).all()
     assert {"results.jsonl", "results.csv", "environment.json"} <= {p.name for p in (tmp_path / "run").iterdir()}
     with pytest.raises(ValueError, match="already holds results"):

@@ -37,9 +37,9 @@ def test_the_sweep_writes_results_environment_and_csv(tiny_run):
     assert (cpu.dataset == "synthetic").all() and (cpu.run_id == "run").all() and (cpu.schema_version == SCHEMA_VERSION).all()
     assert (cpu.images_per_s > 0).all() and (cpu.steps == 30).all() and (cpu.threads_used == 1).all()
     assert (cpu.images_per_s_mean > 0).all()  # total over total, beside the median
-    # every Case, the job too, ran pinned in the default allocator state (glibc here), and says so
-    assert (results.malloc_state[results.device == "cpu"]
-            == "default: glibc mmap threshold 128 KiB, trim threshold 128 KiB, pinned").all()
+    # every Case ran pinned in the default allocator state (glibc here), the job in the one its script runs in
+    assert (cpu.malloc_state == "default: glibc mmap threshold 128 KiB, trim threshold 128 KiB, pinned").all()
+    assert job["malloc_state"] == "tuned: glibc mmap threshold 32 MiB, trim threshold never, pinned"
     train = cpu[cpu["mode"] == "train"]
     assert train.test_accuracy_pct.notna().all() and train.data_wait_pct.notna().all()
     assert cpu[cpu["mode"] == "infer"].latency_ms_p50.notna().all()
@@ -49,7 +49,9 @@ def test_the_sweep_writes_results_environment_and_csv(tiny_run):
     assert env["dataset"] == "synthetic" and env["cpu_logical_cores"] >= 1 and env["torch"]
     assert env["spec"]["batch_sizes"] == [4, 64]
     assert env["malloc_states"]["tuned"] == "tuned: glibc mmap threshold 32 MiB, trim threshold never, pinned"
-    assert "Allocator state, pinned in every Case before it allocated" in (out / "report.md").read_text()
+    assert ("Allocator state, pinned in every Case before it allocated (bench/measuring/allocator.py): default: glibc "
+            "mmap threshold 128 KiB, trim threshold 128 KiB, pinned; the tutorial's job in tuned: glibc mmap threshold "
+            "32 MiB, trim threshold never, pinned, the state its own script's glibc reaches") in (out / "report.md").read_text()
     assert re.search(r"train\s+cpu\s+resident\s+eager\s+64\s+1\s+1\s+1\s+ok\s+\d+", proc.stdout)  # the summary table
     report = (out / "report.md").read_text()
     assert report.startswith("# Does a GPU help the CIFAR-10 tutorial CNN?\n\n**") and (out / "report.html").exists()

@@ -339,7 +339,7 @@ def test_gpu_validate_runs_check_sweep_and_truth_check_into_one_folder(tmp_path)
     results = [json.loads(x) for x in (out / "sweep" / "results.jsonl").read_text().splitlines()]
     cuda = [r for r in results if r["device"] == "cuda:0"]
     assert len(cuda) == 2 + 1 + 1 and all(r["status"] == "ok" for r in cuda), [r["error"] for r in cuda]
-    assert [r["key"] for r in cuda if r["mode"] == "job"] == ["job/cuda:0/tutorial/b4/tauto/w1/r0"]  # the asker's job
+    assert [r["key"] for r in cuda if r["mode"] == "job"] == ["job/cuda:0/tutorial/b4/tauto/w1/r0/malloc-tuned"]  # the asker's job
     assert sum(r["cuda_graphs"] for r in cuda) == 1
     assert {r["device"] for r in results} == {"cpu", "cuda:0"}
     assert "== verdict (sweep/report.md)" in summary and (out / "sweep" / "report.html").exists()

@@ -36,7 +36,8 @@ def test_each_device_opens_with_the_tutorials_job_in_its_own_settings():
             ("tutorial", 4, 2, 0.001, 2, 1.0)
         assert job.threads is None and job.compile_mode is None and job.amp == "off" and job.world_size == 1
         assert job.max_seconds is None
-    assert jobs[0].key == "job/cpu/tutorial/b4/tauto/w1/r0"
+    assert jobs[0].key == "job/cpu/tutorial/b4/tauto/w1/r0/malloc-tuned"  # the state its script runs in
+    assert {job.malloc for job in jobs} == {"tuned"}
     assert not [c for c in plan_cases(replace(SPEC, job=False), "/c", "synthetic") if c.mode == JOB]
 
 
@@ -223,7 +224,7 @@ def test_a_job_within_a_time_budget_is_sampled_in_sittings_and_reported_as_one(m
     assert proc.returncode == 0, proc.stderr
     keys = [r.case.key for r in RunFolder(out).results()]
     sittings = [k for k in keys if k.startswith("job/")]
-    assert sittings == [f"job/cpu/tutorial/b4/tauto/w1/r{k}" for k in range(JOB_SITTINGS)]
+    assert sittings == [f"job/cpu/tutorial/b4/tauto/w1/r{k}/malloc-tuned" for k in range(JOB_SITTINGS)]
     assert keys[0] == sittings[0] and keys[-1] == sittings[-1]  # around the sweep's Cases
     results = [r for r in RunFolder(out).results() if r.case.mode == JOB]
     assert all(r.status == "ok" and r.job_projected and r.case.max_seconds == pytest.approx(0.5 / JOB_SITTINGS)

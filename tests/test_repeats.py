@@ -111,7 +111,7 @@ def test_the_spread_between_processes_is_pooled_per_device():
 
 
 def _sitting(repeat: int, job_s: float, low: float, high: float, rate: float = 1500.0) -> dict:
-    return {**_row(4, repeat, rate), "key": f"job/cpu/tutorial/b4/tauto/w1/r{repeat}", "mode": "job",
+    return {**_row(4, repeat, rate), "key": f"job/cpu/tutorial/b4/tauto/w1/r{repeat}/malloc-tuned", "mode": "job",
             "pipeline": "tutorial", "threads": np.nan, "job_s": job_s, "job_s_low": low, "job_s_high": high,
             "job_startup_s": 5.0, "job_import_s": 4.0, "job_data_s": job_s * 0.3, "job_compute_s": job_s * 0.6,
             "job_eval_s": job_s * 0.1 - 5.0, "job_fraction": 0.03, "job_projected": True}
@@ -122,7 +122,7 @@ def test_a_job_sampled_in_sittings_is_their_mean_with_where_95_percent_of_runs_l
     rows = [_sitting(r, t, t - 3, t + 3) for r, t in enumerate(times)]
     [job] = repeats.collapse(pd.DataFrame(rows)).to_dict("records")
     half = repeats.t95(4) * np.std(times, ddof=1) * math.sqrt(1 + 1 / 5)  # a prediction interval for one run
-    assert job["key"] == "job/cpu/tutorial/b4/tauto/w1" and job["job_sittings"] == 5
+    assert job["key"] == "job/cpu/tutorial/b4/tauto/w1/malloc-tuned" and job["job_sittings"] == 5
     assert job["job_s"] == pytest.approx(160.0) and job["job_data_s"] == pytest.approx(48.0)
     assert (job["job_s_low"], job["job_s_high"]) == (pytest.approx(160.0 - half), pytest.approx(160.0 + half))
     assert job["job_fraction"] == pytest.approx(0.15)  # measured in all

@@ -15,7 +15,8 @@ turns the dynamic adjustment off, in one of these states:
   MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=2147483647 do (or preloading jemalloc or tcmalloc).
 
 Where the C library has no mallopt (musl, macOS), `default` runs as the C library does and says so; `tuned` is
-skipped.
+skipped, except where a Case asks for it without requiring it (the tutorial's job, which is the report's first
+sentence and is never skipped: it runs as the C library does, and says so).
 """
 from __future__ import annotations
 
@@ -42,9 +43,10 @@ def _mallopt():
     return mallopt
 
 
-def unavailable(state: str) -> str | None:
-    """Why this process cannot run in `state`, or None (`default` runs anywhere, unpinned where it must)."""
-    if state == "default" or _mallopt() is not None:
+def unavailable(state: str, required: bool = True) -> str | None:
+    """Why this process cannot run in `state`, or None (`default` runs anywhere, unpinned where it must, and so
+    does any state not `required`)."""
+    if state == "default" or not required or _mallopt() is not None:
         return None
     return f"the C library has no mallopt (glibc's): --malloc {state} needs it"
 
@@ -67,16 +69,18 @@ def _preloaded() -> str | None:
     return next((lib for lib in preload.replace(":", " ").split() if re.search(r"(je|tc|mi)malloc", lib)), None)
 
 
-def pin(state: str) -> str:
+def pin(state: str, required: bool = True) -> str:
     """Puts this process's malloc in `state` from now on and returns what it is, for the Result; RuntimeError
-    when glibc refuses a setting or `state` needs a mallopt there is none of."""
+    when glibc refuses a setting or a `required` state needs a mallopt there is none of (a state not required
+    is then left to the C library, and the text says so)."""
     preloaded = _preloaded()
     if preloaded:
         return f"{state}: not pinned: LD_PRELOAD puts {preloaded} in place of glibc's malloc"
     mallopt = _mallopt()
     if mallopt is None:
-        if state != "default":
-            raise RuntimeError(unavailable(state))
+        why = unavailable(state, required)
+        if why:
+            raise RuntimeError(why)
         return f"{state}: {NOT_PINNED}"
     for param, value in zip((M_MMAP_THRESHOLD, M_TRIM_THRESHOLD), STATES[state]):
         if mallopt(param, value) != 1:  # mallopt returns 1 on success, 0 on error

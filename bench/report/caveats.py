@@ -6,6 +6,7 @@ import pandas as pd
 
 from bench.analysis.tables import Analysis
 from bench.measuring.stats import SPREAD_WARN_PCT
+from bench.schema import JOB
 
 
 def caveats(a: Analysis, skipped_devices: dict[str, str]) -> list[str]:
@@ -45,13 +46,28 @@ def caveats(a: Analysis, skipped_devices: dict[str, str]) -> list[str]:
                        "steps were sampled, not how runs of the script differ from one another, which can be wider "
                        "where its DataLoader workers share the cores with its training threads (README: How it "
                        "measures).")
-    states = sorted(a.frame.get("malloc_state", pd.Series(dtype=str)).dropna().unique())
-    if states:
-        caveats.append("Allocator state, pinned in every Case before it allocated (bench/measuring/allocator.py): "
-                       + "; ".join(states) + ".")
+    caveats += _allocator_caveat(a.frame)
     for status, group in a.unfinished.groupby("status"):
         caveats.append(f"{len(group)} Case(s) ended as {status}: e.g. {group.iloc[0]['key']}: {group.iloc[0]['error']}")
     return caveats
+
+
+def _allocator_caveat(frame: pd.DataFrame) -> list[str]:
+    """The allocator states the Cases ran in, the job's named apart: it runs in the state the tutorial's own script
+    finds itself in (bench/sweep/plan.py JOB_MALLOC), the other Cases in the ones the sweep asked for."""
+    if "malloc_state" not in frame:
+        return []
+    job = frame["mode"].eq(JOB) if "mode" in frame else pd.Series(False, index=frame.index)
+    states = sorted(frame.loc[~job, "malloc_state"].dropna().unique())
+    job_states = sorted(frame.loc[job, "malloc_state"].dropna().unique())
+    if not states and not job_states:
+        return []
+    text = "Allocator state, pinned in every Case before it allocated (bench/measuring/allocator.py): "
+    parts = ["; ".join(states)] if states else []
+    if job_states:
+        parts.append("the tutorial's job in " + "; ".join(job_states) + ", the state its own script's glibc reaches "
+                     "by itself (README: How it measures)")
+    return [text + "; ".join(parts) + "."]
 
 
 def _precision_caveats(ok: pd.DataFrame) -> list[str]:

@@ -63,14 +63,15 @@ def _measured(case: Case, progress: Progress | None, started: float) -> list[dic
     """What the Case's stages measured, in order, and how it ended where it did not end ok."""
     device = torch.device(case.device)
     unavailable = training.compile_unavailable(device.type) if case.compile_mode is not None else None
-    unavailable = unavailable or allocator.unavailable(case.malloc)
+    unavailable = unavailable or allocator.unavailable(case.malloc, required=case.mode != JOB)  # the job: never skipped
     if unavailable:  # before any rank is launched: a data-parallel Case is skipped as a single-process one is
         return [{"status": "skipped", "error": unavailable}]
     if case.world_size > 1:
         return _distributed(case, progress, started)
     parts = []
     try:
-        parts.append({"malloc_state": allocator.pin(case.malloc)})  # before the Case allocates anything
+        # before the Case allocates anything
+        parts.append({"malloc_state": allocator.pin(case.malloc, required=case.mode != JOB)})
         training.set_threads(case)
         torch.manual_seed(case.seed)
         if device.type == "cuda":  # the tutorial's script leaves cuDNN's autotuning off

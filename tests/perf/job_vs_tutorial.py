@@ -10,12 +10,13 @@ reverse: a drift of the machine hits every side alike), runs:
 - the harness's job within a sweep's budget (--budget, default 3 s as `bench run`), in the sittings a sweep plans
   (bench/sweep/plan.py `job_sittings`), back to back: its projected `job_s` and 95% interval, combined from the sittings
   as the report combines them (bench/analysis/repeats.py).
-Every process runs in the same allocator state (--malloc; the tutorial's through glibc's environment variables),
-unless --script-malloc glibc leaves the tutorial's script to glibc's own dynamic thresholds, as a user runs it.
+The harness's job runs in the allocator state a sweep plans for it (bench/sweep/plan.py JOB_MALLOC), or in --malloc's;
+the tutorial's script runs as a user runs it, glibc's thresholds left dynamic, or with --script-malloc same in the
+harness's state (through glibc's environment variables).
 It prints each round, then the ratio harness/tutorial of whole-job times (median over rounds with a bootstrap
 95% interval) and in how many rounds the projected interval covered the tutorial's time.
 
-    python tests/perf/job_vs_tutorial.py [--rounds 5] [--budget 3] [--malloc default] [--script-malloc glibc]
+    python tests/perf/job_vs_tutorial.py [--rounds 5] [--budget 3] [--malloc default] [--script-malloc same]
         [--json FILE]
 
 Exit status 0 when the whole-job ratio's interval lies within 1 +- --target-pct and the projection's interval
@@ -124,20 +125,22 @@ def main() -> int:
     from bench.running import runner
     from bench.schema import JOB
     from bench.store.run_folder import results_frame
-    from bench.sweep.plan import plan_cases
+    from bench.sweep.plan import JOB_MALLOC, plan_cases
     from bench.sweep.spec import with_defaults
     from cnn.data import prepare_cifar10
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--budget", type=float, default=3.0, help="the projected job's --max-seconds")
-    parser.add_argument("--malloc", default="default", choices=sorted(allocator.STATES))
-    parser.add_argument("--script-malloc", choices=["same", "glibc"], default="same",
+    parser.add_argument("--malloc", default=None, choices=sorted(allocator.STATES),
+                        help=f"the harness's allocator state (default: the job's own, {JOB_MALLOC})")
+    parser.add_argument("--script-malloc", choices=["same", "glibc"], default="glibc",
                         help="the tutorial script's allocator state: the harness's (--malloc), or glibc's own dynamic "
                              "thresholds, unpinned, as a user's script runs")
     parser.add_argument("--target-pct", type=float, default=5.0)
     parser.add_argument("--json", help="also write every measurement to this file")
     args = parser.parse_args()
+    args.malloc = args.malloc or JOB_MALLOC
 
     env = {**os.environ, **allocator.environment(args.malloc), "MPLBACKEND": "Agg"}
     if args.script_malloc == "glibc":
@@ -152,7 +155,7 @@ def main() -> int:
                                  widths=[1.0], modes=["train"], mallocs=[args.malloc], max_seconds=max_seconds,
                                  job=True)
             cases = [c for c in plan_cases(spec, str(prepared.cache_dir), prepared.name) if c.mode == JOB]
-            return [replace(c, malloc=args.malloc) for c in cases]  # the job plans the default state: this run's
+            return [replace(c, malloc=args.malloc) for c in cases]  # the job's own state unless --malloc says
 
         whole, sampled = job(None), job(args.budget)
         ctx = None
