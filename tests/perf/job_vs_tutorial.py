@@ -8,7 +8,8 @@ reverse: a drift of the machine hits every side alike), runs:
   torchvision's md5 check of the generated files is computed as usual but not compared with the official digests;
 - the harness's job Case measured whole (no budget), through the runner as a sweep runs it: its `job_s`;
 - the harness's job within a sweep's budget (--budget, default 3 s as `bench run`), in the sittings a sweep plans
-  (bench/sweep/plan.py `job_sittings`), back to back: its projected `job_s` and 95% interval, combined from the sittings
+  (bench/sweep/plan.py `job_sittings`), back to back, or with --spread around and between the two whole runs (as a
+  sweep spreads them over its Cases): its projected `job_s` and 95% interval, combined from the sittings
   as the report combines them (bench/analysis/repeats.py).
 The harness's job runs in the allocator state a sweep plans for it (bench/sweep/plan.py JOB_MALLOC), or in --malloc's;
 the tutorial's script runs as a user runs it, glibc's thresholds left dynamic, or with --script-malloc same in the
@@ -17,7 +18,7 @@ It prints each round, then the ratio harness/tutorial of whole-job times (median
 95% interval) and in how many rounds the projected interval covered the tutorial's time.
 
     python tests/perf/job_vs_tutorial.py [--rounds 5] [--budget 3] [--malloc default] [--script-malloc same]
-        [--json FILE]
+        [--spread] [--json FILE]
 
 Exit status 0 when the whole-job ratio's interval lies within 1 +- --target-pct and the projection's interval
 covered the real time in at least 4 of 5 rounds (the same share of other round counts), else 1.
@@ -137,6 +138,9 @@ def main() -> int:
     parser.add_argument("--script-malloc", choices=["same", "glibc"], default="glibc",
                         help="the tutorial script's allocator state: the harness's (--malloc), or glibc's own dynamic "
                              "thresholds, unpinned, as a user's script runs")
+    parser.add_argument("--spread", action="store_true",
+                        help="run the projected job's sittings around and between the two whole runs, as a sweep "
+                             "spreads them over its Cases, instead of back to back")
     parser.add_argument("--target-pct", type=float, default=5.0)
     parser.add_argument("--json", help="also write every measurement to this file")
     args = parser.parse_args()
@@ -160,26 +164,39 @@ def main() -> int:
         whole, sampled = job(None), job(args.budget)
         ctx = None
         rows = []
+        def measured(cases: list) -> list:
+            results = [runner.run_one(case, ctx) for case in cases]
+            for result in results:
+                if result.status != "ok":
+                    raise SystemExit(f"the harness's job ended {result.status}: {result.error}")
+            return results
+
+        def fields(results: list) -> dict:
+            [combined] = repeats.collapse(results_frame(results)).to_dict("records")
+            out = {k: combined.get(k) for k in ("job_s", "job_s_low", "job_s_high", "job_startup_s", "job_import_s",
+                                                "job_data_s", "job_compute_s", "job_eval_s", "job_fraction",
+                                                "job_sittings", "minor_faults_per_step", "malloc_state")}
+            return {**out, "sittings_s": [r.job_s for r in results]}
+
         for rnd in range(args.rounds):
             row: dict = {}
-            sides = ["tutorial", "whole", "projected"]
-            for side in sides if rnd % 2 == 0 else sides[::-1]:
+            runs = ["tutorial", "whole"] if rnd % 2 == 0 else ["whole", "tutorial"]
+            if args.spread:  # the sittings around and between the two whole runs, as a sweep spreads them
+                groups = [list(g) for g in np.array_split(range(len(sampled)), 3)]
+                schedule = [*groups[0], runs[0], *groups[1], runs[1], *groups[2]]
+            else:  # back to back after (or before) the whole runs: they see less of the machine's drift
+                schedule = [*runs, "projected"] if rnd % 2 == 0 else ["projected", *runs]
+            sittings: list = []
+            for side in schedule:
                 if side == "tutorial":
                     row["tutorial"] = tutorial_run(data_root, env)
                     continue
                 ctx = ctx or runner._context()
-                # the sampled job's sittings back to back: in a sweep they are spread over its Cases, so they see
-                # more of the machine's drift than here, and their interval is wider, not narrower
-                results = [runner.run_one(case, ctx) for case in (whole if side == "whole" else sampled)]
-                for result in results:
-                    if result.status != "ok":
-                        raise SystemExit(f"the harness's job ended {result.status}: {result.error}")
-                [combined] = repeats.collapse(results_frame(results)).to_dict("records")
-                row[side] = {k: combined.get(k) for k in ("job_s", "job_s_low", "job_s_high", "job_startup_s",
-                                                          "job_import_s", "job_data_s", "job_compute_s",
-                                                          "job_eval_s", "job_fraction", "job_sittings",
-                                                          "minor_faults_per_step", "malloc_state")}
-                row[side]["sittings_s"] = [r.job_s for r in results]
+                if side == "whole":
+                    row["whole"] = fields(measured(whole))
+                else:
+                    sittings += measured(sampled if side == "projected" else [sampled[side]])
+            row["projected"] = fields(sittings)
             t, w, p = row["tutorial"], row["whole"], row["projected"]
             real = t["tutorial_s"]
             row["ratio"] = w["job_s"] / real
