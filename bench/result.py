@@ -31,7 +31,8 @@ class Result:
     error: str | None = None
     wall_s: float | None = None
     startup_s: float | None = None
-    compile_s: float | None = None  # torch.compile's first compilation, before the clock (compiled Cases)
+    compile_s: float | None = None  # torch.compile's compiling (compiled Cases): the first, before the clock, and
+    #                                 a new shape's (the partial last batch), in the step kept out of the windows
     warmup_s: float | None = None
     train_s: float | None = None
     eval_s: float | None = None
@@ -72,10 +73,14 @@ class Result:
     epoch_s: list[float] = field(default_factory=list)
     time_to_target_s: float | None = None
     peak_rss_mb: float | None = None
+    # CUDA: the process's peak of memory torch allocated on its GPU: the resident data, the weights, cuDNN's and
+    # autotuning's workspaces, a graph's pool; not the step's own working memory
     peak_device_mem_mb: float | None = None
     threads_used: int | None = None
     malloc_state: str | None = None  # the allocator state the Case ran in, as pinned (bench/measuring/allocator.py)
     cudnn_benchmark: bool | None = None  # None on a CPU
+    conv_math: str | None = None  # CUDA: "tf32" or "fp32", the math cuDNN's float32 convolutions ran in
+    matmul_math: str | None = None  # CUDA: the same for float32 matrix products (cuBLAS)
     gpu_monitor: str | None = None  # "nvml", or why utilisation and power were not sampled; None on a CPU
     gpu_util_pct: float | None = None
     gpu_power_w: float | None = None

@@ -9,10 +9,12 @@ MODES = ("train", "infer")
 PIPELINES = ("tutorial", "resident")  # see cnn/loops.py
 AMP = ("off", "bf16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
+FP32_MATHS = ("default", "strict")  # on CUDA: torch's defaults (cuDNN's convolutions in TF32), or TF32 off everywhere
 MALLOCS = ("default", "tuned")  # glibc's malloc pinned at its defaults, or keeping freed memory (bench/measuring/allocator.py)
 COMPILE = ("off", "on")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 JOB = "job"  # the tutorial's own job, end to end: a Case mode of its own (bench/measuring/job.py)
+INPUT = "input"  # the tutorial's DataLoader alone, no model: what no GPU can speed up (bench/measuring/input_bound.py)
 
 
 
@@ -50,6 +52,13 @@ VARIANTS: tuple[Variant, ...] = (
             ({"name": "memory_formats", "help": "contiguous, channels_last, or both (default {default})",
               "default": ["contiguous"], "choices": MEMORY_FORMATS},), lambda spec: spec.memory_formats,
             check_values={"memory_formats": list(MEMORY_FORMATS)}),
+    Variant("fp32_math", "default", lambda m: f"fp32-{m}", lambda m: f"+fp32-{m}", "strict fp32",
+            ({"name": "fp32_maths", "help": "on CUDA, the math of the float32 step: default (torch's defaults: cuDNN's "
+              "convolutions, ~91%% of the model's multiply-adds, in TF32; matrix products in fp32), strict (TF32 off "
+              "everywhere), or both: default,strict (default {default})", "default": ["default"],
+              "choices": FP32_MATHS, "cli": "fp32-math"},), lambda spec: spec.fp32_maths,
+            check_values={"fp32_maths": list(FP32_MATHS)},
+            applies=lambda p: p["device"].startswith("cuda") and p["amp"] == "off"),
     Variant("malloc", "default", lambda m: f"malloc-{m}", lambda m: f"+malloc-{m}", "malloc tuned",
             ({"name": "mallocs", "help": "the allocator state every Case is pinned in before it allocates: default "
               "(glibc's malloc at its documented thresholds, 128 KiB, handing freed blocks back each step), tuned "
@@ -111,12 +120,14 @@ class SweepSpec:
     download: bool
     amp: list[str]
     memory_formats: list[str]
+    fp32_maths: list[str]
     mallocs: list[str]
     cuda_graphs: bool
     world_sizes: list[int]
     compile: list[str]
     compile_modes: list[str]
     job: bool  # the tutorial's job per device (--no-job leaves it out)
+    input_bound: bool  # the tutorial's DataLoader alone at each batch size (--no-input-bound leaves it out)
     price: dict[str, float]  # USD per hour by device ("*": every device)
     skipped_devices: dict[str, str] = field(default_factory=dict)
 
@@ -148,6 +159,7 @@ class Case:
     run_id: str = ""
     amp: str = "off"  # "bf16": forward and loss under autocast
     memory_format: str = "contiguous"  # or "channels_last"
+    fp32_math: str = "default"  # CUDA: torch's defaults (TF32 convolutions), or "strict" (TF32 off everywhere)
     malloc: str = "default"  # the allocator state, pinned before the Case allocates (bench/measuring/allocator.py)
     cuda_graphs: bool = False  # the resident training step captured in a CUDA graph
     world_size: int = 1  # data-parallel ranks (DDP); batch_size and threads are per rank

@@ -11,7 +11,14 @@ the real one fails, and records the call in order:
 - A bare `cuda` reaching any stand-in is an error: the project indexes device names at the spec stage.
 - `Event.elapsed_time` needs both events created with timing, recorded, and completed (a device or
   event synchronise after the later record), else the real RuntimeError.
-- Graph capture refuses the default stream; a synchronise during capture fails as on a GPU.
+- Graph capture refuses the default stream, and fails, as a real capture does, on a synchronise (device or
+  event), a host readback (`item`, `cpu`, `tolist`, ...), `nonzero` and a pinned allocation; a failed capture is
+  invalid and cannot be replayed. A capture records the step's aten operations on their tensors, and `replay`
+  runs them again on the same tensors, as a GPU replays its kernels on the same addresses: the weights move, and
+  a batch not copied into the static inputs is not trained on.
+- A sticky error (`fail_sticky`, as after an illegal address) makes every later CUDA call of the process raise it.
+- NVML is faked with boards found by "GPU-" and torch's UUID (which, as torch's `_CUuuid`, has no such prefix), whose
+  utilisation, power and energy counter answer and move with time.
 - The current device is per host thread, as in CUDA: a DataLoader's pin-memory thread starts on
   device 0 unless told.
 - Fork poisoning: `torch.cuda.is_available()` (without PYTORCH_NVML_BASED_CUDA_CHECK=1) or any call
@@ -19,7 +26,11 @@ the real one fails, and records the call in order:
   "Cannot re-initialize CUDA in forked subprocess", as torch does.
 - An allocation (`placement`) on a CUDA device before `set_device` in that process is an error.
 - `init_process_group("nccl")` before `set_device` is an error; it then runs gloo on the CPU.
-  `DistributedDataParallel(device_ids=[i])` needs i to be the rank's current device.
+  `DistributedDataParallel(device_ids=[i])` needs i to be the rank's current device, and under NCCL two ranks on
+  one device fail as NCCL's "Duplicate GPU detected".
+- What it still does not model: `max_memory_allocated` is 0 (tensors live in the CPU's memory), a capture does not
+  refuse a cuDNN shape unseen before it, and a CUDA Case's tensors are CPU tensors (no device-mismatch error);
+  the CUDA branch of the data path (the decoded data loaded onto the device, not the CPU's mapped copy) runs.
 - torch.compile of a CUDA Case is `skipped` (FAKE_COMPILE): inductor's Triton kernels cannot run on a CPU and
   dynamo reads CUDA state (random-number generators) that no stand-in here answers; the CPU compile path runs.
 - With `watch_readbacks`, reading a tensor back to the host (`item`, `cpu`, `tolist`, `float`, ...)
@@ -38,6 +49,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -45,6 +57,7 @@ import torch
 import torch.distributed as dist
 from torch.cuda._utils import _get_device_index
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 FAKE_COMPILE = ("torch.compile on CUDA: not run under the fake CUDA layer (inductor's GPU kernels and dynamo's "
                 "CUDA state need a real GPU)")
@@ -137,6 +150,8 @@ class FakeEvent:
         self.t, self.device_index = time.perf_counter(), stream.device_index
 
     def synchronize(self) -> None:
+        if self.fake._capturing is not None:
+            self.fake._capturing.fail("Event.synchronize")
         if self.seq is not None:
             self.fake._synced[self.device_index] = self.fake._record("event.synchronize", device=self.device_index)
 
@@ -155,9 +170,123 @@ class FakeEvent:
         return (end.t - self.t) * 1000.0
 
 
+class FakeUUID:
+    """As torch's `_CUuuid` (get_device_properties(i).uuid): 16 raw `bytes`, and a str without NVML's "GPU-"
+    prefix."""
+
+    def __init__(self, index: int):
+        self.bytes = bytes(15) + bytes([index])
+
+    def __str__(self) -> str:
+        return str(uuid.UUID(bytes=self.bytes))
+
+
+class FakeNvml:
+    """The NVML calls bench/measuring/gpu_monitor.py makes, as nvidia-ml-py's `pynvml` answers them for the fake's
+    boards: a board is found by its NVML UUID ("GPU-" and torch's UUID) or index; utilisation, power and the energy
+    counter move with time (each board draws `watts`); every call is recorded in the fake's log."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, fake: FakeCuda, watts: float = 300.0, util: int = 90):
+        self.fake, self.watts, self.util, self.t0 = fake, watts, util, time.perf_counter()
+        self.initialised = False
+
+    def nvmlInit(self) -> None:  # noqa: N802 (NVML's names)
+        self.initialised = True
+
+    def _handle(self, index: int) -> str:
+        if not self.initialised:
+            raise self.NVMLError("Uninitialized")
+        return f"board{index}"
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:  # noqa: N802
+        if not 0 <= index < self.fake.n:
+            raise self.NVMLError("Invalid Argument")
+        return self._handle(index)
+
+    def nvmlDeviceGetHandleByUUID(self, uuid_: str) -> str:  # noqa: N802
+        for i in range(self.fake.n):
+            if uuid_ == f"GPU-{FakeUUID(i)}":
+                return self._handle(i)
+        raise self.NVMLError("Not Found")  # torch's UUID without NVML's "GPU-" prefix is not found
+
+    def nvmlDeviceGetUtilizationRates(self, handle: str):  # noqa: N802
+        return SimpleNamespace(gpu=self.util, memory=20)
+
+    def nvmlDeviceGetPowerUsage(self, handle: str) -> int:  # noqa: N802
+        return int(self.watts * 1000)  # milliwatts
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: str) -> int:  # noqa: N802
+        self.fake._record("nvml.energy", board=handle)
+        return int(5_000_000 + (time.perf_counter() - self.t0) * self.watts * 1000)  # millijoules since boot
+
+    def nvmlSystemGetDriverVersion(self) -> str:  # noqa: N802
+        return "580.65.06"
+
+
+CAPTURING = "CUDA error: operation not permitted when stream is capturing"
+INVALIDATED = ("CUDA error: operation failed due to a previous error during capture (the capture was invalidated: "
+               "this graph cannot be replayed)")
+# what a real capture fails on: a host readback or a data-dependent shape makes the host wait for the GPU, a
+# pinned allocation synchronises the device
+REFUSED_IN_CAPTURE = READBACKS | {torch.nonzero, torch.Tensor.nonzero, torch.Tensor.pin_memory}
+
+
+class _CaptureRefusals(TorchFunctionMode):
+    """While a graph is being captured: what a real capture refuses fails, and invalidates the capture."""
+
+    def __init__(self, graph: FakeGraph):
+        super().__init__()
+        self.graph = graph
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in REFUSED_IN_CAPTURE:
+            self.graph.fail(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def _written(func, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """The tensors an aten operation writes into (its schema's mutable arguments)."""
+    out = []
+    for i, arg in enumerate(func._schema.arguments):
+        if arg.alias_info is not None and arg.alias_info.is_write:
+            out += _tensors(args[i] if i < len(args) else kwargs.get(arg.name))
+    return out
+
+
+class _Recorder(TorchDispatchMode):
+    """While a graph is being captured: every aten operation, its arguments and its outputs, which replay runs
+    again on the same tensors, as a real graph's kernels run again on the same addresses. A real capture runs
+    nothing: what the operations wrote into tensors that existed before (the weights, the optimizer's buffers) is
+    put back when the capture ends, so only replays move them."""
+
+    def __init__(self, graph: FakeGraph):
+        super().__init__()
+        self.graph = graph
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default):
+            self.graph.fail(str(func))
+        for t in _written(func, args, kwargs):
+            if id(t) not in self.graph.before:
+                self.graph.before[id(t)] = (t, t.clone())
+        out = func(*args, **kwargs)
+        self.graph.ops.append((func, args, kwargs, out))
+        return out
+
+
 class FakeGraph:
+    """A captured CUDA graph: the step's operations as they ran during capture, replayed on the same tensors (so a
+    batch not copied into the static inputs trains on the old one, and the weights move as a GPU's would)."""
+
     def __init__(self, fake: FakeCuda):
-        self.fake, self.captured = fake, False
+        self.fake, self.captured, self.invalid = fake, False, None
+        self.ops: list = []
+        self.before: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # what the capture wrote into, as it was
+        self._modes: list = []
         fake._init("CUDAGraph")
 
     def capture_begin(self, pool=None, capture_error_mode: str = "global") -> None:
@@ -167,15 +296,52 @@ class FakeGraph:
                                "it's ok to replay them on the default stream.)")
         self.fake._capturing = self
         self.fake._record("graph.capture_begin", stream=stream.id)
+        self._modes = [_CaptureRefusals(self), _Recorder(self)]
+        for mode in self._modes:
+            mode.__enter__()
+
+    def fail(self, what: str) -> None:
+        """A call a capture cannot take: it fails, and so does the capture."""
+        self.invalid = what
+        self.fake._record("graph.capture_failed", what=what)
+        raise RuntimeError(f"{CAPTURING} ({what} during CUDA graph capture)")
 
     def capture_end(self) -> None:
-        self.fake._capturing, self.captured = None, True
+        for mode in reversed(self._modes):
+            mode.__exit__(None, None, None)
+        self._modes = []
+        with torch.no_grad():
+            for tensor, was in self.before.values():
+                tensor.copy_(was)
+        self.fake._capturing = None
         self.fake._record("graph.capture_end")
+        if self.invalid:
+            raise RuntimeError(INVALIDATED)
+        self.captured = True
 
     def replay(self) -> None:
+        if self.invalid:
+            raise RuntimeError(INVALIDATED)
         if not self.captured:
             raise RuntimeError("CUDA graph replayed before it was captured")
         self.fake._record("graph.replay", stream=self.fake.current_stream().id)
+        with torch.no_grad():
+            for func, args, kwargs, out in self.ops:
+                if func.is_view:  # aliases a tensor the graph already writes: nothing to run
+                    continue
+                result = func(*args, **kwargs)
+                if func._schema.is_mutable:  # it wrote into its arguments, as the captured kernel writes again
+                    continue
+                for old, new in zip(_tensors(out), _tensors(result)):
+                    old.copy_(new)
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
 
     def pool(self):
         return (0, id(self))
@@ -201,6 +367,7 @@ class FakeCuda:
     def _new_process(self, bad_fork: bool) -> None:
         self.pid, self.bad_fork, self.initialised = os.getpid(), bad_fork, False
         self.calls, self._seq, self._synced, self._streams, self._capturing = [], 0, {}, 0, None
+        self._nccl, self._sticky = False, None
         self._thread = threading.local()
         self._defaults = {i: FakeStream(self, i, default=True) for i in range(self.n)}
 
@@ -219,8 +386,19 @@ class FakeCuda:
                     f.write(json.dumps(entry) + "\n")
             return self._seq
 
+    def fail_sticky(self, message: str) -> None:
+        """A sticky CUDA error (an illegal address, a device-side assert): from now on every CUDA call of this
+        process raises it, as the real runtime does once its context is corrupted."""
+        self._sticky = message
+
+    def _check_sticky(self, what: str) -> None:
+        if self._sticky:
+            self._record("sticky_error", what=what)
+            raise RuntimeError(self._sticky)
+
     def _init(self, what: str) -> None:
-        """A call that initialises CUDA: refused in a child forked from a CUDA process."""
+        """A call that initialises CUDA: refused in a child forked from a CUDA process, or after a sticky error."""
+        self._check_sticky(what)
         if self.bad_fork:
             self._record("bad_fork", what=what)
             raise RuntimeError(BAD_FORK)
@@ -271,7 +449,7 @@ class FakeCuda:
         index = self._index(device, "synchronize")
         self._init("synchronize")
         if self._capturing is not None:
-            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+            self._capturing.fail("torch.cuda.synchronize")
         self._synced[index] = self._record("synchronize", device=index)
 
     def current_stream(self, device=None) -> FakeStream:
@@ -319,8 +497,15 @@ class FakeCuda:
             cuda_graph.capture_begin(pool, capture_error_mode)
             try:
                 yield cuda_graph
+            except BaseException as exc:  # an error inside the capture invalidates it, as in CUDA
+                cuda_graph.invalid = cuda_graph.invalid or f"{type(exc).__name__} during capture"
+                raise
             finally:
-                cuda_graph.capture_end()
+                try:
+                    cuda_graph.capture_end()
+                except RuntimeError:
+                    if cuda_graph.invalid is None:
+                        raise  # otherwise the error raised inside the capture is the one to see
 
     def reset_peak_memory_stats(self, device=None) -> None:
         index = self._index(device, "reset_peak_memory_stats")
@@ -334,13 +519,14 @@ class FakeCuda:
         return 0  # nothing is allocated on a fake GPU
 
     def empty_cache(self) -> None:
+        self._check_sticky("empty_cache")
         self._record("empty_cache")
 
     def get_device_properties(self, device=None):
         index = self._index(device, "get_device_properties")
         self._init("get_device_properties")
         return SimpleNamespace(name=self.name, total_memory=80 * 2**30, major=9, minor=0,
-                               multi_processor_count=132, uuid=f"GPU-00000000-0000-0000-0000-00000000000{index}")
+                               multi_processor_count=132, uuid=FakeUUID(index))
 
     def get_device_name(self, device=None) -> str:
         return self.get_device_properties(device).name
@@ -357,6 +543,8 @@ class FakeCuda:
         self._record("accelerator.set_device_index", device=int(index))
 
     def pin_memory(self, data, device=None):
+        if self._capturing is not None:
+            self._capturing.fail("pin_memory")
         self._init("pin_memory")
         self._record("pin_memory", current=self._current, device_set=self.device_was_set())
         return data
@@ -372,6 +560,7 @@ class FakeCuda:
 
     def init_process_group(self, backend=None, *args, **kwargs):
         self._record("init_process_group", backend=backend, current=self._current)
+        self._nccl = backend == "nccl"
         if backend == "nccl":
             if not self.device_was_set():
                 raise FakeCudaError("NCCL process group initialised before torch.cuda.set_device: "
@@ -384,6 +573,13 @@ class FakeCuda:
         if device_ids is not None and list(device_ids) != [self._current]:
             raise FakeCudaError(f"DistributedDataParallel(device_ids={device_ids}) on a rank whose device is "
                                 f"cuda:{self._current}: the module's parameters are not on that device")
+        if self._nccl:  # DDP's first broadcast creates NCCL's communicator, which refuses two ranks on one GPU
+            devices = [None] * dist.get_world_size()
+            dist.all_gather_object(devices, self._current)
+            if len(set(devices)) < len(devices):
+                raise RuntimeError(f"NCCL error: invalid usage: Duplicate GPU detected : rank "
+                                   f"{dist.get_rank()} and another rank both on CUDA device {self._current} "
+                                   f"(ranks' devices {devices})")
         return self._real_ddp(module, None, *args, **kwargs)
 
     def compile_unavailable(self, device_type: str) -> str | None:
@@ -414,13 +610,17 @@ class FakeCuda:
         self._patch(torch.accelerator, "set_device_index", self.accelerator_set_device_index)
         self._patch(pin, "pin_memory", self.pin_memory)
         self._patch(bench.measuring.devices, "placement", self.placement)
+        import bench.measuring.gpu_monitor
+
+        self.nvml = FakeNvml(self)
+        self._patch(bench.measuring.gpu_monitor, "_import_nvml", lambda: self.nvml)
         self._real_init_process_group = dist.init_process_group
         self._patch(dist, "init_process_group", self.init_process_group)
-        # bench.measuring.training and bench.measuring.ddp bring torchvision and torch.distributed's launcher (3.3 s here): patched
+        # bench.measuring.compiling and bench.measuring.ddp bring torchvision and torch.distributed's launcher (3.3 s here): patched
         # when a process imports them, so that every process of a faked tree (the CLI, its fork server, a rank,
         # the truth check's minimal loop) does not pay for them
         later = {}
-        for name, patch in (("bench.measuring.training", self._patch_training), ("bench.measuring.ddp", self._patch_ddp)):
+        for name, patch in (("bench.measuring.compiling", self._patch_compiling), ("bench.measuring.ddp", self._patch_ddp)):
             if name in sys.modules:
                 patch(sys.modules[name])
             else:
@@ -436,7 +636,7 @@ class FakeCuda:
         self._installed = True
         return self
 
-    def _patch_training(self, module) -> None:
+    def _patch_compiling(self, module) -> None:
         self._real_compile_unavailable = module.compile_unavailable
         self._patch(module, "compile_unavailable", self.compile_unavailable)
 

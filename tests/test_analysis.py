@@ -200,11 +200,14 @@ CEILINGS_ENV = {"model_flops_per_image": {"1": {"forward": 1e6, "train_step": 3e
 
 @pytest.fixture
 def precisions() -> pd.DataFrame:
-    """An eager and a bf16 training Case on each device: 3 GFLOP/s at 1000 images/s (3 MFLOP per image)."""
+    """An eager and a bf16 training Case on each device, and on CUDA a strict fp32 one: 3 GFLOP/s at 1000 images/s
+    (3 MFLOP per image)."""
     return pd.DataFrame([_row("cpu", "resident", 64, 1000, threads=2, amp="off"),
                          _row("cpu", "resident", 64, 2000, threads=2, amp="bf16"),
-                         _row("cuda:0", "resident", 64, 100000, amp="off"),
-                         _row("cuda:0", "resident", 64, 300000, amp="bf16")])
+                         _row("cuda:0", "resident", 64, 100000, amp="off", conv_math="tf32", matmul_math="fp32"),
+                         _row("cuda:0", "resident", 64, 300000, amp="bf16", conv_math="tf32", matmul_math="fp32"),
+                         _row("cuda:0", "resident", 64, 40000, amp="off", fp32_math="strict", conv_math="fp32",
+                              matmul_math="fp32")])
 
 
 def test_each_case_is_held_against_the_matmul_ceiling_of_its_own_precision(precisions):
@@ -213,7 +216,14 @@ def test_each_case_is_held_against_the_matmul_ceiling_of_its_own_precision(preci
         == pytest.approx([3.0, "fp32", 100.0, 3.0])
     assert gf.loc[("cpu", "eager+bf16"), ["gflops", "ceiling_precision", "ceiling_gflops", "pct_of_ceiling"]].tolist() \
         == pytest.approx([6.0, "bf16", 20.0, 30.0])  # against bf16's 20, not fp32's 100
-    assert gf.loc[("cuda:0", "eager"), "pct_of_ceiling"] == pytest.approx(100 * 300 / 50000)  # strict fp32, not tf32
+    # torch's default fp32 step on CUDA runs cuDNN's convolutions in TF32: held against tf32, not the strict fp32
+    # ceiling, which would overstate its share 4x here (up to ~7x on an H100)
+    cuda = gf.loc[("cuda:0", "eager")]
+    assert (cuda.ceiling_precision, cuda.pct_of_ceiling) == ("tf32", pytest.approx(100 * 300 / 200000))
+    strict = gf.loc[("cuda:0", "eager+fp32-strict")]  # --fp32-math strict: TF32 off everywhere
+    assert (strict.ceiling_precision, strict.pct_of_ceiling) == ("fp32", pytest.approx(100 * 120 / 50000))
+    old = roofline.with_ceilings(precisions.drop(columns=["conv_math"]), CEILINGS_ENV)  # a run from before the field
+    assert old.loc[old.device == "cuda:0", "ceiling_precision"].tolist() == ["tf32", "bf16", "tf32"]
     bf16 = gf.loc[("cuda:0", "eager+bf16")]  # its ceiling timed out: unknown, and never the fp32 one
     assert bf16.ceiling_precision == "bf16" and np.isnan(bf16.ceiling_gflops) and np.isnan(bf16.pct_of_ceiling)
     assert bf16.ceiling_missing == "the ceiling worker exceeded its time limit of 120 s"
@@ -242,6 +252,7 @@ def test_a_process_that_allows_tf32_is_held_against_the_tf32_ceiling(precisions)
     assert gf.loc[("cuda:0", "eager"), "ceiling_precision"] == "tf32"
     assert gf.loc[("cuda:0", "eager"), "pct_of_ceiling"] == pytest.approx(100 * 300 / 200000)
     assert gf.loc[("cuda:0", "eager+bf16"), "ceiling_precision"] == "bf16"
+    assert gf.loc[("cuda:0", "eager+fp32-strict"), "ceiling_precision"] == "fp32"  # its convolutions decide
     cpu = gf.loc[("cpu", "eager")]  # no tf32 ceiling on a CPU: unknown, said so
     assert cpu.ceiling_precision == "tf32" and np.isnan(cpu.pct_of_ceiling)
     assert cpu.ceiling_missing == "not measured in this run"

@@ -91,7 +91,9 @@ def test_a_two_gpu_machine_checks_cuda_graphs_and_two_ranks_on_cuda(monkeypatch)
     assert ("tutorial", "train", "DDP, 2 ranks", None) in cuda and ("resident", "train", "DDP, 2 ranks", None) in cuda
     assert ("resident", "train", "torch.compile", None) in cuda
     assert ("resident", "train", "malloc tuned", None) in cuda
-    assert all(skip is None for *_, skip in cuda) and len(cuda) == 17
+    assert ("tutorial", "infer", "strict fp32", None) in cuda  # a CUDA variant: no such row on the CPU
+    assert not [row for row in _names(checks, "cpu") if row[2] == "strict fp32"]
+    assert all(skip is None for *_, skip in cuda) and len(cuda) == 21
     assert {c.case.threads for c in checks if c.case.device == "cuda:0"} == {None}
     ddp = [c.case for c in checks if c.case.world_size == 2]
     assert len(ddp) == 4 and {c.mode for c in ddp} == {"train"} and not any(c.cuda_graphs for c in ddp)
@@ -105,7 +107,7 @@ def test_one_gpu_skips_two_ranks_and_an_unusable_device_skips_every_row_with_why
             "DDP on CUDA: one GPU per rank, 2 ranks need 2 GPUs and this machine has 1") in one
     none = check.plan_checks(["cpu"], {"cuda:0": "CUDA is not available on this machine"}, 0, {})
     rows = _names(none, "cuda:0")
-    assert len(rows) == 17 and {skip for *_, skip in rows} == {"CUDA is not available on this machine"}
+    assert len(rows) == 21 and {skip for *_, skip in rows} == {"CUDA is not available on this machine"}
     assert [c.case.device for c in none][:17] == ["cpu"] * 17  # the usable device's rows first
 
 

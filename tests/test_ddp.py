@@ -31,7 +31,7 @@ from conftest import ROOT, run_bench
 def _spec(**kw) -> SweepSpec:
     base = dict(devices=["cpu"], batch_sizes=[8], threads=[1], pipelines=["resident"], widths=[1.0], modes=["train"],
                 epochs=1, max_steps=30, warmup_steps=3, window_s=0.05, world_sizes=[2], max_seconds=None,
-                precision_pct=None, job=False)
+                precision_pct=None, job=False, input_bound=False)
     return with_defaults(**{**base, **kw})
 
 

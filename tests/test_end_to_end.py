@@ -31,8 +31,11 @@ def test_the_sweep_writes_results_environment_and_csv(tiny_run):
     assert len(lines) == len(results)
     [job] = results[(results["mode"] == "job") & (results.device == "cpu")].to_dict("records")  # the tutorial's job
     assert job["status"] == "ok" and job["job_projected"] and job["steps"] == 30 and job["job_s"] > job["train_s"]
-    cpu = results[(results.device == "cpu") & (results["mode"] != "job")]
+    cpu = results[(results.device == "cpu") & ~results["mode"].isin(["job", "input"])]
     assert len(cpu) == 2 * 2 * 2  # batch sizes x pipelines x modes
+    inputs = results[results["mode"] == "input"]  # the tutorial's DataLoader alone, at each batch size
+    assert inputs.key.tolist() == ["input/cpu/tutorial/b4/tauto/w1/r0", "input/cpu/tutorial/b64/tauto/w1/r0"]
+    assert set(inputs.status) == {"ok"} and (inputs.images_per_s > 0).all()
     assert set(cpu.status) == {"ok"}, cpu.error.tolist()
     assert (cpu.dataset == "synthetic").all() and (cpu.run_id == "run").all() and (cpu.schema_version == SCHEMA_VERSION).all()
     assert (cpu.images_per_s > 0).all() and (cpu.steps == 30).all() and (cpu.threads_used == 1).all()
@@ -55,6 +58,12 @@ def test_the_sweep_writes_results_environment_and_csv(tiny_run):
     assert re.search(r"train\s+cpu\s+resident\s+eager\s+64\s+1\s+1\s+1\s+ok\s+\d+", proc.stdout)  # the summary table
     report = (out / "report.md").read_text()
     assert report.startswith("# Does a GPU help the CIFAR-10 tutorial CNN?\n\n**") and (out / "report.html").exists()
+    # no GPU here: after the job, the first answer is the most a GPU could give, with the figures it rests on
+    first = report.split("\n- ")[1]
+    assert re.match(r"Only cpu was measured, so this run cannot say how much a GPU helps, but it bounds it: at the "
+                    r"tutorial's own settings \(tutorial pipeline\), even an infinitely fast GPU could make the "
+                    r"tutorial's training at most [\d.]+x faster on this machine: its DataLoader alone delivers "
+                    r"[\d,]+ images/s \(batch 4, [\d,]+-[\d,]+ at 95%\) against the CPU's [\d,]+ training", first), first
     assert env["ceilings"]["matmul_gflops"]["cpu"]["fp32"] > 0 and env["model_flops_per_image"]["1"]["train_step"] > 0
 
 

@@ -102,6 +102,64 @@ def test_graph_capture_is_refused_on_the_default_stream_and_cannot_synchronise(f
         torch.cuda.CUDAGraph().replay()
 
 
+@pytest.mark.parametrize("refused", ["item", "cpu", "nonzero", "event", "pin"])
+def test_a_capture_refuses_what_a_real_capture_refuses_and_is_then_invalid(fake, refused):
+    torch.cuda.set_device(torch.device("cuda:0"))
+    x = torch.ones(4)
+    event = torch.cuda.Event()
+    event.record()
+    do = {"item": lambda: x.sum().item(), "cpu": lambda: x.cpu(), "nonzero": lambda: torch.nonzero(x),
+          "event": event.synchronize, "pin": lambda: torch.utils.data._utils.pin_memory.pin_memory(x)}[refused]
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="operation not permitted when stream is capturing"):
+        with torch.cuda.graph(graph):
+            y = x * 2
+            do()
+    with pytest.raises(RuntimeError, match="previous error during capture"):
+        graph.replay()
+    assert y.tolist() == [2.0] * 4  # outside the capture, reading back is fine again
+
+
+def _graphed_and_eager(example, batches, copy_inputs: bool = True):
+    """The same net trained on `batches` by the harness's graphed step and by the eager step; with `copy_inputs`
+    False, as a graphed step that never copies a new batch into its static inputs would."""
+    from cnn import loops
+    from cnn.model import Net
+
+    torch.manual_seed(0)
+    nets = [Net(1.0, 10), Net(1.0, 10)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [torch.optim.SGD(n.parameters(), lr=0.05, momentum=0.9) for n in nets]
+    captured = loops.graphed_step(nets[0], opts[0], example)
+    graphed = captured if copy_inputs else (lambda x, y: captured(*example))  # the captured inputs keep the first
+    eager = loops.eager_step(nets[1], opts[1])
+    for _ in range(3):  # graphed_step's warm-up steps, on its example batch, done on the eager side too
+        eager(*example)
+    losses = [(float(graphed(x, y)), float(eager(x, y))) for x, y in batches]
+    return nets, losses
+
+
+def test_a_replayed_graph_trains_as_the_eager_step_does(fake):
+    torch.cuda.set_device(torch.device("cuda:0"))
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 3, 32, 32, generator=gen), torch.randint(0, 10, (8,), generator=gen))
+               for _ in range(4)]
+    (graphed, eager), losses = _graphed_and_eager(batches[0], batches[1:])
+    for a, b in zip(graphed.parameters(), eager.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # the weights moved, as the eager ones did
+    assert [g for g, _ in losses] == pytest.approx([e for _, e in losses], rel=1e-4)
+    assert fake.names().count("graph.replay") == 3
+
+
+def test_a_graph_replayed_without_its_inputs_copied_is_caught(fake):
+    torch.cuda.set_device(torch.device("cuda:0"))
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 3, 32, 32, generator=gen), torch.randint(0, 10, (8,), generator=gen))
+               for _ in range(4)]
+    (graphed, eager), losses = _graphed_and_eager(batches[0], batches[1:], copy_inputs=False)
+    assert any(not torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(graphed.parameters(), eager.parameters()))
+
+
 def _child_sets_device(conn) -> None:
     try:
         torch.cuda.set_device(0)
@@ -225,6 +283,66 @@ def test_a_case_with_a_bare_cuda_fails_as_it_would_on_a_gpu(fake, small):
     assert "Expected a torch.device with a specified index" in result.error
 
 
+@pytest.mark.parametrize("fp32_math, conv", [("default", "tf32"), ("strict", "fp32")])
+def test_a_cuda_case_records_the_math_its_float32_convolutions_ran_in(fake, small, monkeypatch, fp32_math, conv):
+    seen = []
+    real_step = worker.training.loops.eager_step
+
+    def step(*args, **kwargs):  # what cuDNN was allowed while the Case trained
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(worker.training.loops, "eager_step", step)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # torch's default, put back after the test
+    result = worker.run_case(_case(small, fp32_math=fp32_math, max_steps=4))
+    assert result.status == "ok", result.error
+    assert (result.conv_math, result.matmul_math) == (conv, "fp32")
+    assert seen == [(conv == "tf32", False)]
+
+
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_the_gpu_is_monitored_around_each_epochs_windows_not_from_inside_the_first(fake, small, mode):
+    result = worker.run_case(_case(small, mode=mode, epochs=2))
+    assert result.status == "ok", result.error
+    assert result.gpu_monitor == "nvml" and result.gpu_util_pct == 90 and result.gpu_power_w == 300
+    assert result.gpu_energy_j_per_epoch > 0  # the board's energy counter moved while the epochs ran
+    main = [c for c in fake.calls if c["thread"] == "MainThread"]
+    at = [c["call"] for c in main if c["call"] in ("nvml.energy", "event.record")]
+    # each epoch: the energy counter read, then the windows' events, then the counter read again
+    epochs = "".join("E" if a == "nvml.energy" else "r" for a in at)
+    assert re.fullmatch(r"(Er+E){2}", epochs[:epochs.rfind("E") + 1]), epochs
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda:0"])
+def test_a_cuda_case_loads_its_data_into_device_memory_not_from_the_cpus_mapped_copy(fake, small, monkeypatch, device):
+    from bench.measuring import feed
+
+    loaded, real_load = [], feed.normalised.load
+    monkeypatch.setattr(feed.normalised, "load", lambda *a: loaded.append(a) or real_load(*a))
+    result = worker.run_case(_case(small, device=device, max_steps=4))
+    assert result.status == "ok", result.error
+    assert bool(loaded) is (device == "cpu")  # the normalised copy is the CPU's; a GPU gets the decoded tensors
+    placed = [c for c in fake.calls if c["call"] == "placement"]
+    assert bool(placed) is (device != "cpu")
+
+
+def test_a_sticky_cuda_error_keeps_its_message_when_releasing_memory_fails_too(fake, small, monkeypatch):
+    from bench.measuring import training
+
+    illegal = "CUDA error: an illegal memory access was encountered"
+
+    def crash(*args, **kwargs):  # a kernel fault mid-epoch: the context is corrupt from here on
+        fake.fail_sticky(illegal)
+        raise RuntimeError(illegal)
+
+    monkeypatch.setattr(training.loops, "train_epoch", crash)
+    result = worker.run_case(_case(small))
+    assert result.status == "failed"  # not "worker exited with status 1 without a result"
+    assert result.error.startswith(f"RuntimeError: {illegal} (at test_fake_cuda.py:")
+    assert f"then torch.cuda.empty_cache() failed too (RuntimeError: {illegal})" in result.error
+    assert fake.names()[-1] == "sticky_error"
+
+
 def test_results_written_with_a_bare_cuda_load_as_cuda_0(small, tmp_path):
     folder = RunFolder(tmp_path)
     record = {**Result(case=_case(small, device="cuda")).to_dict(), "schema_version": 1}  # as version 1 wrote it
@@ -279,7 +397,7 @@ def test_a_data_parallel_cuda_case_gives_each_rank_its_own_gpu_with_nccl(small, 
     assert devices_set == {0, 1}
 
 
-@pytest.mark.parametrize("visible, local_rank, expected", [(2, 1, 1), (1, 1, 0), (4, 5, 1)])
+@pytest.mark.parametrize("visible, local_rank, expected", [(2, 1, 1), (1, 1, 0), (4, 3, 3)])
 def test_a_rank_takes_the_gpu_of_its_local_rank_among_those_it_can_see(small, tmp_path, visible, local_rank, expected):
     from bench.measuring import ddp
 
@@ -292,6 +410,61 @@ def test_a_rank_takes_the_gpu_of_its_local_rank_among_those_it_can_see(small, tm
     assert ddp.rank_device(_case(small, device="cpu", world_size=2), local_rank) == torch.device("cpu")
 
 
+def test_a_rank_past_the_gpus_its_node_shows_is_refused_not_doubled_up(small):
+    from bench.measuring import ddp
+
+    fake = FakeCuda(4).install()
+    try:  # torchrun --nproc-per-node 6 on a node of 4 GPUs: local rank 5 used to land on cuda:1, beside rank 1
+        with pytest.raises(RuntimeError, match=r"^local rank 5 has no GPU of its own: this node shows 4 "
+                                               r"\(cuda:0..cuda:3\), and NCCL needs one GPU per rank"):
+            ddp.rank_device(_case(small, world_size=8), 5)
+    finally:
+        fake.uninstall()
+
+
+def _ddp_on_one_fake_gpu(rank: int, port: int, errors) -> None:
+    """A rank of two, both on the fake's only GPU, as two ranks on one GPU would be without the harness's check."""
+    fake = FakeCuda(1).install()
+    try:
+        torch.cuda.set_device(torch.device("cuda:0"))
+        torch.distributed.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+        fake.distributed_data_parallel(torch.nn.Linear(2, 2), device_ids=[0])
+        errors.put((rank, None))
+    except Exception as exc:  # noqa: BLE001 (what the rank saw goes back to the test)
+        errors.put((rank, str(exc)))
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        fake.uninstall()
+
+
+def test_the_fake_nccl_refuses_two_ranks_on_one_gpu_as_nccl_does():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("fork")  # the fake is installed in each rank, not here
+    errors = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_on_one_fake_gpu, args=(rank, port, errors)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    seen = dict(errors.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert all("Duplicate GPU detected" in (seen[rank] or "") for rank in range(2)), seen
+
+
+def test_two_ranks_on_one_gpu_fail_the_case_naming_the_ranks_before_nccl_does(small, tmp_path):
+    case = replace(_case(small, batch_size=8, max_steps=6, warmup_steps=2, window_s=0.01, num_workers=0),
+                   world_size=2)  # past the planner, as torchrun on a node with one GPU would start it
+    result, calls = _run_case_in_its_own_process(case, tmp_path, devices=1)
+    assert result.status == "failed"
+    assert re.search(r"ranks 0 and 1 are on one GPU \(UUID [0-9a-f-]{36}\): data-parallel training on CUDA needs "
+                     r"one GPU per rank", result.error), result.error
+    assert not [c for c in calls if c["call"] == "DistributedDataParallel"]  # said before NCCL's first collective
+
+
 def test_cuda_n_cannot_name_the_ranks_of_a_data_parallel_case():
     args = cli.get_parser().parse_args(["run", "--devices", "cuda:1", "--world-sizes", "1,2"])
     with pytest.raises(cli.CliError, match=r"^--world-sizes: a data-parallel Case's ranks use cuda:0..cuda:N-1"):
@@ -302,45 +475,74 @@ def test_the_fake_is_gone_after_uninstall(small):
     fake = FakeCuda(1).install()
     fake.uninstall()
     assert torch.cuda.is_available() is (torch.cuda.device_count() > 0)
-    from bench.measuring import ddp, devices, training
+    from bench.measuring import compiling, ddp, devices
     assert devices.placement(torch.device("cpu")) == torch.device("cpu")
     assert os.environ.get("BENCH_FAKE_CUDA") is None
     assert not [f for f in sys.meta_path if type(f).__name__ == "_PatchAfterImport"]
-    assert training.compile_unavailable.__module__ == "bench.measuring.training"
+    assert compiling.compile_unavailable.__module__ == "bench.measuring.compiling"
     assert ddp.DistributedDataParallel is torch.nn.parallel.DistributedDataParallel
 
 
 # --------------------------------------------------------------------------- the GPU machine's validation
 
 
-def test_gpu_validate_runs_check_sweep_and_truth_check_into_one_folder(tmp_path):
+def test_gpu_validate_dry_run_plans_every_step_within_eight_minutes_of_one_gpu(tmp_path):
+    """The plan a GPU machine's first minutes go to, estimated by the harness's own plan, under the fake (1 GPU)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tests/perf/gpu_validate.py"), str(tmp_path / "v"), "--dry-run"],
+                          cwd=ROOT, env=site_env(1, tmp_path / "calls.jsonl"), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    steps = re.findall(r"^(\w+)\s+~\s*(\d+) s ", proc.stdout, re.M)
+    assert [name for name, _ in steps] == ["env", "check", "sweep", "variants", "compile", "truth"]
+    total = float(re.search(r"^total: about (\d+) s", proc.stdout, re.M).group(1))
+    assert total == pytest.approx(sum(float(s) for _, s in steps), abs=len(steps))
+    assert 120 < total <= 480, proc.stdout  # every step costed, and the whole within 8 minutes
+    assert "--fp32-math default,strict" in proc.stdout and "--compile on" in proc.stdout
+    assert not (tmp_path / "v").exists()  # nothing ran
+    tight = subprocess.run([sys.executable, str(ROOT / "tests/perf/gpu_validate.py"), "--dry-run", "--limit-s", "60"],
+                           cwd=ROOT, env=site_env(1, tmp_path / "calls.jsonl"), capture_output=True, text=True,
+                           timeout=120)
+    assert tight.returncode == 1 and "OVER the 60 s limit" in tight.stdout
+
+
+def test_gpu_validate_runs_every_step_into_one_folder_with_the_sample_report(tmp_path):
     """tests/perf/gpu_validate.sh under the fake (2 GPUs) in every process it starts: bench check and
-    the sweep go through the runner's fork server on the CUDA path. The truth check's minimal loop
+    the sweeps go through the runner's fork server on the CUDA path. The truth check's minimal loop
     is independent of the harness, so it really asks for a GPU and fails here: the script must say
     so and still have run every other step."""
     out = tmp_path / "validate"
     env = site_env(2, tmp_path / "calls.jsonl")
+    quick = "--quick --batch-sizes 8 --eval-images 64"
     env.update(PYTHON=sys.executable, BENCH_CHECK_ARGS="--devices cuda",  # the CPU rows: tests/test_check.py
-               BENCH_SWEEP_ARGS="--quick --batch-sizes 4 --modes train --threads 1",
-               TRUTH_ARGS="--steps 20 --rounds 1 --batch-sizes 4")
+               BENCH_SWEEP_ARGS="--quick --batch-sizes 4 --modes train --threads 1 --eval-images 64",
+               BENCH_VARIANTS_ARGS=quick, BENCH_COMPILE_ARGS=quick, TRUTH_ARGS="--steps 20 --rounds 1 --min-rounds 1")
     proc = subprocess.run(["bash", str(ROOT / "tests/perf/gpu_validate.sh"), str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=400)
+                          capture_output=True, text=True, timeout=600)
     summary = (out / "summary.txt").read_text()
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    for step in ("env", "check", "sweep"):
-        assert re.search(rf"== {step}: .*\n   ok in \d+ s", summary), summary
+    for step in ("env", "check", "sweep", "variants", "compile"):
+        assert re.search(rf"== {step}: .*\n   ok in \d+ s \(estimated \d+ s", summary), summary
     assert re.search(r"== truth: .*\n   FAILED with exit status 1 .*the minimal loop failed on cuda:0", summary)
     check = (out / "check.log").read_text()
     cuda_rows = [line for line in check.splitlines() if line.startswith("cuda:0")]
     compiled = [row for row in cuda_rows if "torch.compile" in row]
     assert len(compiled) == 1 and f"skipped {FAKE_COMPILE}" in compiled[0], check
-    assert len(cuda_rows) == 17 and all(" ok " in row for row in cuda_rows if row not in compiled), check
-    assert "CUDA graphs   ok" in check and "0 failed" in check
+    assert all(" ok " in row for row in cuda_rows if row not in compiled), check
+    assert "CUDA graphs   ok" in check and "strict fp32   ok" in check and "0 failed" in check
     results = [json.loads(x) for x in (out / "sweep" / "results.jsonl").read_text().splitlines()]
     cuda = [r for r in results if r["device"] == "cuda:0"]
-    assert len(cuda) == 2 + 1 + 1 and all(r["status"] == "ok" for r in cuda), [r["error"] for r in cuda]
-    assert [r["key"] for r in cuda if r["mode"] == "job"] == ["job/cuda:0/tutorial/b4/tauto/w1/r0/malloc-tuned"]  # the asker's job
-    assert sum(r["cuda_graphs"] for r in cuda) == 1
-    assert {r["device"] for r in results} == {"cpu", "cuda:0"}
-    assert "== verdict (sweep/report.md)" in summary and (out / "sweep" / "report.html").exists()
+    assert all(r["status"] == "ok" for r in cuda), [r["error"] for r in cuda]
+    assert [r["key"] for r in cuda if r["mode"] == "job"] == ["job/cuda:0/tutorial/b4/tauto/w1/r0/malloc-tuned"]
+    assert sum(r["cuda_graphs"] for r in cuda) == 1 and {r["device"] for r in results} == {"cpu", "cuda:0"}
+    assert [r["key"] for r in results if r["mode"] == "input"] == ["input/cpu/tutorial/b4/tauto/w1/r0"]
+    variants = [json.loads(x) for x in (out / "variants" / "results.jsonl").read_text().splitlines()]
+    assert all(r["status"] == "ok" for r in variants), [r["error"] for r in variants]
+    suffixes = {part for r in variants for part in r["key"].split("/r0")[1].split("/") if part}
+    assert suffixes == {"amp-bf16", "channels-last", "fp32-strict", "graphs"}, suffixes
+    assert {r["conv_math"] for r in variants if "fp32-strict" in r["key"]} == {"fp32"}
+    [compile_result] = [json.loads(x) for x in (out / "compile" / "results.jsonl").read_text().splitlines()]
+    assert (compile_result["status"], compile_result["error"]) == ("skipped", FAKE_COMPILE)
+    sample = out / "reports" / "sample-gpu-nvidia-fake-gpu"
+    assert (sample / "report.md").read_text().startswith("# Does a GPU help") and (sample / "report.html").exists()
+    assert "== verdict (sweep/report.md)" in summary and "== sample report: reports/sample-gpu-nvidia-fake-gpu" in summary
     assert json.loads((out / "env.log").read_text())["gpus"][0]["name"] == "NVIDIA Fake GPU"

@@ -12,7 +12,8 @@ from bench.sweep.spec import with_defaults
 
 def _spec(**kw) -> SweepSpec:
     base = dict(devices=["cpu", "cuda"], batch_sizes=[4, 32], threads=[1, 2], pipelines=["tutorial", "resident"],
-                widths=[1.0], modes=["train", "infer"], max_seconds=5.0, job=False, precision_pct=None, window_s=0.5)
+                widths=[1.0], modes=["train", "infer"], max_seconds=5.0, job=False, precision_pct=None, window_s=0.5,
+                input_bound=False)
     return with_defaults(**{**base, **kw})
 
 

@@ -27,7 +27,7 @@ def _fake_run(folder: Path, host: str, gpu: bool, scale: float = 1.0, env: dict 
     devices = ["cpu", "cuda:0"] if gpu else ["cpu"]
     spec = with_defaults(devices=devices, batch_sizes=[4, 32, 128], threads=[1, 2], pipelines=["tutorial", "resident"],
                          widths=[1.0], modes=["train", "infer"], max_seconds=5.0, job=job, precision_pct=None,
-                         window_s=0.5)
+                         window_s=0.5, input_bound=False)
     for case in plan_cases(spec, data_cache="/c", dataset="synthetic", run_id=folder.name):
         if case.mode == JOB and case.repeat > 0:
             continue  # the job as one sampled process (its sittings are tests/test_repeats.py's)
@@ -100,7 +100,9 @@ def test_the_report_names_the_precision_of_each_ceiling_it_compares_with(tmp_pat
     assert "| highest |" in md  # the float32 matmul precision the Cases ran with, in the Machines table
     assert "## Matmul ceilings measured per device and precision (GFLOP/s)" in md
     assert "| cuda:0 | tf32 | 200,000.00 | 8192 | - |" in md
-    assert "of this device's measured fp32 matmul ceiling (50,000 GFLOP/s;" in md  # eager Cases: fp32, not tf32
+    # eager fp32 Cases on CUDA: cuDNN's convolutions ran in TF32 (torch's default), so tf32 is their ceiling
+    assert "of this device's measured tf32 matmul ceiling (200,000 GFLOP/s;" in md
+    assert "fp32 matmul ceiling (50,000 GFLOP/s" not in md
     assert "of this device's measured fp32 matmul ceiling (60 GFLOP/s;" in md
 
 

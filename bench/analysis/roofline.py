@@ -13,11 +13,21 @@ FLOAT32_MATMUL = {"highest": "fp32", "high": "tf32", "medium": "bf16"}
 
 
 def matmul_precision(df: pd.DataFrame, float32_setting: str | None = "highest") -> pd.Series:
-    """The precision each Case's matrix products ran in: bf16 under `amp=bf16`, else what the float32
-    matmul precision setting its process ran with makes of float32 ('highest': strict fp32)."""
+    """The precision most of each Case's multiply-adds ran in: bf16 under `amp=bf16`; on CUDA, the math of cuDNN's
+    float32 convolutions (`conv_math`: ~91% of the model's multiply-adds; TF32 by torch's default, and so for a
+    CUDA row that predates the field), whatever the matrix products did; on a CPU, what the float32 matmul
+    precision setting its process ran with makes of float32 ('highest': strict fp32)."""
     float32 = FLOAT32_MATMUL.get(float32_setting or "highest", "fp32")
-    amp = df["amp"].fillna("off") if "amp" in df else pd.Series("off", index=df.index)
-    return amp.map(lambda a: "bf16" if a == "bf16" else float32)
+    column = (lambda name, default: df[name] if name in df else pd.Series(default, index=df.index, dtype=object))
+    amp, device, conv = column("amp", "off").fillna("off"), column("device", "cpu"), column("conv_math", None)
+
+    def one(a, d, c) -> str:
+        if a == "bf16":
+            return "bf16"
+        if str(d).startswith("cuda"):
+            return c if isinstance(c, str) else "tf32"
+        return float32
+    return pd.Series([one(a, d, c) for a, d, c in zip(amp, device, conv)], index=df.index, dtype=object)
 
 
 def with_ceilings(frame: pd.DataFrame, environment: dict) -> pd.DataFrame:

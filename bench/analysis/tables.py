@@ -12,11 +12,12 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis import repeats
+from bench.analysis.bound import input_bound
 from bench.analysis.cost import cost_table
 from bench.analysis.doubts import case_warnings, noisy_cases, time_outside_windows
 from bench.analysis.frame import CONFIG, PLAIN, ok_rows
 from bench.analysis.roofline import achieved_gflops
-from bench.schema import JOB
+from bench.schema import INPUT, JOB
 
 LEARNT_PCT = 20.0  # twice chance on ten classes: below it a Case did not train long enough to learn
 
@@ -255,6 +256,7 @@ class Analysis:
     data_parallel: pd.DataFrame
     achieved_gflops: pd.DataFrame
     gpu_usage: pd.DataFrame
+    input_bound: pd.DataFrame  # the tutorial's DataLoader alone against each device's training (bench/analysis/bound.py)
     outside_windows: pd.DataFrame
     noisy: pd.DataFrame
     warnings: pd.DataFrame
@@ -265,7 +267,7 @@ def analyse(df: pd.DataFrame) -> Analysis:
     """The tables behind the verdict, the charts and the report, from a results frame (with the
     columns `bench.analysis.roofline.with_ceilings` adds where the compute shares are wanted)."""
     df = repeats.collapse(df)  # a Case's repeats as one figure, with the interval of its processes
-    cases = df[df["mode"] != JOB]  # the throughput tables are of the sweep's Cases
+    cases = df[~df["mode"].isin([JOB, INPUT])]  # the throughput tables are of the sweep's step Cases
     sp, best, jobs, to_target = speedups(cases), best_throughput(cases), job_table(df), time_to_target(df)
     ok = ok_rows(cases)
     return Analysis(frame=df, ok=ok, jobs=jobs, time_to_target=to_target,
@@ -274,6 +276,7 @@ def analyse(df: pd.DataFrame) -> Analysis:
                     pipeline_gap=pipeline_gap(cases), accuracy=accuracy_by_batch(cases),
                     inference=inference_table(cases), variant_gain=variant_gain(cases),
                     data_parallel=data_parallel_scaling(cases), achieved_gflops=achieved_gflops(cases),
-                    gpu_usage=gpu_usage(cases), outside_windows=time_outside_windows(df), noisy=noisy_cases(df),
+                    gpu_usage=gpu_usage(cases), input_bound=input_bound(df, best),
+                    outside_windows=time_outside_windows(df), noisy=noisy_cases(df),
                     warnings=case_warnings(df),
                     unfinished=df[df["status"] != "ok"][["key", "status", "error"]])

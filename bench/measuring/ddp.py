@@ -102,11 +102,13 @@ def rank_main(case_fields: dict, progress=None, started: float | None = None) ->
     torch.manual_seed(case.seed)  # as a single-process Case: the same initial weights (rank 0's, broadcast) each run
     setup = {"malloc_state": malloc_state}
     if cuda:
-        setup.update(prepare_cuda(device))  # before the process group: NCCL binds the rank to the current device
+        setup.update(prepare_cuda(device, fp32_math=case.fp32_math))  # before the process group: NCCL binds the rank to the current device
     backend = "nccl" if cuda else "gloo"
     # collectives give up after the Case's own time limit rather than hang past it
     dist.init_process_group(backend, timeout=timedelta(seconds=case.time_limit_s))
     try:
+        if cuda:
+            refuse_shared_gpus(device, world)
         own = _train_rank(case, device, rank, world, progress if rank == 0 else None, started, setup)
         records = [None] * world
         dist.all_gather_object(records, own)
@@ -122,11 +124,39 @@ def rank_main(case_fields: dict, progress=None, started: float | None = None) ->
 
 
 def rank_device(case: Case, local_rank: int) -> torch.device:
-    """The rank's device: one GPU per rank on CUDA. Under a launcher that shows each task only its
-    own GPU (Slurm's per-task binding), local rank 1 sees one device, and it is cuda:0."""
+    """The rank's device: one GPU per rank on CUDA, the GPU of its local rank. Under a launcher that shows each
+    task only its own GPU (Slurm's per-task binding), every rank sees one device, and it is cuda:0 (whether two
+    ranks got one GPU is checked once the group is up, `refuse_shared_gpus`). A rank past the GPUs its node
+    shows is refused: NCCL fails two ranks on one GPU ("Duplicate GPU detected")."""
     if not case.device.startswith("cuda"):
         return torch.device("cpu")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
+    count = torch.cuda.device_count()
+    if count == 1:
+        return torch.device("cuda", 0)
+    if not 0 <= local_rank < count:
+        raise RuntimeError(f"local rank {local_rank} has no GPU of its own: this node shows {count} "
+                           f"(cuda:0..cuda:{count - 1}), and NCCL needs one GPU per rank; start at most {count} "
+                           f"ranks a node (torchrun --nproc-per-node {count})")
+    return torch.device("cuda", local_rank)
+
+
+def refuse_shared_gpus(device: torch.device, world: int) -> None:
+    """After the group is up, before NCCL's first collective: every rank's GPU by its UUID, over a gloo group, and
+    a clear error naming the ranks where two share one (NCCL's own is "Duplicate GPU detected", from inside
+    its first all-reduce)."""
+    uuid_ = str(torch.cuda.get_device_properties(device).uuid)
+    group = dist.new_group(backend="gloo")
+    try:
+        uuids = [None] * world
+        dist.all_gather_object(uuids, uuid_, group=group)
+    finally:
+        dist.destroy_process_group(group)
+    first: dict[str, int] = {}
+    for rank, u in enumerate(uuids):
+        if u in first:
+            raise RuntimeError(f"ranks {first[u]} and {rank} are on one GPU (UUID {u}): data-parallel training on "
+                               f"CUDA needs one GPU per rank, and NCCL refuses two on one device")
+        first[u] = rank
 
 
 PEER_LOST_GRACE_S = 2.0
@@ -191,7 +221,8 @@ def _train_rank(case: Case, device: torch.device, rank: int, world: int, progres
 # what each rank's Result holds that rank 0 gathers (accuracy fields are filled on rank 0 only)
 RANK_FIELDS = ("malloc_state", "startup_s", "warmup_s", "train_s", "epoch_s", "eval_s", "loss", "test_accuracy_pct",
                "class_accuracy_pct", "epoch_accuracy_pct", "time_to_target_s", "stopped_by", "steps", "images",
-               "windows_s", "windows_images", "new_shape_steps", "cudnn_benchmark", "gpu_monitor", "gpu_util_pct",
+               "windows_s", "windows_images", "new_shape_steps", "cudnn_benchmark", "conv_math", "matmul_math",
+               "gpu_monitor", "gpu_util_pct",
                "gpu_power_w", "gpu_energy_j_per_epoch")
 
 
@@ -215,7 +246,7 @@ def _gathered(case: Case, records: list[dict], backend: str) -> dict:
                                                 "eval_s", "loss", "test_accuracy_pct", "class_accuracy_pct",
                                                 "epoch_accuracy_pct", "time_to_target_s", "train_images",
                                                 "test_images", "stopped_by", "new_shape_steps", "cudnn_benchmark",
-                                                "gpu_monitor")},
+                                                "conv_math", "matmul_math", "gpu_monitor")},
            "gpu_util_pct": sum(utils) / len(utils) if utils else None,
            "steps": zero["steps"], "images": images, "epochs_completed": images / zero["train_images"],
            "peak_rss_mb": max(r["peak_rss_mb"] for r in records), "peak_device_mem_mb": max(device_mem, default=None),

@@ -30,7 +30,8 @@ def resident_tensors(case: Case, split: str, images: np.ndarray, labels: np.ndar
     file's pages are 4 KiB pages of the page cache, while a large anonymous block can be backed by huge pages, and
     with glibc handing blocks back every step (--malloc default) the gathers from the mapped file ran 5-8% slower
     (tests/perf/harness_vs_minimal.py: the harness at 0.88-1.01 of a plain loop, median 0.95, before this copy)."""
-    cached = normalised.load(case.data_cache, split) if compute.type == "cpu" else None
+    # the Case's device decides, not where its tensors are placed (the same, but for the fake CUDA layer's tests)
+    cached = normalised.load(case.data_cache, split) if torch.device(case.device).type == "cpu" else None
     if cached is None or len(cached) < len(images):
         return loops.resident_tensors(images, labels, compute)
     return torch.from_numpy(cached[:len(images)]).clone(), torch.from_numpy(np.asarray(labels, dtype=np.int64))

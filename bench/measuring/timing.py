@@ -61,6 +61,7 @@ class StepMeter:
     step_s = property(lambda self: self.windows.step_s)
     timed_faults = property(lambda self: self.windows.timed_faults)
     new_shape_steps = property(lambda self: self.windows.new_shape_steps)
+    new_shape_s = property(lambda self: self.windows.new_shape_s)
 
     def start_epoch(self) -> None:
         if self.warmup.steps == 0 and self.warmup_s is None:

@@ -8,10 +8,8 @@ windows, the barrier while rank 0 evaluates), never a copied loop (bench/measuri
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -20,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from bench.measuring import devices, gpu_monitor, stats, stop, timing
+from bench.measuring.compiling import compiled, recompiled
 from bench.measuring.clock import DeviceClock, latencies_ms, percentiles
 from bench.measuring.feed import amp_dtype, memory_format, pipeline_batches, resident_tensors, steps_per_epoch
 from bench.schema import Case
@@ -56,14 +55,21 @@ def set_threads(case: Case) -> None:
         torch.set_num_threads(case.threads)
 
 
-def prepare_cuda(device: torch.device, autotune: bool = True) -> dict:
+def prepare_cuda(device: torch.device, autotune: bool = True, fp32_math: str = "default") -> dict:
     """Before anything is allocated: the Case's GPU made current (the device is indexed: set_device
-    refuses a bare `cuda`), cuDNN autotuning on (off for the tutorial's job, as its script has it), the
-    peak-memory counter reset. Returns whether cuDNN autotunes."""
+    refuses a bare `cuda`), cuDNN autotuning on (off for the tutorial's job, as its script has it), TF32 off
+    everywhere for `fp32_math="strict"` (torch's defaults otherwise: cuDNN's convolutions may use TF32), the
+    peak-memory counter reset. Returns whether cuDNN autotunes and the math its float32 convolutions and matrix
+    products ran in (the roofline compares a Case with the ceiling of that math, bench/analysis/roofline.py)."""
     torch.cuda.set_device(device)
     torch.backends.cudnn.benchmark = autotune  # autotuning falls in the warm-up; new shapes are kept out of windows
+    torch.backends.cudnn.allow_tf32 = fp32_math != "strict"  # torch's default is True
+    if fp32_math == "strict":
+        torch.backends.cuda.matmul.allow_tf32 = False  # torch's default too, unless the process's setting says else
     torch.cuda.reset_peak_memory_stats(device)
-    return {"cudnn_benchmark": torch.backends.cudnn.benchmark}
+    return {"cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "conv_math": "tf32" if torch.backends.cudnn.allow_tf32 else "fp32",
+            "matmul_math": "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"}
 
 
 def monitor_gpu(device: torch.device):
@@ -106,52 +112,6 @@ def case_meter(case: Case, device: torch.device, steps_per_epoch: int, progress:
     return timing.StepMeter(DeviceClock(device), case.warmup_steps, case.window_s,
                              stop.Budget(case.max_steps, case.max_seconds), precision_pct=case.target_precision_pct,
                              progress=report if progress else None, agree=agree)
-
-
-def compile_unavailable(device_type: str) -> str | None:
-    """Why torch.compile cannot run here (an unsupported Python, no C++ compiler for inductor on a CPU,
-    no Triton on a GPU), or None."""
-    import torch._dynamo
-
-    if not torch._dynamo.is_dynamo_supported():
-        return f"torch.compile: not supported on Python {'.'.join(map(str, sys.version_info[:2]))} by this torch"
-    if device_type == "cpu":
-        from torch._inductor import cpp_builder
-
-        try:
-            cpp_builder.get_cpp_compiler()
-        except Exception as e:  # InvalidCxxCompiler and kin: inductor has nothing to build its kernels with
-            return f"torch.compile: no C++ compiler for inductor's CPU kernels ({type(e).__name__})"
-    elif device_type == "cuda":
-        from torch.utils._triton import has_triton
-
-        if not has_triton():
-            return "torch.compile: Triton is not installed for inductor's GPU kernels"
-    return None
-
-
-def compiled(case: Case, net: nn.Module, arrays: CifarArrays, compute: torch.device, train: bool,
-             optimizer: torch.optim.Optimizer | None = None) -> tuple[nn.Module, dict]:
-    """`net` under torch.compile in the Case's mode, compiled before the clock starts on a batch of the
-    Case's shape (forward and backward when training; the gradients are dropped, so no weight moves),
-    its compilation time returned apart as `compile_s`."""
-    # inductor's C++ build warns that a CPU-only machine has no CUDA runtime; the check table is no place for it
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    model = torch.compile(net, mode=case.compile_mode)
-    x, y = loops.resident_tensors(arrays.train_x[:case.batch_size], arrays.train_y[:case.batch_size], compute)
-    x = x.contiguous(memory_format=memory_format(case))
-    clock = DeviceClock(torch.device(case.device))
-    clock.sync()
-    t0 = time.perf_counter()
-    with torch.autocast(compute.type, dtype=amp_dtype(case), enabled=amp_dtype(case) is not None):
-        if train:
-            nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.zero_grad(set_to_none=True)
-        else:
-            with torch.inference_mode():
-                model(x)
-    clock.sync()
-    return model, {"compile_s": time.perf_counter() - t0}
 
 
 def window_fields(windows_s: list[float], windows_images: list[int], step_s: list[float]) -> dict:
@@ -242,8 +202,8 @@ def train(case: Case, arrays: CifarArrays, device: torch.device, started: float,
     sampler, monitored, monitor = monitor_gpu(device)
     startup_s, scores, loss = time.time() - started, Scores(case.target_accuracy_pct), None
     for epoch in range(case.epochs):
-        meter.start_epoch()
-        with monitored():
+        with monitored():  # the sampler's thread and its energy reading start before the epoch's first window
+            meter.start_epoch()
             loss = loops.train_epoch(model, optimizer, epoch_batches(epoch), item_every_step=item,
                                      on_step=meter.on_step, step=step)
             meter.end_epoch()
@@ -254,7 +214,7 @@ def train(case: Case, arrays: CifarArrays, device: torch.device, started: float,
             ranks.barrier()
         if meter.stopped_by:
             break
-    return net, meter, {**setup, **monitor, "startup_s": startup_s, "loss": loss, **scores.fields(),
+    return net, meter, {**recompiled(setup, meter), **monitor, "startup_s": startup_s, "loss": loss, **scores.fields(),
                         "epochs_completed": meter.images / len(arrays.train_y), **throughput_fields(meter),
                         **gpu_usage(sampler, len(arrays.train_y) // ranks.world, meter.images)}
 
@@ -273,13 +233,13 @@ def infer(case: Case, arrays: CifarArrays, device: torch.device, started: float,
     sampler, monitored, monitor = monitor_gpu(device)
     startup_s = time.time() - started
     for _ in range(case.epochs):
-        meter.start_epoch()
         with monitored(), autocast:
+            meter.start_epoch()
             loops.infer_epoch(net, epoch_batches(0), item_every_step=item, on_step=meter.on_step)
             meter.end_epoch()
         if meter.stopped_by:
             break
-    measured = {**setup, **monitor, "startup_s": startup_s, "epochs_completed": meter.images / len(arrays.test_y),
+    measured = {**recompiled(setup, meter), **monitor, "startup_s": startup_s, "epochs_completed": meter.images / len(arrays.test_y),
                 **throughput_fields(meter), **gpu_usage(sampler, len(arrays.test_y), meter.images)}
     # latency: the model alone on a batch already on the device, synchronised around each call
     n_latency = min(len(arrays.test_y), case.latency_batches * case.batch_size)  # the images it times, no more

@@ -19,6 +19,7 @@ class Windows:
         self.step_s: list[float] = []
         self.timed_faults = 0  # minor page faults of this process (all its threads) inside the kept windows
         self.new_shape_steps = 0  # steps left out of every window (see StepMeter)
+        self.new_shape_s = 0.0  # their time: cuDNN's autotuning, torch.compile's program for the new shape
         self.last_steps: list[float] = []  # step times of the window last closed, kept or not
         self._marks: list = []  # the clock's marks of the open window's steps
         self._images = 0
@@ -72,7 +73,9 @@ class Windows:
     def drop_last_step(self, n_images: int) -> None:
         """Closes the window before the last step and reopens it after, leaving that step out."""
         last = self._marks.pop()
+        before = self._marks[-1]
         self._images -= n_images
-        self.close(keep=True)
+        self.close(keep=True)  # synchronises: the left-out step's end is known
+        self.new_shape_s += self.clock.seconds(before, last)
         self._marks, self._images, self._host_start = [last], 0, time.perf_counter()
         self.new_shape_steps += 1

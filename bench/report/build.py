@@ -124,6 +124,9 @@ def _sections(a: tables.Analysis, ceilings: pd.DataFrame) -> list[tuple[str, pd.
                 ("Crossover batch size", a.crossover),
                 ("CPU thread scaling", a.thread_scaling),
                 ("Input pipeline gap (resident / tutorial)", a.pipeline_gap),
+                ("Input bound: the tutorial's DataLoader alone (images/s, 95% interval) against the CPU's best "
+                 "training through it; bound = the most any GPU could speed the tutorial pipeline up on this host; "
+                 "share_of_bound = a GPU's training rate over the DataLoader's", a.input_bound),
                 ("Accuracy and time to target", a.accuracy),
                 ("Inference", a.inference),
                 ("Step variants against the eager step", a.variant_gain),

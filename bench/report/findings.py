@@ -11,7 +11,7 @@ import pandas as pd
 
 from bench.analysis.frame import PLAIN
 from bench.analysis.tables import Analysis
-from bench.report import answer
+from bench.report import answer, bound
 from bench.report.answer import threads_phrase
 from bench.report.caveats import caveats
 
@@ -36,14 +36,15 @@ def verdict(a: Analysis, skipped_devices: dict[str, str] | None = None) -> Verdi
     if not sp_train.empty:
         headline, findings = _gpu_answer(sp_train, a.crossover[a.crossover["mode"] == "train"])
     elif not train.empty:
-        headline, findings = _cpu_only_answer(train)
+        headline, findings = _cpu_only_answer(train, a.input_bound)
     else:
         headline, findings = "No training Case measured a throughput, so there is nothing to compare.", []
-    if not a.jobs.empty:  # the asker's own job first, then the throughput answer
-        findings = ([headline] if sp_train.size or train.size else []) + findings
+    lead = []
+    if not a.jobs.empty:  # the asker's own job first, then the answer to the title (a GPU's gain, or its bound)
+        lead = [headline] if sp_train.size or train.size else []
         headline = answer.job_headline(a.jobs)
-    findings = (answer.job_findings(a.jobs, a.time_to_target, a.ok) + answer.cost_findings(a.costs) + findings
-                + _cpu_findings(a) + _variant_findings(a) + _scaling_findings(a))
+    findings = (lead + answer.job_findings(a.jobs, a.time_to_target, a.ok) + answer.cost_findings(a.costs) + findings
+                + bound.findings(a.input_bound) + _cpu_findings(a) + _variant_findings(a) + _scaling_findings(a))
     return Verdict(headline, findings, caveats(a, skipped_devices or {}))
 
 
@@ -76,10 +77,11 @@ def _gpu_answer(sp_train: pd.DataFrame, crossover: pd.DataFrame) -> tuple[str, l
     return headline, findings
 
 
-def _cpu_only_answer(train: pd.DataFrame) -> tuple[str, list[str]]:
+def _cpu_only_answer(train: pd.DataFrame, input_bound: pd.DataFrame) -> tuple[str, list[str]]:
     devices = sorted(train["device"].unique())
-    headline = (f"Only {', '.join(devices)} was measured, so this run cannot say whether a GPU helps; "
-                f"it answers what the CPU can: threads, input pipeline and batch size.")
+    headline = (bound.headline(input_bound, ", ".join(devices))
+                or f"Only {', '.join(devices)} was measured, so this run cannot say whether a GPU helps; "
+                   f"it answers what the CPU can: threads, input pipeline and batch size.")
     best = train.loc[train["images_per_s"].idxmax()]
     findings = [f"Fastest training configuration: {best['pipeline']} pipeline{_step(best['variant'])}, batch "
                 f"{int(best['batch_size'])}, {threads_phrase(best['threads'])}: {best['images_per_s']:.0f} images/s."]

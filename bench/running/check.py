@@ -27,6 +27,7 @@ SYNTHETIC_IMAGES = (512, 256)  # train, test: enough for 6 steps on 2 ranks and 
 SPEC = with_defaults(devices=["cpu"], batch_sizes=[4], threads=[1], pipelines=list(PIPELINES), widths=[1.0],
                  modes=list(MODES), epochs=1, max_steps=6, max_seconds=None, time_limit_s=120.0, warmup_steps=2,
                  window_s=0.05, latency_batches=3, num_workers=2, dataset=DATASET, world_sizes=[1, RANKS], job=False,
+                 input_bound=False,
                  **{k: v for variant in VARIANTS for k, v in variant.check_values.items()})
 # the rows of each pipeline and mode: the step's own variants, those that replace the step, those of the whole
 # process, then data-parallel

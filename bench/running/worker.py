@@ -19,12 +19,13 @@ import psutil
 import torch
 import torchvision  # noqa: F401  (preloaded by the fork server with torch)
 
-from bench.measuring import allocator, training
+from bench.measuring import allocator, compiling, training
 from bench.measuring.clock import peak_device_mem_mb, peak_rss_mb
+from bench.measuring.input_bound import run_input
 from bench.measuring.job import run_job
 from bench.result import Result, assemble
 from bench.running import contention
-from bench.schema import JOB, Case
+from bench.schema import INPUT, JOB, Case
 from cnn import cache
 
 Progress = training.Progress
@@ -62,7 +63,7 @@ def _load(load: contention.Load) -> dict:
 def _measured(case: Case, progress: Progress | None, started: float) -> list[dict]:
     """What the Case's stages measured, in order, and how it ended where it did not end ok."""
     device = torch.device(case.device)
-    unavailable = training.compile_unavailable(device.type) if case.compile_mode is not None else None
+    unavailable = compiling.compile_unavailable(device.type) if case.compile_mode is not None else None
     unavailable = unavailable or allocator.unavailable(case.malloc, required=case.mode != JOB)  # the job: never skipped
     if unavailable:  # before any rank is launched: a data-parallel Case is skipped as a single-process one is
         return [{"status": "skipped", "error": unavailable}]
@@ -75,11 +76,13 @@ def _measured(case: Case, progress: Progress | None, started: float) -> list[dic
         training.set_threads(case)
         torch.manual_seed(case.seed)
         if device.type == "cuda":  # the tutorial's script leaves cuDNN's autotuning off
-            parts.append(training.prepare_cuda(device, autotune=case.mode != JOB))
+            parts.append(training.prepare_cuda(device, autotune=case.mode != JOB, fp32_math=case.fp32_math))
         arrays = cache.load_arrays(case.data_cache)
         parts.append({"train_images": len(arrays.train_y), "test_images": len(arrays.test_y)})
         if case.mode == JOB:
             parts.append(run_job(case, arrays, device, started, progress))
+        elif case.mode == INPUT:
+            parts.append(run_input(case, arrays, started, progress))
         elif case.mode == "train":
             parts.append(training.train(case, arrays, device, started, progress)[2])
         else:
@@ -91,8 +94,18 @@ def _measured(case: Case, progress: Progress | None, started: float) -> list[dic
         parts.append({"status": "oom" if _is_oom(exc) else "failed",
                       "error": f"{type(exc).__name__}: {exc}{where}".replace("\n", " ")[:2000]})
         if device.type == "cuda":
-            torch.cuda.empty_cache()
+            parts[-1]["error"] = (parts[-1]["error"] + _release_cuda())[:2000]
     return parts + [{"threads_used": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb()}]
+
+
+def _release_cuda() -> str:
+    """Hands the failed Case's cached GPU memory back; after a sticky CUDA error (an illegal address, a device-side
+    assert) that fails too, and the Case's own error must still reach its Result: what failed is said after it."""
+    try:
+        torch.cuda.empty_cache()
+    except Exception as exc:  # noqa: BLE001 (the Case's error is the one that matters)
+        return f"; then torch.cuda.empty_cache() failed too ({type(exc).__name__}: {exc}): the process's CUDA context is lost"
+    return ""
 
 
 def _distributed(case: Case, progress: Progress | None, started: float) -> list[dict]:

@@ -117,6 +117,8 @@ OPTIONS: tuple[Option, ...] = (
            50.0, converters.accuracy_pct, cli="target-accuracy", aliases=("target_accuracy",), compared="case"),
     Option("job", TRAINING, "leave out the tutorial's job (2 epochs at batch 4 with its DataLoader, then the test "
            "pass) per device, which the report opens with", True, negated=True),
+    Option("input_bound", TRAINING, "leave out the input bound: the tutorial's DataLoader alone (no model) at each "
+           "batch size on this host, the rate no GPU can train the tutorial pipeline beyond", True, negated=True),
     Option("price", TRAINING, "the machine's price in USD per hour, e.g. 0.10, or per device: cpu=0.10,cuda=0.90; "
            "the report adds cost per epoch, of the tutorial's job and to the target accuracy", {}, converters.price,
            resumable=True),

@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 
 from bench.measuring.precision import MIN_WINDOWS
-from bench.schema import JOB, VARIANTS, Case, SweepSpec
+from bench.schema import INPUT, JOB, VARIANTS, Case, SweepSpec
 
 # Measured on a 2-core CPU (a --quick sweep's timeline, data cached): 4.5 s before its first Case, 2.1 s of report
 SWEEP_SETUP_S = 5.0  # before the first Case: the fork server's imports (torch, torchvision), the data's check
@@ -47,7 +47,7 @@ def plan_cases(spec: SweepSpec, data_cache: str, dataset: str, run_id: str = "")
                   dataset=dataset, data_cache=data_cache, run_id=run_id, max_steps=spec.max_steps,
                   max_seconds=spec.max_seconds, target_precision_pct=spec.precision_pct,
                   eval_images=spec.eval_images)
-    cases, sittings = [], []
+    cases, sittings = input_cases(spec, common), []
     for device in spec.devices:
         if spec.job:
             sittings.append(job_sittings(device, common))
@@ -77,6 +77,15 @@ def _spread(cases: list[Case], sittings: list[list[Case]]) -> list[Case]:
             place = (at[target], 0, k) if target < len(at) else (at[-1] if at else -1, 2, k)
             keyed.append((place, sitting))
     return [c for _, c in sorted(keyed, key=lambda kc: kc[0])]
+
+
+def input_cases(spec: SweepSpec, common: dict) -> list[Case]:
+    """The input bound, where the sweep trains through the tutorial pipeline: its DataLoader alone (batch b, its
+    workers, its transforms, no model) on this host at each batch size, first in the sweep (bench/measuring/input_bound.py)."""
+    if not (spec.input_bound and "tutorial" in spec.pipelines and "train" in spec.modes):
+        return []
+    return [Case(mode=INPUT, device="cpu", pipeline="tutorial", batch_size=b, threads=None, width=1.0, repeat=0,
+                 epochs=spec.epochs, lr=spec.lr, num_workers=spec.num_workers, **common) for b in spec.batch_sizes]
 
 
 def job_sittings(device: str, common: dict) -> list[Case]:
@@ -150,6 +159,9 @@ def estimate_seconds(cases: list[Case], precise: bool = False) -> tuple[float, b
                 start = start * case.world_size + DDP_START_S
             if case.mode == "infer":
                 total += start + measured + LATENCY_SHARE * case.max_seconds
+                continue
+            if case.mode == INPUT:  # no model, no accuracy pass
+                total += start + measured
                 continue
             scored = min(case.eval_images or 10000, 10000) / 10000
             total += start + measured + EVAL_S * scored * case.epochs + JOB_EXTRA_S * (case.mode == JOB)
