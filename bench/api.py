@@ -80,7 +80,12 @@ def _check_resumable(folder, spec: SweepSpec) -> None:
     """A resume runs the Cases the folder was planned with: other options are refused, naming each."""
     from bench.sweep.spec import resume_differences
 
-    differ = resume_differences(folder.environment().get("spec") or {}, spec)
+    recorded = folder.environment().get("spec")
+    if not recorded or not {"devices", "batch_sizes", "modes", "pipelines"} <= set(recorded):
+        raise ValueError(f"--resume: '{folder.path}' records no options to hold this resume's against (its "
+                         f"environment.json is missing or has no 'spec' with them); expected a folder written by "
+                         f"bench run, or run into a new folder")
+    differ = resume_differences(recorded, spec)
     if differ:
         raise ValueError(f"--resume: '{folder.path}' was run with other options: {'; '.join(differ)} (expected the "
                          f"options of the run being resumed)")
@@ -181,6 +186,9 @@ def prepare_data(spec: SweepSpec):
         return prepare_dataset(spec.dataset, spec.data_dir, verify=spec.verify, download=spec.download)
     except DataError as e:
         raise ValueError(f"--data-dir: {e}") from None
+    except OSError as e:  # a folder or file this user cannot read, found on the way to the data
+        raise ValueError(f"--data-dir: '{e.filename or spec.data_dir}' cannot be read ({e.strerror or e}); expected "
+                         f"a folder this user can read (and write, or a cache in $CNN_CACHE_DIR)") from None
 
 
 def make_report(runs: str | Path | list[str | Path], out: str | Path | None = None):

@@ -5,6 +5,7 @@ import argparse
 import json
 import signal
 import sys
+from contextlib import suppress
 from dataclasses import asdict
 from pathlib import Path
 
@@ -115,13 +116,14 @@ def _write_cases(spec: SweepSpec, folder: Path) -> int:
     """Case files whose data cache is this machine's (on a cluster: a path every node sees)."""
     from bench.api import prepare_data
     from bench.sweep.plan import plan_cases
+    from cnn.files import write_whole
 
     try:
         prepared = prepare_data(spec)
         folder.mkdir(parents=True, exist_ok=True)
         for i, case in enumerate(plan_cases(spec, str(prepared.cache_dir), prepared.name, run_id=folder.name)):
             path = folder / f"{i:03d}.json"
-            path.write_text(json.dumps(asdict(case), indent=2))
+            write_whole(path, json.dumps(asdict(case), indent=2))
             print(f"{path}  {case.key}")
     except ValueError as e:
         raise CliError(str(e)) from None
@@ -202,13 +204,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bench.report.build import build_report
     from bench.store.run_folder import RunError, RunFolder
 
-    runs = [Path(r) for r in args.runs]
-    for run in runs:
+    runs = []
+    for run in map(Path, args.runs):
         if not RunFolder(run).has_results():
             raise CliError(f"report: '{run}' holds no results.jsonl (expected a folder written by bench run)")
+        if all(not run.samefile(seen) for seen in runs):  # the same run given twice is one run
+            runs.append(run)
     if args.out is None and len(runs) > 1:
         raise CliError("report: --out is needed with several run folders (expected e.g. --out reports/compare)")
     out = Path(args.out) if args.out else runs[0]
+    if out.is_dir() and RunFolder(out).has_results() and not (len(runs) == 1 and out.samefile(runs[0])):
+        raise CliError(f"--out: '{out}' is a run folder of its own, whose results.csv this report would replace "
+                       f"(expected a new folder, e.g. --out reports/compare)")
     try:
         report = build_report(runs, out)
     except RunError as e:
@@ -250,14 +257,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from bench.store.export import pytest_benchmark_json
+    from bench.store.run_folder import OWN, RESULTS
+    from cnn.files import write_whole
 
     run = _load(args.run, "export: RUN")
     doc, left_out = pytest_benchmark_json(run)
     if not doc["benchmarks"]:
         raise CliError(f"export: '{args.run}' has no finished Case with timed windows to export")
     out = Path(args.out) if args.out else run.path / "pytest-benchmark.json"
+    if out.name in OWN and (out.parent / RESULTS).exists():
+        raise CliError(f"--out: '{out}' is a run folder's own {out.name}, which the export would replace "
+                       f"(expected another file, e.g. {out.parent / 'pytest-benchmark.json'})")
     try:
-        out.write_text(json.dumps(doc, indent=2))
+        write_whole(out, json.dumps(doc, indent=2))
     except OSError as e:
         raise CliError(f"--out: '{out}' cannot be written ({e.strerror or e})") from None
     print(f"bench: {len(doc['benchmarks'])} Cases exported to {out}"
@@ -275,9 +287,25 @@ def main(argv: list[str] | None = None) -> int:
     traceback), 130 interrupted."""
     try:
         args = get_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that stopped early shows here, inside the try
+        return status
     except CliError as e:
         print(f"bench: {e}", file=sys.stderr)
         return 2
     except SystemExit as e:  # --help
         return int(e.code or 0)
+    except BrokenPipeError:  # `bench plan | head -2`: the reader has what it wanted, as with any Unix tool
+        _quiet_stdout()
+        return 0
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe: what is still buffered goes nowhere, and the interpreter's last flush at exit
+    raises nothing."""
+    import os
+
+    with suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)

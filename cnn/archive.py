@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import tarfile
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -33,15 +34,15 @@ def extract_archive(archive: Path, dest: Path) -> None:
     into place once complete, so a failed or interrupted extraction never leaves a partial folder under
     the official name (where it would be read instead of the archive)."""
     dest = dest.resolve()
-    tmp = dest / f".extracting-{os.getpid()}"
+    tmp = None
     try:
         tar = tarfile.open(archive, "r:*")
     except OSError as e:
         if e.errno is not None:  # the file itself (missing, unreadable), not its contents
             raise DataError(f"{archive}: cannot be read ({e.strerror})") from None
-        raise DataError(f"{archive}: not a readable tar.gz archive ({type(e).__name__}: {e})") from None
+        raise DataError(f"{archive}: not a readable tar.gz archive ({_reason(e)})") from None
     except (tarfile.TarError, EOFError, zlib.error) as e:
-        raise DataError(f"{archive}: not a readable tar.gz archive ({type(e).__name__}: {e})") from None
+        raise DataError(f"{archive}: not a readable tar.gz archive ({_reason(e)})") from None
     try:
         with tar:
             members = tar.getmembers()
@@ -56,18 +57,27 @@ def extract_archive(archive: Path, dest: Path) -> None:
                 if target != dest and dest not in target.parents:
                     raise DataError(f"{archive}: member '{m.name}' would land outside {dest}; refusing to extract")
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            dest.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=dest, prefix=".extracting-"))  # fresh, unpredictable: never planted
             tar.extractall(tmp, members=members, **safe)
         _move_into_place(tmp, dest, archive)
     except OSError as e:
         if e.errno in _WRITE_ERRNOS:
             raise DataError(f"{dest}: cannot extract {archive.name} into it ({e.strerror})") from None
-        raise DataError(f"{archive}: not a readable tar.gz archive ({type(e).__name__}: {e})") from None
+        raise DataError(f"{archive}: not a readable tar.gz archive ({_reason(e)})") from None
     except (tarfile.TarError, EOFError, zlib.error) as e:
-        raise DataError(f"{archive}: not a readable tar.gz archive ({type(e).__name__}: {e})") from None
+        raise DataError(f"{archive}: not a readable tar.gz archive ({_reason(e)})") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _reason(e: Exception) -> str:
+    """tarfile's error in one line: for a file no method could open, what gzip said of it."""
+    text = str(e)
+    if "method gz:" in text:
+        text = text.split("method gz:", 1)[1].splitlines()[0].strip()
+    return f"{type(e).__name__}: {' '.join(text.split())}"
 
 
 def _move_into_place(tmp: Path, dest: Path, archive: Path) -> None:

@@ -8,11 +8,14 @@ import hmac
 import json
 import os
 import shutil
+import stat
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from cnn.cifar_files import CifarArrays, DataError
+from cnn.files import umask
 
 CACHE_VERSION = 2  # 2: sha256 per array and a MAC over the manifest
 _ARRAYS = ("train_x", "train_y", "test_x", "test_y")
@@ -67,8 +70,8 @@ def cache_key() -> bytes | None:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             _new_key(path)
-        info = path.stat()
-        if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        info = os.lstat(path)  # a link is not this user's key, wherever it points
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
             return None
         key = path.read_bytes()
     except OSError:
@@ -77,15 +80,17 @@ def cache_key() -> bytes | None:
 
 
 def _new_key(path: Path) -> None:
-    tmp = path.with_name(f"cache.key.tmp-{os.getpid()}")
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-        f.write(os.urandom(32))
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=".cache.key.", suffix=".tmp")  # 0600, O_EXCL: not a link
+    tmp = Path(name)
     try:
-        os.link(tmp, path)  # atomic, and never replaces a key another process made first
-    except FileExistsError:
-        pass
-    except OSError:  # a file system without hard links: a rename (a key made a moment before may be replaced,
-        os.replace(tmp, path)  # and the caches marked with it are rebuilt once)
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32))
+        try:
+            os.link(tmp, path)  # atomic, and never replaces a key another process made first
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: a rename (a key made a moment before may be replaced,
+            os.replace(tmp, path)  # and the caches marked with it are rebuilt once)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -98,10 +103,12 @@ def mac(manifest: dict, key: bytes) -> str:
 def write_cache(arrays: CifarArrays, cache_dir: Path, sources: dict, verified: bool) -> None:
     """Writes the arrays as .npy plus a signed manifest with their digests into a temporary folder, then
     renames it into place: a reader never sees half of one."""
-    tmp = cache_dir.with_name(f"{cache_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = None
     try:
-        tmp.mkdir(parents=True)
+        cache_dir.parent.mkdir(parents=True, exist_ok=True)
+        # a fresh folder of an unpredictable name (never one planted, nor a link): the arrays go only there
+        tmp = Path(tempfile.mkdtemp(dir=cache_dir.parent, prefix=f"{cache_dir.name}.tmp-"))
+        os.chmod(tmp, 0o777 & ~umask())
         files = {}
         for key in _ARRAYS:
             np.save(tmp / f"{key}.npy", np.ascontiguousarray(getattr(arrays, key)))
@@ -114,13 +121,16 @@ def write_cache(arrays: CifarArrays, cache_dir: Path, sources: dict, verified: b
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         # the old cache renamed aside, the new one renamed in: a reader sees one or the other (save for the
         # instant between two renames), never a folder being deleted or written
-        old = cache_dir.with_name(f"{cache_dir.name}.old-{os.getpid()}")
-        if cache_dir.exists():
+        old = Path(tempfile.mkdtemp(dir=cache_dir.parent, prefix=f"{cache_dir.name}.old-"))
+        if cache_dir.is_symlink():  # a link planted under the cache's name is not the cache: it goes
+            cache_dir.unlink()
+        elif cache_dir.exists():
             os.replace(cache_dir, old)
         os.replace(tmp, cache_dir)
         shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(f"{cache_dir}: cannot write the decoded cache ({e.strerror or e})") from None
 
 

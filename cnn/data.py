@@ -83,7 +83,11 @@ def _parse_layout(layout: Path, root: Path, verify: bool) -> CifarArrays:
         in_root = writable(root) and not (root / PY_FOLDER).exists()
         dest = root if in_root else Path(f"{cache_dir_for(layout, root)}-extracted")
         extract_archive(layout, dest)
-        layout = dest / PY_FOLDER
+        try:
+            return _parse_layout(dest / PY_FOLDER, root, verify)
+        except DataError as e:  # a damaged stream can end early and still read as a (shorter) tar: name the archive
+            raise DataError(f"{layout}: extracted, but it does not hold CIFAR-10 whole ({e}); the archive is "
+                            f"truncated or damaged (download it again)") from None
     if layout.name == BIN_FOLDER:
         if verify:
             verify_binary_folder(layout)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from cnn import cache
+from cnn.files import write_whole
 
 MEAN = (0.5, 0.5, 0.5)  # the tutorial's Normalize
 STD = (0.5, 0.5, 0.5)
@@ -105,7 +107,7 @@ def _remove_abandoned(cache_dir: Path) -> None:
         try:
             if time.time() - tmp.stat().st_mtime < ABANDONED_AFTER_S:
                 continue  # perhaps a writer in another PID namespace or on another host sharing the folder
-            os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
+            os.kill(int(tmp.name.split(".tmp-", 1)[1].split("-")[0]), 0)
         except ProcessLookupError:
             tmp.unlink(missing_ok=True)
         except (ValueError, OSError):
@@ -127,7 +129,10 @@ def write(cache_dir: str | Path) -> None:
     record = {"version": _VERSION, "files": {}}
     for split, name in SPLITS.items():
         images, path = getattr(arrays, name), _path(cache_dir, split)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        # created exclusively under an unpredictable name (never a planted link), then filled by name
+        fd, name = tempfile.mkstemp(dir=cache_dir, prefix=f"{path.name}.tmp-{os.getpid()}-")
+        os.close(fd)
+        tmp = Path(name)
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(images), 3, 32, 32))
             normalise_into(torch.from_numpy(out), images, slice_bytes=4 << 20)  # no Case runs in this process
@@ -140,6 +145,4 @@ def write(cache_dir: str | Path) -> None:
         record["files"][split] = {"source_sha256": digests[split], "shape": [len(images), 3, 32, 32],
                                   "identity": _identity(path.stat())}
     record["mac"] = cache.mac(record, key)
-    tmp = cache_dir / f"{RECORD}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, cache_dir / RECORD)
+    write_whole(cache_dir / RECORD, json.dumps(record, indent=1))

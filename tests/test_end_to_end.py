@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import re
 from pathlib import Path
 
@@ -110,6 +111,7 @@ def test_resume_reruns_only_cases_not_ok(tiny_run, tmp_path: Path):
     target = next(r for r in records if r["device"] == "cpu" and r["status"] == "ok")
     records[records.index(target)] = {**target, "status": "failed", "error": "boom"}
     (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"cut short')
+    shutil.copy(out / "environment.json", run)  # the options the Cases were planned with, which a resume holds to
     proc = run_bench("run", "--dataset", "synthetic", "--devices", "cpu,cuda", *TINY, "--out", str(run), "--resume")
     assert proc.returncode == 0, proc.stderr
     assert "1 Cases" in proc.stdout and "already done" in proc.stdout

@@ -270,8 +270,10 @@ def test_a_line_cut_short_by_a_killed_run_is_skipped_and_nan_is_never_written(go
     assert json.loads(Result.to_json(result))["images_per_s"] is None
 
 
-def test_a_case_measured_but_not_writable_is_printed_whole_and_stops_the_sweep(tmp_path: Path, capsys):
-    """A full disk, from the kernel: results.jsonl is /dev/full, whose writes fail with ENOSPC."""
+def test_a_case_measured_but_not_writable_is_printed_whole_and_stops_the_sweep(tmp_path: Path, capsys, monkeypatch):
+    """A full disk, from the kernel: results.jsonl opens as /dev/full, whose writes fail with ENOSPC (a link to it
+    would be refused: the harness never writes through a link)."""
+    from bench.store import run_folder
     from bench.running import runner
     from bench.running.progress import Display
     from bench.sweep import spec
@@ -280,7 +282,7 @@ def test_a_case_measured_but_not_writable_is_printed_whole_and_stops_the_sweep(t
 
     out = tmp_path / "run"
     out.mkdir()
-    (out / "results.jsonl").symlink_to("/dev/full")
+    monkeypatch.setattr(run_folder, "open_own", lambda path, flags, mode=0o666: os.open("/dev/full", os.O_RDWR))
     sweep = spec.spec_from_keywords({"batch_sizes": [8, 16], "threads": [1], "pipelines": ["resident"],
                                      "modes": ["train"], "max_steps": 6, "warmup_steps": 2, "window_s": 0.02,
                                      "devices": ["cpu"], "job": False}, n_cuda=0)
@@ -359,3 +361,306 @@ def test_a_number_beyond_what_its_option_means_is_refused(option, value, why, ca
     assert cli.main(["plan", "--dataset", "synthetic", "--devices", "cpu", option, value]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"bench: {option}: '") and why in err and err.count("\n") == 1, err
+
+
+# --------------------------------------------------------------------------- run folders that travel (issue 26)
+
+
+def _copy(good_run: Path, tmp_path: Path, name: str = "run") -> Path:
+    out = tmp_path / name
+    shutil.copytree(good_run, out)
+    return out
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    status = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def _refused(capsys, *argv: str, needles: tuple[str, ...] = ()) -> str:
+    status, out, err = _cli(capsys, *argv)
+    return _one_line(SimpleNamespace(returncode=status, stdout=out, stderr=err), *needles)
+
+
+@pytest.mark.parametrize("own", ["results.jsonl", "environment.json", "results.csv"])
+def test_an_export_onto_a_run_folders_own_file_is_refused_and_the_file_kept(good_run, tmp_path, capsys, own):
+    run = _copy(good_run, tmp_path)
+    RunFolder(run).write_csv()
+    before = (run / own).read_bytes()
+    _refused(capsys, "export", str(run), "--out", str(run / own), needles=(f"is a run folder's own {own}",))
+    assert (run / own).read_bytes() == before
+    assert cli.main(["report", str(run)]) == 0  # the folder still reads
+
+
+def test_a_report_into_another_run_folder_is_refused(good_run, tmp_path, capsys):
+    a, b = _copy(good_run, tmp_path, "a"), _copy(good_run, tmp_path, "b")
+    RunFolder(b).write_csv()
+    before = (b / "results.csv").read_bytes()
+    _refused(capsys, "report", str(a), "--out", str(b), needles=("is a run folder of its own",))
+    assert (b / "results.csv").read_bytes() == before
+
+
+@pytest.mark.parametrize("planted", ["report.html", "report.md", "throughput_train.png", "pytest-benchmark.json",
+                                     "results.csv"])
+def test_a_link_planted_where_a_report_or_export_writes_is_refused_and_its_target_untouched(
+        good_run, tmp_path, capsys, planted):
+    run = _copy(good_run, tmp_path)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    (run / planted).unlink(missing_ok=True)
+    (run / planted).symlink_to(outside)
+    command = ["export", str(run)] if planted == "pytest-benchmark.json" else ["report", str(run)]
+    _refused(capsys, *command, needles=(f"{run / planted}' is a symbolic link", "never through a link"))
+    assert outside.read_text() == "precious" and (run / planted).is_symlink()
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_a_lock_planted_as_a_link_is_refused_and_nothing_is_written_through_it(good_run, tmp_path, dangling):
+    run = _copy(good_run, tmp_path)
+    outside = tmp_path / "outside.txt"
+    if not dangling:
+        outside.write_text("precious")
+    (run / ".bench.lock").unlink(missing_ok=True)
+    (run / ".bench.lock").symlink_to(outside)
+    _one_line(run_bench("run", *TINY, "--out", str(run), "--resume"), ".bench.lock' is a symbolic link")
+    assert (outside.read_text() == "precious") if not dangling else not outside.exists()
+
+
+@pytest.mark.parametrize("kind", ["folder", "read-only"])
+def test_a_lock_that_is_a_folder_or_read_only_is_one_line(good_run, tmp_path, kind):
+    if kind == "read-only" and os.geteuid() == 0:
+        pytest.skip("root writes a read-only file anyway")
+    run = _copy(good_run, tmp_path)
+    lock = run / ".bench.lock"
+    lock.unlink(missing_ok=True)
+    if kind == "folder":
+        lock.mkdir()
+    else:
+        lock.write_text("")
+        lock.chmod(0o444)
+    _one_line(run_bench("run", *TINY, "--out", str(run), "--resume"), ".bench.lock")
+
+
+def test_a_write_probe_planted_as_a_link_is_never_written_through(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    (out / ".write-test").symlink_to(outside)
+    RunFolder(out).prepare(resume=False)
+    assert outside.read_text() == "precious"
+
+
+def test_links_planted_in_a_shared_cache_receive_nothing(tmp_path, monkeypatch):
+    """The normalised images' and the cache key's temporaries, under the names a writer used to make them."""
+    from cnn import normalised
+    from cnn.data import prepare_synthetic
+
+    monkeypatch.setenv("CNN_CACHE_DIR", str(tmp_path / "keys"))
+    (tmp_path / "keys").mkdir()
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"precious")
+    (tmp_path / "keys" / f"cache.key.tmp-{os.getpid()}").symlink_to(outside)
+    assert cache.cache_key() is not None and outside.read_bytes() == b"precious"
+    prepared = prepare_synthetic(n_train=64, n_test=32)
+    for split in normalised.SPLITS:
+        name = normalised._path(prepared.cache_dir, split).name
+        (prepared.cache_dir / f"{name}.tmp-{os.getpid()}").symlink_to(outside)
+    normalised.write(prepared.cache_dir)
+    assert outside.read_bytes() == b"precious"
+    for split in normalised.SPLITS:
+        assert normalised.load(prepared.cache_dir, split) is not None  # written, trusted, and not the link
+
+
+def _environment(run: Path, **changes) -> None:
+    path = run / "environment.json"
+    env = json.loads(path.read_text())
+    for name, value in changes.items():
+        if value is _DROP:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    path.write_text(json.dumps(env))
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize("spec", [_DROP, "text", [1, 2], {}, None])
+def test_a_resume_of_a_folder_whose_options_cannot_be_compared_is_refused(good_run, tmp_path, spec):
+    run = _copy(good_run, tmp_path)
+    _environment(run, spec=spec)
+    before = (run / "results.jsonl").read_bytes()
+    proc = run_bench("run", *TINY, "--lr", "0.01", "--out", str(run), "--resume")
+    _one_line(proc, "--resume: " if spec in (_DROP, {}, None) else "environment.json")
+    assert (run / "results.jsonl").read_bytes() == before
+
+
+def test_a_resume_of_a_folder_without_an_environment_is_refused(good_run, tmp_path, capsys):
+    run = _copy(good_run, tmp_path)
+    (run / "environment.json").unlink()
+    _one_line(run_bench("run", *TINY, "--out", str(run), "--resume"), "--resume: ", "records no options")
+
+
+@pytest.mark.parametrize("field, value, why", [
+    ("spec", 7, "'spec' is 7, not an object"),
+    ("resumes", "many", "'resumes' is 'many', not a list"),
+    ("resumes", [{}] * 1001, "not a list of at most 1000 resumes"),
+    ("skipped_devices", ["cuda:0"], "'skipped_devices' is ['cuda:0'], not an object"),
+    ("skipped_devices", {"cuda:0": 5}, "'skipped_devices.cuda:0' is 5, not the reason as text"),
+    ("price_usd_per_hour", "cheap", "'price_usd_per_hour' is 'cheap', not an object of hourly prices"),
+    ("price_usd_per_hour", [1], "not an object of hourly prices"),
+    ("price_usd_per_hour", {"*": "0.1"}, "'price_usd_per_hour.*' is '0.1', not a price"),
+    ("ceilings", "fast", "'ceilings' is 'fast', not an object"),
+    ("ceilings", {"matmul_gflops": {"cpu": {"fp32": "high"}}}, "'ceilings.matmul_gflops.cpu.fp32' is 'high'"),
+    ("gpus", [1, 2], "'gpus' is [1, 2], not a list of GPUs each with a 'name'"),
+    ("hostname", ["a"], "'hostname' is ['a'], not text"),
+    ("cpu_logical_cores", "two", "'cpu_logical_cores' is 'two', not a count above 0"),
+    ("schema_version", 99, "schema version 99, and this bench reads 1 to 2"),
+])
+def test_a_crafted_environment_is_one_line_from_every_command(good_run, tmp_path, capsys, field, value, why):
+    run = _copy(good_run, tmp_path)
+    _environment(run, **{field: value})
+    for argv in (["report", str(run)], ["compare", str(good_run), str(run)], ["export", str(run)]):
+        _refused(capsys, *argv, needles=("environment.json", why))
+    if field == "resumes":
+        _one_line(run_bench("run", *TINY, "--out", str(run), "--resume"), "environment.json", why)
+
+
+def test_an_environment_too_large_to_be_bench_s_is_refused_before_it_is_parsed(good_run, tmp_path, capsys):
+    run = _copy(good_run, tmp_path)
+    with open(run / "environment.json", "ab") as f:
+        f.truncate(17 << 20)  # sparse: no disk spent
+    _refused(capsys, "report", str(run), needles=("more than any bench run writes",))
+
+
+@pytest.mark.parametrize("changes, why", [
+    ({"images_per_s_ci_low": -1.0}, "'images_per_s_ci_low' is -1.0, not a number above 0"),
+    ({"images_per_s_ci_low": 0.0}, "'images_per_s_ci_low' is 0.0, not a number above 0"),
+    ({"images_per_s_ci_low": 9e9, "images_per_s_ci_high": 1.0}, "is above 'images_per_s_ci_high'"),
+    ({"images_per_s_ci_low": 1.0, "images_per_s_ci_high": 2.0}, "is not between 'images_per_s_ci_low'"),
+    ({"images_per_s_ci_low": "low"}, "'images_per_s_ci_low' is 'low', not a number above 0"),
+    ({"job_s_low": 5.0, "job_s": 1.0, "job_s_high": 9.0}, "'job_s' 1.0 is not between 'job_s_low'"),
+    ({"steps": "many"}, "'steps' is 'many', not an integer"),
+    ({"warnings": "careful"}, "'warnings' is 'careful', not a list"),
+    ({"device": 5}, "'device' is 5, not text"),
+    ({"class_accuracy_pct": {"cat": "high"}}, "'class_accuracy_pct'"),
+])
+def test_a_results_field_or_interval_no_bench_wrote_is_one_line_and_compare_never_decides_on_it(
+        good_run, tmp_path, capsys, changes, why):
+    run = _copy(good_run, tmp_path)
+    lines = (run / "results.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    rate = record["images_per_s"]
+    record.update({"images_per_s_ci_low": rate * 0.9, "images_per_s_ci_high": rate * 1.1, **changes})
+    (run / "results.jsonl").write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+    for argv in (["compare", str(good_run), str(run)], ["report", str(run)]):
+        _refused(capsys, *argv, needles=("line 1: ", why))
+
+
+def test_a_device_name_that_reads_as_mathtext_is_drawn_as_text(good_run, tmp_path, capsys):
+    run = _copy(good_run, tmp_path)
+    lines = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    for record in lines:
+        record["device"] = "cpu$\\frac{x$"
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    status, _, err = _cli(capsys, "report", str(run))
+    assert status == 0, err
+    assert "cpu$\\frac{x$" in (run / "report.md").read_text()
+
+
+def test_options_that_cannot_work_together_are_refused(capsys):
+    _refused(capsys, "plan", "--dataset", "synthetic", "--devices", "cpu", "--compile-mode", "max-autotune",
+             needles=("--compile-modes: max-autotune is a torch.compile mode and --compile is off",))
+    _refused(capsys, "plan", "--dataset", "synthetic", "--devices", "cpu", "--window", "3600", "--max-seconds", "0.3",
+             needles=("--window: 3600 s is longer than the whole --max-seconds 0.3",))
+    status, _, err = _cli(capsys, "plan", "--dataset", "synthetic", "--devices", "cpu", "--compile", "on",
+                          "--compile-mode", "max-autotune")
+    assert status == 0, err
+
+
+def test_a_resume_that_changes_the_price_is_the_price_the_report_uses(good_run, tmp_path):
+    run = _copy(good_run, tmp_path)
+    proc = run_bench("run", *TINY, "--out", str(run), "--resume", "--price", "7.5")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((run / "environment.json").read_text())["price_usd_per_hour"] == {"*": 7.5}
+    from bench.analysis.cost import with_prices
+
+    loaded = RunFolder(run).load()
+    assert set(with_prices(loaded.frame, loaded.environment)["price_usd_per_hour"]) == {7.5}
+
+
+def test_a_device_named_twice_is_one_device(capsys):
+    status, out, err = _cli(capsys, "plan", "--dataset", "synthetic", "--devices", "cpu,cpu", "--batch-sizes", "4,4",
+                            "--threads", "1", "--pipelines", "resident", "--modes", "train", "--no-job",
+                            "--no-input-bound")
+    assert status == 0, err
+    assert [line.strip() for line in out.splitlines() if line.startswith("  ")] == ["train/cpu/resident/b4/t1/w1/r0"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads an unreadable folder anyway")
+def test_an_unreadable_data_folder_is_one_line(mini, tmp_path):
+    (mini / cifar_files.PY_FOLDER).chmod(0)
+    try:
+        proc = run_bench("run", *TINY[2:], "--dataset", "cifar10", "--data-dir", str(mini), "--no-verify",
+                         "--out", str(tmp_path / "run"))
+    finally:
+        (mini / cifar_files.PY_FOLDER).chmod(0o755)
+    _one_line(proc, str(mini))
+
+
+def test_a_data_folder_the_system_will_not_let_us_read_is_one_line(tmp_path, capsys, monkeypatch):
+    """What the kernel says to a user without read permission (root, who runs these tests, is never refused)."""
+    import cnn.data
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "data" / cifar_files.PY_FOLDER))
+
+    monkeypatch.setattr(cnn.data, "prepare_dataset", refused)
+    _refused(capsys, "run", *TINY[2:], "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
+             "--out", str(tmp_path / "run"), needles=("--data-dir: ", "cifar-10-batches-py' cannot be read "
+                                                      "(Permission denied)"))
+    assert not (tmp_path / "run" / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a gzip at all", "corrupt"])
+def test_an_archive_that_is_not_a_whole_gzip_is_named_in_one_line(mini, tmp_path, content):
+    archive = mini / cifar_files.ARCHIVE
+    if content == "corrupt":
+        data = bytearray(archive.read_bytes())
+        data[len(data) // 2: len(data) // 2 + 64] = bytes(64)  # the deflate stream broken in its middle
+        content = bytes(data)
+    archive.write_bytes(content)
+    shutil.rmtree(mini / cifar_files.PY_FOLDER)
+    shutil.rmtree(mini / cifar_files.BIN_FOLDER)
+    proc = run_bench("run", *TINY[2:], "--dataset", "cifar10", "--data-dir", str(mini), "--no-verify",
+                     "--out", str(tmp_path / "run"))
+    _one_line(proc, cifar_files.ARCHIVE)
+
+
+def test_a_report_of_two_runs_of_one_machine_tells_them_apart_and_one_run_twice_is_one(good_run, tmp_path, capsys):
+    a, b = _copy(good_run, tmp_path, "a"), _copy(good_run, tmp_path, "b")
+    _environment(b, run_id="after")
+    status, _, err = _cli(capsys, "report", str(a), str(b), "--out", str(tmp_path / "both"))
+    assert status == 0, err
+    report = (tmp_path / "both" / "report.md").read_text()
+    assert "· after" in report and "· " + json.loads((a / "environment.json").read_text())["run_id"] in report
+    cases = len(RunFolder(a).results())
+    status, _, err = _cli(capsys, "report", str(a), str(a))
+    assert status == 0, err
+    assert len((a / "results.csv").read_text().splitlines()) == cases + 1  # header and each Case once
+
+
+@pytest.mark.parametrize("argv", [["plan", "--dataset", "synthetic", "--devices", "cpu"], ["compare", "A", "A"]])
+@pytest.mark.parametrize("reader", ["head -1", "true"])  # true: gone before the first line (bench takes a second)
+def test_a_reader_that_stops_early_ends_the_command_quietly(good_run, argv, reader):
+    import subprocess
+    import sys
+
+    argv = [str(good_run) if a == "A" else a for a in argv]
+    proc = subprocess.run(f"set -o pipefail; {sys.executable} -m bench {' '.join(argv)} | {reader}", shell=True, capture_output=True,
+                          text=True, timeout=240, cwd=Path(__file__).parent.parent,
+                          executable="/bin/bash", env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0 and proc.stdout.count("\n") == (reader != "true"), proc.stderr
+    assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr

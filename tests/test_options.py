@@ -57,7 +57,8 @@ def test_every_spelling_of_an_option_reaches_the_same_field():
         assert o.flag.startswith("--")
         for alias in o.aliases:
             assert BY_KEYWORD[alias] is o
-    assert cli.build_spec(parse(["run", "--compile-mode", "max-autotune"]), 0).compile_modes == ["max-autotune"]
+    compiled = cli.build_spec(parse(["run", "--compile", "on", "--compile-mode", "max-autotune"]), 0)
+    assert compiled.compile_modes == ["max-autotune"]
     assert bench.sweep_spec(time_limit=30).time_limit_s == bench.sweep_spec(time_limit_s=30).time_limit_s == 30.0
     assert bench.sweep_spec(job=False).job is bench.sweep_spec(no_job=True).job is False
     assert cli.build_spec(parse(["run", "--no-job", "--no-verify"]), 0).job is False

@@ -146,7 +146,8 @@ def test_bench_report_cli(tmp_path: Path):
     assert proc.stdout.startswith("# Does a GPU help") and (run / "report.html").exists()
     proc = run_bench("report", str(tmp_path / "missing"))
     assert proc.returncode == 2 and proc.stderr.startswith("bench: report: ") and "no results.jsonl" in proc.stderr
-    proc = run_bench("report", str(run), str(run))
+    shutil.copytree(run, tmp_path / "again")
+    proc = run_bench("report", str(run), str(tmp_path / "again"))
     assert proc.returncode == 2 and "--out is needed" in proc.stderr
 
 

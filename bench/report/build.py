@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import base64
 import html
-from dataclasses import dataclass
+import io
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -15,6 +16,7 @@ from bench.analysis.roofline import with_ceilings
 from bench.report import charts, findings
 from bench.report.summary import precision_table
 from bench.store.run_folder import Run, RunFolder
+from cnn.files import write_whole
 
 
 def machine_label(env: dict) -> str:
@@ -23,28 +25,36 @@ def machine_label(env: dict) -> str:
     return f"{env.get('hostname', '?')} ({env.get('cpu_model', '?')}, {env.get('cpu_logical_cores', '?')} cores, {gpus})"
 
 
-def combined_frame(runs: list[Run]) -> pd.DataFrame:
-    """All runs' rows, each with its run's ceilings; with runs from several machines each row is labelled
-    with its machine."""
+def run_labels(runs: list[Run]) -> list[str]:
+    """Each run's label in a report of several: its machine, and where two runs share a machine (the natural
+    before/after) its run id too, and where that repeats (a copied folder) its path. "" for a single run."""
+    if len(runs) < 2:
+        return [""] * len(runs)
     labels = [machine_label(r.environment) for r in runs]
-    several = len(set(labels)) > 1
-    frames = [with_prices(with_ceilings(r.frame, r.environment), r.environment).assign(machine=label if several else "")
-              for r, label in zip(runs, labels)]
+    for extra in (lambda r: str(r.environment.get("run_id") or r.path.name), lambda r: str(r.path)):
+        repeated = {label for label in labels if labels.count(label) > 1}
+        labels = [f"{label} · {extra(r)}" if label in repeated else label for label, r in zip(labels, runs)]
+    return labels
+
+
+def combined_frame(runs: list[Run]) -> pd.DataFrame:
+    """All runs' rows, each with its run's ceilings; with several runs each row is labelled with its run
+    (run_labels), so no two runs' Cases are ever taken for one."""
+    frames = [with_prices(with_ceilings(r.frame, r.environment), r.environment).assign(machine=label)
+              for r, label in zip(runs, run_labels(runs))]
     return pd.concat(frames, ignore_index=True)
 
 
 def _ceilings(runs: list[Run]) -> pd.DataFrame:
     """Each run's measured matmul rates by device and precision, and why any is unknown."""
-    labels = [machine_label(r.environment) for r in runs]
-    several = len(set(labels)) > 1
     rows = []
-    for run, label in zip(runs, labels):
+    for run, label in zip(runs, run_labels(runs)):
         c = run.environment.get("ceilings") or {}
         rates, sizes, missing = (c.get(k) or {} for k in ("matmul_gflops", "matmul_n", "matmul_missing"))
         for device in sorted(set(rates) | set(missing)):
             for precision in sorted(set(rates.get(device, {})) | set(missing.get(device, {}))):
                 n = sizes.get(device, {}).get(precision)
-                rows.append({"machine": label if several else "", "device": device, "precision": precision,
+                rows.append({"machine": label, "device": device, "precision": precision,
                              "matmul_gflops": rates.get(device, {}).get(precision, float("nan")),
                              "n": "-" if n is None else str(n),
                              "unknown_because": missing.get(device, {}).get(precision, "-")})
@@ -167,10 +177,15 @@ class Report:
 CHART_DPI = 110
 
 
-def _save_charts(charts: list[tuple[Path, Figure]]) -> None:
-    """Writes each chart as a PNG."""
+def _save_charts(charts: list[tuple[Path, Figure]]) -> dict[str, bytes]:
+    """Writes each chart as a PNG (never through a link); returns each one's bytes by file name."""
+    written = {}
     for path, fig in charts:
-        fig.savefig(path, dpi=CHART_DPI)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=CHART_DPI)
+        write_whole(path, png.getvalue())
+        written[path.name] = png.getvalue()
+    return written
 
 
 def build_report(run_dirs: list[Path | Run], out_dir: Path) -> Report:
@@ -182,20 +197,20 @@ def build_report(run_dirs: list[Path | Run], out_dir: Path) -> Report:
     analysed = tables.analyse(df)
     verdict = findings.verdict(analysed, skipped)
     train_images = int(df["train_images"].dropna().max()) if df["train_images"].notna().any() else 50000
-    figures, left_out = _figures(analysed, train_images)
+    as_text = {f.name: charts.plain_text(getattr(analysed, f.name)) for f in fields(analysed)}
+    figures, left_out = _figures(replace(analysed, **as_text), train_images)
     images = {}
     for stale in CHARTS - {name for name, _, _ in figures}:  # a chart an earlier report drew and this one leaves out
         (out_dir / stale).unlink(missing_ok=True)
-    _save_charts([(out_dir / name, fig) for name, _, fig in figures])
-    for name, _, fig in figures:
-        images[name] = base64.b64encode((out_dir / name).read_bytes()).decode()
+    for name, png in _save_charts([(out_dir / name, fig) for name, _, fig in figures]).items():
+        images[name] = base64.b64encode(png).decode()
     RunFolder(out_dir).write_csv([r for run in runs for r in run.results])
     datasets = ", ".join(sorted(df["dataset"].dropna().unique()))
     title = "Does a GPU help the CIFAR-10 tutorial CNN?"
     sections = _sections(analysed, _ceilings(runs))
     md = _markdown(title, verdict, runs, datasets, figures, sections, left_out)
-    (out_dir / "report.md").write_text(md)
-    (out_dir / "report.html").write_text(_html(title, verdict, runs, datasets, figures, images, sections, left_out))
+    write_whole(out_dir / "report.md", md)
+    write_whole(out_dir / "report.html", _html(title, verdict, runs, datasets, figures, images, sections, left_out))
     return Report(out_dir / "report.md", out_dir / "report.html", verdict,
                   {name: out_dir / name for name, _, _ in figures}, {name: caption for name, caption, _ in figures})
 

@@ -17,6 +17,16 @@ def _figure(ncols: int = 1, size: tuple[float, float] = SIZE):
     return fig, fig.subplots(1, ncols)
 
 
+def plain_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with every text cell's `$` escaped: a device, machine or pipeline name that came from a file is
+    drawn as written, never parsed as matplotlib mathtext (where `cpu$\\frac{x$` is an error)."""
+    text = [c for c in frame.columns if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])]
+    if not text:
+        return frame
+    return frame.assign(**{c: frame[c].map(lambda v: v.replace("$", r"\$") if isinstance(v, str) else v)
+                           for c in text})
+
+
 def _series_label(row_or_key, fields: list[str]) -> str:
     parts = []
     for name, value in zip(fields, row_or_key if isinstance(row_or_key, tuple) else (row_or_key,)):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import tempfile
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,12 @@ from pathlib import Path
 import pandas as pd
 
 from bench.result import SCHEMA_VERSION, Result, upgrade_environment, upgrade_record
+from bench.schema import Case
+from bench.store.checked import MAX_ENVIRONMENT_BYTES, MAX_RESUMES, FieldError, check_environment, check_record
+from cnn.files import open_own, refuse_link, write_whole
 
 RESULTS, ENVIRONMENT, CSV, LOCK = "results.jsonl", "environment.json", "results.csv", ".bench.lock"
+OWN = (RESULTS, ENVIRONMENT, CSV, LOCK)  # a run folder's own files: no other output may take their place
 
 
 class RunError(ValueError):
@@ -59,9 +64,11 @@ class RunFolder:
                              f"user can append to)")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write-test"
-            probe.write_text("")
-            probe.unlink()
+            for name in OWN:
+                refuse_link(self.path / name)
+            fd, probe = tempfile.mkstemp(dir=self.path, prefix=".write-test-")  # O_EXCL: never a planted file
+            os.close(fd)
+            os.unlink(probe)
         except OSError as e:
             raise ValueError(f"--out: '{self.path}' cannot be written ({e.strerror or e})") from None
 
@@ -69,7 +76,12 @@ class RunFolder:
     def locked(self):
         """Held for a whole sweep: a second `bench run` (or a resume) into the same folder is refused
         while the first is alive; the lock goes with the process, however it ends."""
-        with open(self.path / LOCK, "a+") as f:
+        try:
+            fd = open_own(self.path / LOCK, os.O_RDWR | os.O_CREAT)
+        except OSError as e:
+            raise ValueError(f"--out: '{self.path / LOCK}' cannot be used as this run's lock ({e.strerror or e})") \
+                from None
+        with os.fdopen(fd, "r+") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -87,7 +99,8 @@ class RunFolder:
         """Appends one complete line and forces it to disk, so an interrupted sweep loses nothing
         finished; appends from several processes (ranks, nodes) never interleave."""
         try:
-            f = open(self.results_path, "a+b", buffering=0)  # unbuffered: a failed write leaves nothing pending
+            # unbuffered: a failed write leaves nothing pending
+            f = os.fdopen(open_own(self.results_path, os.O_RDWR | os.O_CREAT | os.O_APPEND), "a+b", buffering=0)
         except OSError as e:
             raise RunError(f"'{self.results_path}' cannot be written ({e.strerror or e}); the sweep stops, "
                            f"the Cases written before are kept") from None
@@ -139,19 +152,39 @@ class RunFolder:
         if not path.exists():
             return {}
         try:
-            environment = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            if path.stat().st_size > MAX_ENVIRONMENT_BYTES:
+                raise RunError(f"'{path}' is {path.stat().st_size / 2**20:.0f} MB, more than any bench run writes "
+                               f"(expected at most {MAX_ENVIRONMENT_BYTES >> 20} MB)")
+            environment = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            if isinstance(e, RunError):
+                raise
             raise RunError(f"'{path}' cannot be read as JSON ({getattr(e, 'strerror', None) or e})") from None
         if not isinstance(environment, dict):
             raise RunError(f"'{path}' holds a JSON {type(environment).__name__}, not the object bench run writes")
-        return upgrade_environment(environment)
+        version = environment.get("schema_version", 1)
+        if type(version) is not int or not 1 <= version <= SCHEMA_VERSION:
+            raise RunError(f"'{path}' has schema version {version!r:.40}, and this bench reads 1 to {SCHEMA_VERSION} "
+                           f"(a newer bench wrote it, or none did)")
+        environment = upgrade_environment(environment)
+        try:
+            check_environment(environment)
+        except FieldError as e:
+            raise RunError(f"'{path}': {e} (expected the environment.json bench run writes)") from None
+        return environment
 
     def write_environment(self, environment: dict) -> None:
         """Written once; a resume keeps the first record and appends its own under `resumes`."""
         path = self.path / ENVIRONMENT
         if path.exists():
             first = self.environment()
-            first.setdefault("resumes", []).append(environment)
+            resumes = first.setdefault("resumes", [])
+            if len(resumes) >= MAX_RESUMES:
+                raise RunError(f"'{path}' records {len(resumes)} resumes already, the most one run folder keeps "
+                               f"(expected a new run folder)")
+            resumes.append(environment)
+            if environment.get("price_usd_per_hour"):  # the latest price is the one the report prices with
+                first["price_usd_per_hour"] = environment["price_usd_per_hour"]
             environment = first
         else:
             environment = {"schema_version": SCHEMA_VERSION, **environment}
@@ -176,8 +209,9 @@ class RunFolder:
         return Run(self.path, self.environment(), results_frame(results), results)
 
 
-POSITIVE = ("images_per_s", "images_per_s_p25", "images_per_s_p75", "batch_size", "width")
-NUMBERS = ("wall_s", "train_s")
+POSITIVE = ("images_per_s", "images_per_s_p25", "images_per_s_p75", "batch_size", "width", "images_per_s_mean",
+            "images_per_s_ci_low", "images_per_s_ci_high", "job_s", "job_s_low", "job_s_high")
+NUMBERS = ("wall_s", "train_s", "images_per_s_ci_pct", "images_per_s_spread_pct")
 WINDOWS = ("windows_s", "windows_images")
 
 
@@ -213,8 +247,10 @@ def _result(line: bytes) -> Result:
     median, p25, p75 = (record.get(name) for name in POSITIVE[:3])
     if None not in (p25, median, p75) and not p25 <= median <= p75:
         raise ValueError(f"'images_per_s' {median!r} is not between its quartiles {p25!r} and {p75!r}")
+    record = upgrade_record(record)
+    check_record(record, (Case, Result))
     try:
-        return Result.from_dict(upgrade_record(record))
+        return Result.from_dict(record)
     except TypeError as e:
         raise ValueError(f"not a Result ({e})") from None
 
@@ -233,16 +269,9 @@ def results_frame(results: list[Result]) -> pd.DataFrame:
 
 
 def _write_whole(path: Path, text: str) -> None:
-    """Writes a file whole or not at all (temporary file, flushed to disk, then renamed): a full disk or a
-    crash leaves the old one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Writes a file whole or not at all (temporary file, flushed to disk, then renamed; never through a
+    link): a full disk or a crash leaves the old one."""
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_whole(path, text)
     except OSError as e:
         raise RunError(f"'{path}' cannot be written ({e.strerror or e})") from None
-    finally:
-        tmp.unlink(missing_ok=True)

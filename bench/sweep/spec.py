@@ -71,12 +71,24 @@ def build_spec(values: dict, n_cuda: int) -> SweepSpec:
     for name in ("max_seconds", "precision_pct"):  # 0: no limit
         if v[name] == 0.0:
             v[name] = None
+    _check_together(v, values)
     v["devices"], skipped = resolve_devices(v["devices"], n_cuda)
     if v["cuda_graphs"]:
         _check_cuda_graphs(v, v["devices"] + list(skipped))
     _check_world_sizes(v, v["devices"], n_cuda)
     v["threads"] = v["threads"] or sorted({1, psutil.cpu_count(logical=False) or 1})
     return SweepSpec(**v, skipped_devices=skipped)
+
+
+def _check_together(v: dict, given: dict) -> None:
+    """Options that mean nothing together are refused, not quietly ignored."""
+    if given.get("compile_modes") is not None and "on" not in v["compile"]:
+        raise SpecError(f"--compile-modes: {','.join(v['compile_modes'])} is a torch.compile mode and --compile is "
+                        f"off, so nothing would be compiled (expected --compile on, or off,on, with it)")
+    if v["max_seconds"] is not None and v["window_s"] > v["max_seconds"]:
+        raise SpecError(f"--window: {v['window_s']:g} s is longer than the whole --max-seconds {v['max_seconds']:g} "
+                        f"a Case may train, and a Case times at least 3 windows (expected --window at most "
+                        f"{v['max_seconds']:g}, ideally a third of it, or --max-seconds 0 for whole epochs)")
 
 
 def resolve_devices(requested: list[str] | None, n_cuda: int) -> tuple[list[str], dict[str, str]]:
