@@ -28,9 +28,12 @@ the real one fails, and records the call in order:
 - `init_process_group("nccl")` before `set_device` is an error; it then runs gloo on the CPU.
   `DistributedDataParallel(device_ids=[i])` needs i to be the rank's current device, and under NCCL two ranks on
   one device fail as NCCL's "Duplicate GPU detected".
-- What it still does not model: `max_memory_allocated` is 0 (tensors live in the CPU's memory), a capture does not
-  refuse a cuDNN shape unseen before it, and a CUDA Case's tensors are CPU tensors (no device-mismatch error);
-  the CUDA branch of the data path (the decoded data loaded onto the device, not the CPU's mapped copy) runs.
+- `max_memory_allocated` is the peak of the process's resident memory since `reset_peak_memory_stats` (the fake
+  GPU's tensors live in the CPU's memory), so it grows with what a Case puts on the device; with benchmarking on, a
+  capture refuses a convolution shape cuDNN has not seen before it in that process, as a real capture fails
+  when cuDNN tries its algorithms.
+- What it still does not model: a CUDA Case's tensors are CPU tensors (no device-mismatch error); the CUDA branch
+  of the data path (the decoded data loaded onto the device, not the CPU's mapped copy) runs.
 - torch.compile of a CUDA Case is `skipped` (FAKE_COMPILE): inductor's Triton kernels cannot run on a CPU and
   dynamo reads CUDA state (random-number generators) that no stand-in here answers; the CPU compile path runs.
 - With `watch_readbacks`, reading a tensor back to the host (`item`, `cpu`, `tolist`, `float`, ...)
@@ -336,6 +339,24 @@ class FakeGraph:
                     old.copy_(new)
 
 
+def _status_bytes(field: str) -> int:
+    """A memory figure of /proc/self/status (VmRSS, VmHWM), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak_rss() -> int:
+    """Resets the kernel's high-water mark of this process's resident memory to what it holds now (Linux's
+    clear_refs 5) and returns that."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # the mark then counts from the process's start, an over-estimate
+    return _status_bytes("VmRSS")
+
+
 def _tensors(value) -> list[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         return [value]
@@ -368,6 +389,8 @@ class FakeCuda:
         self.pid, self.bad_fork, self.initialised = os.getpid(), bad_fork, False
         self.calls, self._seq, self._synced, self._streams, self._capturing = [], 0, {}, 0, None
         self._nccl, self._sticky = False, None
+        self._conv_shapes: set = set()  # what cuDNN has benchmarked in this process
+        self._peak_base: int | None = None
         self._thread = threading.local()
         self._defaults = {i: FakeStream(self, i, default=True) for i in range(self.n)}
 
@@ -511,12 +534,31 @@ class FakeCuda:
         index = self._index(device, "reset_peak_memory_stats")
         self._init("reset_peak_memory_stats")
         self._record("reset_peak_memory_stats", device=index)
+        self._peak_base = _reset_peak_rss()
 
     def max_memory_allocated(self, device=None) -> int:
+        """The peak of what this process allocated since reset_peak_memory_stats (the kernel's high-water mark of
+        its resident memory, reset with it: a fake GPU's tensors live in the CPU's memory), as a GPU's counter
+        grows with the tensors put on it."""
         index = self._index(device, "max_memory_allocated")
         self._init("max_memory_allocated")
         self._record("max_memory_allocated", device=index)
-        return 0  # nothing is allocated on a fake GPU
+        base = self._peak_base if self._peak_base is not None else 0
+        return max(0, _status_bytes("VmHWM") - base)
+
+    def conv2d(self, input, weight, *args, **kwargs):
+        """cuDNN with benchmarking on tries each algorithm for a convolution shape the first time it sees it,
+        allocating and synchronising: inside a graph capture that fails (and invalidates the capture), so the
+        shapes a capture runs must have run before it."""
+        if self.device_was_set() and torch.backends.cudnn.benchmark:
+            shape = (tuple(input.shape), tuple(weight.shape), input.dtype, weight.dtype,
+                     input.is_contiguous(memory_format=torch.channels_last),
+                     repr([tuple(a.shape) if isinstance(a, torch.Tensor) else a for a in args]),
+                     repr(sorted((k, tuple(v.shape) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items())))
+            if self._capturing is not None and shape not in self._conv_shapes:
+                self._capturing.fail(f"cuDNN benchmarking convolution input {list(input.shape)}, first seen")
+            self._conv_shapes.add(shape)
+        return self._real_conv2d(input, weight, *args, **kwargs)
 
     def empty_cache(self) -> None:
         self._check_sticky("empty_cache")
@@ -610,6 +652,8 @@ class FakeCuda:
         self._patch(torch.accelerator, "set_device_index", self.accelerator_set_device_index)
         self._patch(pin, "pin_memory", self.pin_memory)
         self._patch(bench.measuring.devices, "placement", self.placement)
+        self._real_conv2d = torch.nn.functional.conv2d
+        self._patch(torch.nn.functional, "conv2d", self.conv2d)
         import bench.measuring.gpu_monitor
 
         self.nvml = FakeNvml(self)

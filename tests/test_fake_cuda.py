@@ -120,6 +120,48 @@ def test_a_capture_refuses_what_a_real_capture_refuses_and_is_then_invalid(fake,
     assert y.tolist() == [2.0] * 4  # outside the capture, reading back is fine again
 
 
+@pytest.fixture
+def benchmarking():
+    """cuDNN benchmarking on, as prepare_cuda sets it for every CUDA Case."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    yield
+    torch.backends.cudnn.benchmark = before
+
+
+def test_a_capture_refuses_a_convolution_shape_cudnn_has_not_benchmarked(fake, benchmarking):
+    from cnn import loops
+    from cnn.model import Net
+
+    torch.cuda.set_device(torch.device("cuda:0"))
+    net = Net(1.0, 10)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    seen, unseen = torch.randn(8, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    loops.graphed_step(net, opt, (seen, torch.zeros(8, dtype=torch.long)))  # its warm-up runs the shape first
+    side = torch.cuda.Stream()
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="not permitted when stream is capturing.*cuDNN benchmarking convolution "
+                                           "input \\[4, 3, 32, 32\\], first seen"):
+        with torch.cuda.stream(side), torch.cuda.graph(graph):
+            net(unseen)
+    with pytest.raises(RuntimeError, match="previous error during capture"):
+        graph.replay()
+    torch.backends.cudnn.benchmark = False  # without benchmarking cuDNN picks by heuristics: nothing to refuse
+    with torch.cuda.stream(side), torch.cuda.graph(torch.cuda.CUDAGraph()):
+        net(torch.randn(2, 3, 32, 32))
+
+
+def test_the_fake_peak_memory_grows_with_what_a_case_puts_on_the_device(fake):
+    from bench.measuring.devices import placement
+
+    torch.cuda.set_device(torch.device("cuda:0"))
+    torch.cuda.reset_peak_memory_stats(0)
+    before = torch.cuda.max_memory_allocated(0)
+    data = torch.ones(64 * 2**20 // 4, device=placement(torch.device("cuda:0")))  # 64 MB, every page touched
+    assert torch.cuda.max_memory_allocated(0) - before >= 60 * 2**20
+    assert float(data[-1]) == 1.0
+
+
 def _graphed_and_eager(example, batches, copy_inputs: bool = True):
     """The same net trained on `batches` by the harness's graphed step and by the eager step; with `copy_inputs`
     False, as a graphed step that never copies a new batch into its static inputs would."""
