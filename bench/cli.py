@@ -23,6 +23,19 @@ from bench.sweep.spec import SpecError, resolve_devices  # noqa: F401
 CliError = SpecError  # bad input, from argv or from the spec stage: printed as one line, exit status 2
 
 
+def version() -> str:
+    """This project's version as installed (its metadata), else as pyproject.toml declares it."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("cifar10-gpu-bench")
+    except metadata.PackageNotFoundError:
+        import re
+
+        found = re.search(r'^version = "([^"]+)"', (Path(__file__).parent.parent / "pyproject.toml").read_text(), re.M)
+        return found.group(1) if found else "unknown"
+
+
 class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         # no abbreviations: `batch_size=4` in the Python API must not pass for --batch-sizes
@@ -34,17 +47,20 @@ class Parser(argparse.ArgumentParser):
 
 def get_parser() -> Parser:
     parser = Parser(prog="bench", description="Does a GPU help the PyTorch CIFAR-10 tutorial CNN? Measure it.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     run = sub.add_parser("run", help="sweep the Cases and write reports/<run-id>/")
     add_sweep_args(run)
     run.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     plan = sub.add_parser("plan", help="list the Cases a run would make, with an estimated duration")
     add_sweep_args(plan)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON (each Case's fields, the estimate)")
     plan.add_argument("--write-cases", metavar="DIR",
                       help="also prepare the data and write each Case as DIR/NNN.json, for `python -m bench.running.worker` "
                            "(e.g. under torchrun on every node of a cluster)")
     check = sub.add_parser("check", help="does every device and step variant work here? one tiny Case each")
     check.add_argument("--devices", type=devices, help="cpu, cuda, cuda:N (default: cpu, plus cuda when available)")
+    check.add_argument("--json", action="store_true", help="print the checks as JSON lines as they end, no table")
     sub.add_parser("env", help="print the environment a run would record")
     report = sub.add_parser("report", help="build report.md/report.html from one run folder or several")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by bench run")
@@ -56,6 +72,8 @@ def get_parser() -> Parser:
                          help="how much worse counts, when also beyond the noise (default 10%%)")
     compare.add_argument("--metric", default="images_per_s", choices=list(METRICS), metavar="METRIC",
                          help=f"one of {', '.join(METRICS)} (default images_per_s)")
+    compare.add_argument("--json", action="store_true",
+                         help="print the comparison as JSON (every Case's figures, ratio, band and verdict)")
     compare.add_argument("--force", action="store_true",
                          help="compare runs that differ in data set, budget, torch, devices or Case settings "
                               "(the differences are printed first)")
@@ -108,8 +126,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if getattr(args, "write_cases", None):
         return _write_cases(spec, Path(args.write_cases))
     dataset = spec.dataset if spec.dataset != "auto" else "auto-detected"
-    _print_plan(plan_cases(spec, data_cache="", dataset=dataset), spec, dataset)
+    cases = plan_cases(spec, data_cache="", dataset=dataset)
+    if getattr(args, "json", False):  # `run --dry-run` prints the plan as people read it
+        _print_plan_json(cases, spec)
+    else:
+        _print_plan(cases, spec, dataset)
     return 0
+
+
+def _print_plan_json(cases, spec: SweepSpec) -> None:
+    from bench.sweep.plan import estimate_seconds, oversubscription_warnings
+
+    seconds, bounded = estimate_seconds(cases)
+    least, _ = estimate_seconds(cases, precise=True)
+    print(json.dumps({"cases": [{"key": c.key, **asdict(c)} for c in cases],
+                      "estimate_s": {"least": least, "most": seconds, "bounded_by_max_seconds": bounded},
+                      "skipped_devices": spec.skipped_devices,
+                      "warnings": oversubscription_warnings(cases, psutil.cpu_count(logical=False) or 1)}, indent=2))
 
 
 def _write_cases(spec: SweepSpec, folder: Path) -> int:
@@ -181,23 +214,40 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     n_cuda = cuda_device_count()
     devices_, skipped = resolve_devices(args.devices, n_cuda)
-    print(check.HEADER, flush=True)
+    if args.json:  # one object a line as each check ends, then the summary's: a reader never waits for the table
+        show = lambda r: print(json.dumps(check.as_record(r)), flush=True)  # noqa: E731
+    else:
+        print(check.HEADER, flush=True)
+        show = lambda r: print(check.format_row(r), flush=True)  # noqa: E731
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        results = check.check_machine(devices_, skipped, n_cuda, lambda r: print(check.format_row(r), flush=True))
+        results = check.check_machine(devices_, skipped, n_cuda, show)
     except KeyboardInterrupt:
         print("\nbench: check interrupted", file=sys.stderr)
         return 130
-    print(check.summary(results, time.monotonic() - started))
+    text = check.summary(results, time.monotonic() - started)
+    print(json.dumps({"summary": text.removeprefix("bench: "), "exit_status": check.exit_status(results)})
+          if args.json else text)
     return check.exit_status(results)
 
 
 def cmd_env(args: argparse.Namespace) -> int:
     from bench.running import environment
 
-    print(json.dumps(environment.capture(), indent=2))
+    print(json.dumps(_for_people(environment.capture()), indent=2))  # environment.json keeps every digit
     return 0
+
+
+def _for_people(value):
+    """Floats rounded to 1 decimal, for a person reading them."""
+    if isinstance(value, float):
+        return round(value, 1)
+    if isinstance(value, dict):
+        return {k: _for_people(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_for_people(v) for v in value]
+    return value
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -238,7 +288,7 @@ def _load(path: str, what: str):
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Exit 1 when a Case got worse beyond the threshold and the noise, 0 otherwise."""
-    from bench.analysis.compare import CompareError, compare_runs, differences, render
+    from bench.analysis.compare import CompareError, as_record, compare_runs, differences, render
 
     baseline, new = _load(args.baseline, "compare: BASELINE_RUN"), _load(args.new, "compare: NEW_RUN")
     differ = differences(baseline.frame, new.frame, baseline.environment, new.environment)
@@ -246,12 +296,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise CliError(f"compare: the runs are not comparable: {'; '.join(differ)} (expected two runs of the same "
                        f"sweep on the same software; --force compares anyway)")
     if differ:
-        print(f"bench: comparing anyway (--force); the runs differ in: {'; '.join(differ)}\n")
+        print(f"bench: comparing anyway (--force); the runs differ in: {'; '.join(differ)}\n",
+              file=sys.stderr if args.json else sys.stdout)
     try:
         comparison = compare_runs(baseline.frame, new.frame, args.metric, args.threshold)
     except CompareError as e:
         raise CliError(f"compare: {e}") from None
-    print(render(comparison))
+    print(json.dumps(as_record(comparison, differ), indent=2) if args.json else render(comparison))
     return 1 if len(comparison.regressions) else 0
 
 

@@ -129,6 +129,15 @@ def differences(baseline: pd.DataFrame, new: pd.DataFrame, baseline_env: dict, n
     states = [values(f, "malloc_state") or ["not recorded (unpinned)"] for f in (baseline, new)]
     if states[0] != states[1]:
         out.append(f"allocator state: {', '.join(states[0])} vs {', '.join(states[1])}")
+    for field, what in (("cpu_model", "CPU"), ("cpu_isa", "CPU vector instructions"),
+                        ("cpu_logical_cores", "logical cores")):
+        a, b = baseline_env.get(field), new_env.get(field)
+        if a is not None and b is not None and a != b:
+            out.append(f"machine: {what} {a} vs {b}")
+    gpus = [None if env.get("gpus") is None else sorted(g.get("name", "?") for g in env["gpus"])
+            for env in (baseline_env, new_env)]
+    if None not in gpus and gpus[0] != gpus[1]:
+        out.append(f"machine: GPUs {', '.join(gpus[0]) or 'none'} vs {', '.join(gpus[1]) or 'none'}")
     if baseline_env.get("torch") and new_env.get("torch") and baseline_env["torch"] != new_env["torch"]:
         out.append(f"torch: {baseline_env['torch']} vs {new_env['torch']}")
     both = baseline.merge(new, on="key", how="inner", suffixes=("_a", "_b")).set_index("key")
@@ -141,6 +150,15 @@ def differences(baseline: pd.DataFrame, new: pd.DataFrame, baseline_env: dict, n
             out.append(f"Case setting {column}: {row[f'{column}_a']} vs {row[f'{column}_b']} "
                        f"(e.g. {differ.index[0]}{f' and {len(differ) - 1} more' if len(differ) > 1 else ''})")
     return out
+
+
+def as_record(c: Comparison, differ: list[str]) -> dict:
+    """The comparison as `bench compare --json` prints it: every figure exact, NaN as null."""
+    table = c.table.astype(object).where(c.table.notna(), None)
+    return {"metric": c.metric, "higher_is_better": METRICS[c.metric].higher_is_better,
+            "threshold_pct": c.threshold_pct, "differences": differ, "cases": table.to_dict("records"),
+            "only_in_baseline": list(c.only_baseline), "only_in_new": list(c.only_new),
+            "regressions": list(c.regressions["key"])}
 
 
 def render(c: Comparison) -> str:

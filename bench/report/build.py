@@ -22,7 +22,9 @@ from cnn.files import write_whole
 def machine_label(env: dict) -> str:
     listed = env.get("gpus", [])  # None: the ceiling worker could not read them
     gpus = "GPUs unknown" if listed is None else ", ".join(g["name"] for g in listed) or "no GPU"
-    return f"{env.get('hostname', '?')} ({env.get('cpu_model', '?')}, {env.get('cpu_logical_cores', '?')} cores, {gpus})"
+    isa = f"{env['cpu_isa']}, " if env.get("cpu_isa") else ""  # two CPUs of one name can differ in it
+    return (f"{env.get('hostname', '?')} ({env.get('cpu_model', '?')}, {isa}{env.get('cpu_logical_cores', '?')} cores, "
+            f"{gpus})")
 
 
 def run_labels(runs: list[Run]) -> list[str]:

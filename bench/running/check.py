@@ -186,6 +186,14 @@ def format_row(result: Result) -> str:
     return f"{case.device:<7} {case.pipeline:<8} {case.mode:<5} {variant(case):<13} {status:<7} {detail}".rstrip()
 
 
+def as_record(result: Result) -> dict:
+    """One check as `bench check --json` prints it: the row's fields, exact."""
+    case = result.case
+    return {"device": case.device, "pipeline": case.pipeline, "mode": case.mode, "check": variant(case),
+            "status": status_word(result), "error": result.error, "steps": result.steps, "wall_s": result.wall_s,
+            "key": case.key}
+
+
 def render(results: list[Result]) -> str:
     """The whole table, header first."""
     return "\n".join([HEADER, *(format_row(r) for r in results)])

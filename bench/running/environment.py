@@ -26,6 +26,36 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# the instruction-set extensions that decide how fast this model's kernels run on a CPU (oneDNN, ATen's vectorised ops)
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni",
+             "amx_bf16", "amx_tile", "asimd", "sve")
+
+
+def _cpu_flags() -> list[str]:
+    """Of CPU_FLAGS, those this CPU has (Linux's /proc/cpuinfo; empty where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    have = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            have.update(line.split(":", 1)[1].split())
+            break
+    return [f for f in CPU_FLAGS if f in have]
+
+
+def cpu_isa() -> str | None:
+    """The vector instruction set PyTorch's CPU kernels were dispatched to here (AVX512, AVX2, ...), as torch
+    names it; two machines that differ in it run this model's CPU kernels differently."""
+    import torch
+
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def _torchvision_version() -> str | None:
     """torchvision.__version__ (with its build, e.g. 0.29.1+cu130, which the package metadata leaves out), read
     from its version.py unless it is imported: importing it takes 2 s, while a sweep's fork server imports it."""
@@ -39,13 +69,24 @@ def _torchvision_version() -> str | None:
         return None
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
+                             timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _git_commit() -> str | None:
+    out = _git("rev-parse", "HEAD")
+    return out.strip() or None if out is not None else None
+
+
+def _git_dirty() -> bool | None:
+    """Whether the checkout the harness ran from had uncommitted changes to tracked files (None: not a checkout)."""
+    out = _git("status", "--porcelain", "--untracked-files=no")
+    return None if out is None else bool(out.strip())
 
 
 def _version(package: str) -> str | None:
@@ -91,6 +132,8 @@ def capture(query_cuda: bool = True) -> dict:
         "cpu_model": _cpu_model(),
         "cpu_physical_cores": psutil.cpu_count(logical=False),
         "cpu_logical_cores": psutil.cpu_count(logical=True),
+        "cpu_isa": cpu_isa(),
+        "cpu_flags": _cpu_flags(),
         "memory_mb": psutil.virtual_memory().total / 2**20,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
@@ -110,4 +153,5 @@ def capture(query_cuda: bool = True) -> dict:
                                                       "LD_PRELOAD")},
         "project_version": _version("cifar10-gpu-bench"),
         "git_commit": _git_commit(),
+        "git_dirty": _git_dirty(),
     }

@@ -12,7 +12,7 @@ MAX_ENTRIES = 1000  # devices, GPUs, precisions, widths: a real file has a handf
 
 _TEXT = ("timestamp", "hostname", "os", "cpu_model", "python", "torch", "torchvision", "cuda_runtime", "run_id",
          "dataset", "dataset_source", "dataset_warning", "git_commit", "float32_matmul_precision", "libc",
-         "gpu_driver", "project_version")
+         "gpu_driver", "project_version", "cpu_isa")
 _COUNTS = ("cpu_physical_cores", "cpu_logical_cores", "torch_threads")
 
 
@@ -48,6 +48,12 @@ def check_environment(env: dict) -> None:
     for name in _COUNTS:
         if env.get(name) is not None and (type(env[name]) is not int or not 0 < env[name] < 1 << 20):
             raise FieldError(f"'{name}' is {env[name]!r:.60}, not a count above 0")
+    flags = env.get("cpu_flags")
+    if flags is not None and (not isinstance(flags, list) or len(flags) > MAX_ENTRIES
+                              or not all(isinstance(f, str) for f in flags)):
+        raise FieldError(f"'cpu_flags' is {flags!r:.60}, not a list of instruction-set names")
+    if env.get("git_dirty") is not None and not isinstance(env["git_dirty"], bool):
+        raise FieldError(f"'git_dirty' is {env['git_dirty']!r:.60}, not true or false")
     gpus = env.get("gpus")
     if gpus is not None:
         if not isinstance(gpus, list) or len(gpus) > MAX_ENTRIES or not all(

@@ -55,7 +55,7 @@ def pytest_benchmark_json(run: Run) -> tuple[dict, int]:
                "gpus": [g.get("name") for g in env.get("gpus", [])], "torch": env.get("torch")}
     doc = {
         "machine_info": machine,
-        "commit_info": {"id": env.get("git_commit") or "", "project": "cifar10-gpu-bench", "dirty": None},
+        "commit_info": {"id": env.get("git_commit") or "", "project": "cifar10-gpu-bench", "dirty": env.get("git_dirty")},
         "benchmarks": [_benchmark(row, row["variant"], run_id) for _, row in usable.iterrows()],
         "datetime": env.get("timestamp") or datetime.now().isoformat(timespec="seconds"),
         "version": pytest_benchmark.__version__,
