@@ -60,7 +60,7 @@ class Result:
     data_wait_pct: float | None = None  # waiting for input; empty where there is no input pipeline to wait for
     new_shape_steps: int | None = None  # steps on a batch size first seen after the warm-up, kept out of windows
     # minor page faults per timed step, the Case's process (every thread): memory the allocator gave back to the
-    # kernel and touches again each step; it varies between processes running the same loop (README: Truth check)
+    # kernel and touches again each step; it varies between processes running the same loop (docs/method.md: Truth check)
     minor_faults_per_step: float | None = None
     latency_ms_p50: float | None = None
     latency_ms_p90: float | None = None

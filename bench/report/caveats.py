@@ -39,12 +39,12 @@ def caveats(a: Analysis, skipped_devices: dict[str, str]) -> list[str]:
                        "spread over the sweep: its interval is where 95% of runs of the job land on this machine as "
                        "it was during the sweep, from how far the sittings' projections land apart (Student's t with "
                        "few sittings, and a short sitting varies more than a whole run: it errs wide). A machine "
-                       "whose pace moves over longer than the sweep can still put a run outside it (README: How it "
+                       "whose pace moves over longer than the sweep can still put a run outside it (docs/method.md: How it "
                        "measures).")
     if (sampled & ~sittings.ge(2)).any():
         caveats.append("The tutorial's job was projected from a sample of its steps: its 95% interval covers how those "
                        "steps were sampled, not how runs of the script differ from one another, which can be wider "
-                       "where its DataLoader workers share the cores with its training threads (README: How it "
+                       "where its DataLoader workers share the cores with its training threads (docs/method.md: How it "
                        "measures).")
     caveats += _allocator_caveat(a.frame)
     for status, group in a.unfinished.groupby("status"):
@@ -66,7 +66,7 @@ def _allocator_caveat(frame: pd.DataFrame) -> list[str]:
     parts = ["; ".join(states)] if states else []
     if job_states:
         parts.append("the tutorial's job in " + "; ".join(job_states) + ", the state its own script's glibc reaches "
-                     "by itself (README: How it measures)")
+                     "by itself (docs/method.md: How it measures)")
     return [text + "; ".join(parts) + "."]
 
 

@@ -24,7 +24,7 @@ JOB_SITTINGS = 5  # processes a sampled job is measured in, spread over its devi
 # The tutorial's script, run as a user runs it, leaves glibc's thresholds dynamic, and a process that has freed a
 # large block (decoding a data set does) keeps its training steps' blocks as the `tuned` state does: a plain
 # tutorial loop at batch 4 faulted 2.3-2.4 times a step left dynamic and in `tuned`, 173-187 in `default`, and ran
-# 5-11% slower there (README: How it measures). The job is pinned in `tuned`, so it is the script's time, and no
+# 5-11% slower there (docs/method.md: How it measures). The job is pinned in `tuned`, so it is the script's time, and no
 # coin; where the C library has no mallopt it runs unpinned, as the script does, and says so.
 JOB_MALLOC = "tuned"
 COMPILE_S = 20.0  # torch.compile's first compilation of the step on a 2-core CPU (0.1-36 s measured)
