@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from bench.report.build import number
 from bench.result import SCHEMA_VERSION
 from conftest import run_bench
 
@@ -85,7 +86,7 @@ def test_the_run_records_its_ceilings_by_precision_from_a_worker_and_the_report_
     rate = ceilings["matmul_gflops"]["cpu"]["fp32"]
     assert re.search(r"Compute \(cpu\): the fastest fp32 training Case does [\d.]+ GFLOP/s, \d+% of this device's "
                      r"measured fp32 matmul ceiling \([\d,.]+ GFLOP/s; batch 4, resident pipeline\)\.", report)
-    assert f"| cpu | fp32 | {rate:,.2f} | 1024 | - |" in report
+    assert f"| cpu | fp32 | {number(rate)} | 1024 | - |" in report  # as people read it: 3 significant figures
 
 
 def test_an_unavailable_device_beside_cpu_is_skipped_and_recorded(tiny_run):

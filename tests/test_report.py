@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 from dataclasses import replace
@@ -99,7 +100,7 @@ def test_the_report_names_the_precision_of_each_ceiling_it_compares_with(tmp_pat
     md = build.build_report([run], run).markdown.read_text()
     assert "| highest |" in md  # the float32 matmul precision the Cases ran with, in the Machines table
     assert "## Matmul ceilings measured per device and precision (GFLOP/s)" in md
-    assert "| cuda:0 | tf32 | 200,000.00 | 8192 | - |" in md
+    assert "| cuda:0 | tf32 | 200,000 | 8192 | - |" in md
     # eager fp32 Cases on CUDA: cuDNN's convolutions ran in TF32 (torch's default), so tf32 is their ceiling
     assert "of this device's measured tf32 matmul ceiling (200,000 GFLOP/s;" in md
     assert "fp32 matmul ceiling (50,000 GFLOP/s" not in md
@@ -259,3 +260,19 @@ def test_an_accuracy_chart_with_nothing_to_compare_is_left_out_and_the_report_sa
     assert "accuracy.png" not in rep.charts and not (run / "accuracy.png").exists()
     assert "- Left out: accuracy.png: no two batch sizes both trained the same full epochs and learnt" \
         in rep.markdown.read_text()
+
+
+def test_the_first_screen_is_the_headline_then_the_summary_chart_and_no_section_is_empty(tmp_path: Path):
+    run = _fake_run(tmp_path / "run", "host", gpu=False)
+    report = build.build_report([run], run)
+    md = report.markdown.read_text()
+    lines = [line for line in md.splitlines() if line]
+    assert lines[1].startswith("**") and lines[2].startswith("![Training images/s by batch size") and "summary.png" in lines[2]
+    assert lines[3].startswith("- ")  # the findings follow the chart
+    assert "_(none)_" not in md and "(none)" not in report.html.read_text()
+    assert (run / "summary.png").is_file() and md.count("summary.png") == 1
+    html = report.html.read_text()
+    assert html.index("id='verdict'") < html.index("id='summary'") < html.index("<ul>")
+    tables = "\n".join(line for line in md.split("## ", 1)[1].splitlines() if line.startswith("| "))
+    decimals = re.findall(r"(?<![\w.])(\d[\d,]*\.\d+)(?![\w.])", tables)
+    assert decimals and all(len(d.replace(",", "").replace(".", "").lstrip("0")) <= 3 for d in decimals), decimals

@@ -63,14 +63,19 @@ def _ceilings(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["machine", "device", "precision", "matmul_gflops", "n", "unknown_because"])
 
 
-def _md_table(frame: pd.DataFrame, digits: int = 1) -> str:
+def number(v: float) -> str:
+    """A figure as a person reads it: whole from 100 up (thousands separated), else 3 significant figures."""
+    if pd.isna(v):
+        return "-"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def _md_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "_(none)_"
 
     def cell(v) -> str:
-        if isinstance(v, float):
-            return "-" if pd.isna(v) else f"{v:,.{digits}f}"
-        return str(v)
+        return number(v) if isinstance(v, float) else str(v)
 
     head = "| " + " | ".join(frame.columns) + " |\n| " + " | ".join("---" for _ in frame.columns) + " |\n"
     return head + "".join("| " + " | ".join(cell(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
@@ -82,7 +87,8 @@ def _drop_blank(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-CHARTS = {"job.png", "cost.png", "throughput_train.png", "speedup.png", "thread_scaling.png", "epoch_time.png",
+SUMMARY = "summary.png"
+CHARTS = {SUMMARY, "job.png", "cost.png", "throughput_train.png", "speedup.png", "thread_scaling.png", "epoch_time.png",
           "accuracy.png", "throughput_infer.png", "latency.png", "scaling.png", "width.png"}
 
 
@@ -101,6 +107,9 @@ def _figures(a: tables.Analysis, train_images: int) -> tuple[list[tuple[str, str
     """(the charts there is something to show in, why each other one is left out)."""
     best, trains = a.best, not a.best.empty and (a.best["mode"] == "train").any()
     figs, left_out = [], []
+    if trains:  # the title's answer first: it sits under the headline, on the report's first screen
+        figs.append((SUMMARY, "Training images/s by batch size, per device and input pipeline",
+                     charts.summary(best, a.input_bound)))
     if not a.jobs.empty:
         figs.append(("job.png", "The tutorial's job per device", charts.job_time(a.jobs)))
     if not a.costs.empty:
@@ -229,16 +238,19 @@ def _machines(runs: list[Run]) -> pd.DataFrame:
 
 def _markdown(title, verdict, runs, datasets, figures, sections, left_out) -> str:
     lines = [f"# {title}", "", f"**{verdict.headline}**", ""]
+    lines += [f"![{caption}]({name})\n" for name, caption, _ in figures if name == SUMMARY]
     lines += [f"- {f}" for f in verdict.findings]
     if verdict.caveats:
         lines += ["", "Caveats:", ""] + [f"- {c}" for c in verdict.caveats]
     lines += ["", f"Data: **{datasets}**. Every figure below was measured on it.", "", "## Machines", "",
               _md_table(_machines(runs)), "## Charts", ""]
     for name, caption, _ in figures:
-        lines += [f"![{caption}]({name})", ""]
+        if name != SUMMARY:
+            lines += [f"![{caption}]({name})", ""]
     lines += [f"- Left out: {why}" for why in left_out] + ([""] if left_out else [])
     for heading, table in sections:
-        lines += [f"## {heading}", "", _md_table(table, digits=2), ""]
+        if not table.empty:  # a section with nothing in it is left out
+            lines += [f"## {heading}", "", _md_table(table), ""]
     return "\n".join(lines)
 
 
@@ -253,7 +265,7 @@ td,th{border:1px solid #ccc;padding:.2rem .4rem;text-align:right}th{background:#
 def _html_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "<p><em>(none)</em></p>"
-    return frame.to_html(index=False, na_rep="-", float_format=lambda v: f"{v:,.2f}", border=0)
+    return frame.to_html(index=False, na_rep="-", float_format=number, border=0)
 
 
 def _html(title, verdict, runs, datasets, figures, images, sections, left_out) -> str:
@@ -261,19 +273,23 @@ def _html(title, verdict, runs, datasets, figures, images, sections, left_out) -
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
              "<meta name='viewport' content='width=device-width, initial-scale=1'>",
              f"<title>{e(title)}</title><style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
-             f"<p class='verdict' id='verdict'><strong>{e(verdict.headline)}</strong></p>",
-             "<ul>" + "".join(f"<li>{e(f)}</li>" for f in verdict.findings) + "</ul>"]
+             f"<p class='verdict' id='verdict'><strong>{e(verdict.headline)}</strong></p>"]
+    parts += [f"<figure id='summary'><img alt='{e(caption)}' src='data:image/png;base64,{images[name]}'></figure>"
+              for name, caption, _ in figures if name == SUMMARY]
+    parts.append("<ul>" + "".join(f"<li>{e(f)}</li>" for f in verdict.findings) + "</ul>")
     if verdict.caveats:
         parts.append("<div class='caveats'><p>Caveats:</p><ul>"
                      + "".join(f"<li>{e(c)}</li>" for c in verdict.caveats) + "</ul></div>")
     parts += [f"<p>Data: <strong>{e(datasets)}</strong>. Every figure below was measured on it.</p>",
               "<h2>Machines</h2>", _html_table(_machines(runs)), "<h2>Charts</h2>"]
     for name, caption, _ in figures:
-        parts.append(f"<figure><img alt='{e(caption)}' src='data:image/png;base64,{images[name]}'>"
-                     f"<figcaption>{e(caption)}</figcaption></figure>")
+        if name != SUMMARY:
+            parts.append(f"<figure><img alt='{e(caption)}' src='data:image/png;base64,{images[name]}'>"
+                         f"<figcaption>{e(caption)}</figcaption></figure>")
     if left_out:
         parts.append("<ul>" + "".join(f"<li>Left out: {e(why)}</li>" for why in left_out) + "</ul>")
     for heading, table in sections:
-        parts += [f"<h2>{e(heading)}</h2>", _html_table(table)]
+        if not table.empty:
+            parts += [f"<h2>{e(heading)}</h2>", _html_table(table)]
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 SIZE = (7.0, 4.2)
 
@@ -240,6 +240,47 @@ def data_parallel_scaling(scaling: pd.DataFrame) -> Figure:
     return fig
 
 
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22")  # matplotlib's tab10, reordered so the first two (often cpu and cuda) differ most
+STYLES = ("-", "--", ":", "-.")
+
+
+def summary(best: pd.DataFrame, input_bound: pd.DataFrame) -> Figure:
+    """The title's answer in one chart: training images/s against batch size, one line per device and pipeline (the
+    best over threads, the eager step, width 1), plain linear axes with the batch sizes evenly spaced, the
+    tutorial's own setting marked, and the tutorial DataLoader's own rate where it was measured (what no GPU can
+    train the tutorial pipeline faster than, on that host)."""
+    data = best[(best["mode"] == "train") & (best["variant"] == "eager") & (best["width"] == 1)
+                & (best["world_size"] == 1)]
+    fig, ax = _figure(size=(7.0, 3.6))
+    batches = sorted(set(int(b) for b in data["batch_size"]) | set(int(b) for b in input_bound["batch_size"]))
+    at = {b: i for i, b in enumerate(batches)}
+    series = list(data.groupby(["machine", "device", "pipeline"], dropna=False))
+    for i, (key, g) in enumerate(series):
+        g = g.sort_values("batch_size")
+        ax.plot([at[int(b)] for b in g["batch_size"]], g["images_per_s"], marker="o", color=COLOURS[i % 10],
+                linestyle=STYLES[i // 10 % 4], label=_series_label(key, ["machine", "device", "pipeline"]))
+    for i, (machine, g) in enumerate(input_bound.drop_duplicates(["machine", "batch_size"]).groupby("machine")):
+        g = g.sort_values("batch_size")
+        label = "the tutorial's DataLoader alone: no GPU trains its pipeline faster" + (f" ({machine})" if machine
+                                                                                          else "")
+        ax.plot([at[int(b)] for b in g["batch_size"]], g["input_images_per_s"], color="black",
+                linestyle=STYLES[(i + 1) % 4], marker="x", label=label)
+    tutorial = data[(data["batch_size"] == 4) & (data["pipeline"] == "tutorial")]
+    for _, row in tutorial.iterrows():
+        ax.annotate("the tutorial as written", (at[4], row["images_per_s"]), xytext=(45, 32),
+                    textcoords="offset points", fontsize=8, arrowprops={"arrowstyle": "->", "lw": 0.8})
+    ax.set_xticks(range(len(batches)), [str(b) for b in batches])
+    ax.set_xlabel("batch size (images)")
+    ax.set_ylabel("training throughput (images/s)")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title("Training images/s by batch size, per device and input pipeline")
+    return fig
+
+
 def job_time(jobs: pd.DataFrame) -> Figure:
     """The tutorial's job per device as stacked parts (start-up, data wait, compute, test passes); hatched
     where projected from a measured part."""
@@ -275,9 +316,9 @@ def cost(costs: pd.DataFrame) -> Figure:
     for i, (column, name) in enumerate(kinds):
         ax.bar([x + i * width for x in range(len(costs))], costs[column], width=width, label=name)
     ax.set_xticks([x + width * (len(kinds) - 1) / 2 for x in range(len(costs))], labels)
-    ax.set_yscale("log")
-    ax.set_ylabel("cost (USD, at each run's --price)")
+    ax.set_ylabel("cost (USD, at each run's --price)")  # linear: a bar's length is its cost
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
     ax.legend(fontsize=7)
-    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.grid(True, axis="y", alpha=0.3)
     ax.set_title("What the time costs per device")
     return fig

@@ -43,8 +43,10 @@ def verdict(a: Analysis, skipped_devices: dict[str, str] | None = None) -> Verdi
     if not a.jobs.empty:  # the asker's own job first, then the answer to the title (a GPU's gain, or its bound)
         lead = [headline] if sp_train.size or train.size else []
         headline = answer.job_headline(a.jobs)
-    findings = (lead + answer.job_findings(a.jobs, a.time_to_target, a.ok) + answer.cost_findings(a.costs) + findings
-                + bound.findings(a.input_bound) + _cpu_findings(a) + _variant_findings(a) + _scaling_findings(a))
+    # speed first (the job, its cost, the title's answer, its bound, the CPU), accuracy after it
+    findings = (lead + answer.job_findings(a.jobs) + answer.cost_findings(a.costs) + findings
+                + bound.findings(a.input_bound) + _cpu_findings(a) + _variant_findings(a) + _scaling_findings(a)
+                + answer.target_findings(a.time_to_target, a.ok))
     return Verdict(headline, findings, caveats(a, skipped_devices or {}))
 
 
