@@ -81,6 +81,16 @@ def _md_table(frame: pd.DataFrame) -> str:
     return head + "".join("| " + " | ".join(cell(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
 
 
+def informative(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table without the columns that never change down it (the first, naming each row, stays): a reader
+    learns nothing from a column of 1s, and the run's settings are in its own table."""
+    if len(frame) < 2:
+        return frame
+    keep = [c for i, c in enumerate(frame.columns)
+            if i == 0 or frame[c].astype(str).nunique(dropna=False) > 1]
+    return frame[keep]
+
+
 def _drop_blank(frame: pd.DataFrame) -> pd.DataFrame:
     if "machine" in frame and (frame["machine"] == "").all():
         frame = frame.drop(columns="machine")
@@ -250,7 +260,7 @@ def _markdown(title, verdict, runs, datasets, figures, sections, left_out) -> st
     lines += [f"- Left out: {why}" for why in left_out] + ([""] if left_out else [])
     for heading, table in sections:
         if not table.empty:  # a section with nothing in it is left out
-            lines += [f"## {heading}", "", _md_table(table), ""]
+            lines += [f"## {heading}", "", _md_table(informative(table)), ""]
     return "\n".join(lines)
 
 
@@ -290,6 +300,6 @@ def _html(title, verdict, runs, datasets, figures, images, sections, left_out) -
         parts.append("<ul>" + "".join(f"<li>Left out: {e(why)}</li>" for why in left_out) + "</ul>")
     for heading, table in sections:
         if not table.empty:
-            parts += [f"<h2>{e(heading)}</h2>", _html_table(table)]
+            parts += [f"<h2>{e(heading)}</h2>", _html_table(informative(table))]
     parts.append("</body></html>")
     return "\n".join(parts)

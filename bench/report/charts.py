@@ -5,16 +5,24 @@ Titles state the finding, axes carry units. Nothing here computes a metric.
 from __future__ import annotations
 
 import pandas as pd
+from cycler import cycler
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 SIZE = (7.0, 4.2)
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22")  # matplotlib's tab10, reordered so the first two (often cpu and cuda) differ most
+STYLES = ("-", "--", ":", "-.")
 
 
 def _figure(ncols: int = 1, size: tuple[float, float] = SIZE):
-    """(figure, axes) without pyplot: no backend is chosen or switched, so a notebook keeps its own."""
+    """(figure, axes) without pyplot: no backend is chosen or switched, so a notebook keeps its own. Every series
+    gets a colour of its own, and past ten a line style too: no two lines of a chart look alike."""
     fig = Figure(figsize=size, layout="constrained")
-    return fig, fig.subplots(1, ncols)
+    axes = fig.subplots(1, ncols)
+    for ax in axes if ncols > 1 else [axes]:
+        ax.set_prop_cycle(cycler(linestyle=list(STYLES)) * cycler(color=list(COLOURS)))
+    return fig, axes
 
 
 def plain_text(frame: pd.DataFrame) -> pd.DataFrame:
@@ -51,10 +59,16 @@ def _batch_axis(ax, batches) -> None:
     ax.set_xlabel("batch size (images)")
 
 
+def _plain(v: float, _=None) -> str:
+    return f"{v:,.0f}" if v >= 10 else f"{v:g}"
+
+
 def _log_batch_axes(ax, batches, ylabel: str, legend_size: int = 8) -> None:
     """Log2 batch axis, log y axis with its label and units, grid and legend: the batch-size charts' frame."""
     _batch_axis(ax, batches)
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(_plain))  # 6,000, not 6x10^3
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _plain(v) if str(int(v))[0] in "25" else ""))
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=legend_size)
@@ -238,11 +252,6 @@ def data_parallel_scaling(scaling: pd.DataFrame) -> Figure:
         fig.suptitle(f"{int(top['world_size'])} ranks reach {top['vs_best_one_process']:.2f}x the best single process "
                      f"at global batch {int(top['global_batch_size'])}")
     return fig
-
-
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
-           "#bcbd22")  # matplotlib's tab10, reordered so the first two (often cpu and cuda) differ most
-STYLES = ("-", "--", ":", "-.")
 
 
 def summary(best: pd.DataFrame, input_bound: pd.DataFrame) -> Figure:
