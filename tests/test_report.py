@@ -276,3 +276,15 @@ def test_the_first_screen_is_the_headline_then_the_summary_chart_and_no_section_
     tables = "\n".join(line for line in md.split("## ", 1)[1].splitlines() if line.startswith("| "))
     decimals = re.findall(r"(?<![\w.])(\d[\d,]*\.\d+)(?![\w.])", tables)
     assert decimals and all(len(d.replace(",", "").replace(".", "").lstrip("0")) <= 3 for d in decimals), decimals
+
+
+def test_a_report_of_two_copies_of_one_run_draws_every_chart_without_a_collapsed_layout(tmp_path: Path):
+    import warnings
+
+    a = _fake_run(tmp_path / "a" / "run", "host", gpu=False, job=True)
+    b = tmp_path / "b" / "run"
+    shutil.copytree(a, b)  # the same run id: told apart by path, the longest labels there are
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # matplotlib's "constrained_layout not applied"
+        report = build.build_report([a, b], tmp_path / "both")
+    assert "job.png" in report.charts and "summary.png" in report.charts

@@ -4,12 +4,15 @@ Titles state the finding, axes carry units. Nothing here computes a metric.
 """
 from __future__ import annotations
 
+import textwrap
+
 import pandas as pd
 from cycler import cycler
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 SIZE = (7.0, 4.2)
+LABEL_WIDTH = 36  # characters on a line of a legend or tick label
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22")  # matplotlib's tab10, reordered so the first two (often cpu and cuda) differ most
 STYLES = ("-", "--", ":", "-.")
@@ -47,7 +50,8 @@ def _series_label(row_or_key, fields: list[str]) -> str:
                 continue
             value = f"width {value:g}"
         parts.append(str(value))
-    return " ".join(parts)
+    # a long label (several runs: machine, run id, path) is wrapped, so the axes keep their room
+    return "\n".join(textwrap.wrap(" ".join(parts), LABEL_WIDTH, break_on_hyphens=False))
 
 
 def _batch_axis(ax, batches) -> None:
