@@ -12,7 +12,6 @@ import errno
 import os
 import stat
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -44,34 +43,23 @@ def umask() -> int:
     return mask
 
 
-@contextmanager
-def replacing(path: str | Path, mode: int | None = None):
-    """Yields a temporary path beside `path` (created empty, exclusively, not through a link) to fill by name;
-    on a clean exit it is flushed to disk and renamed over `path`, else removed. `mode`: the file's
-    permissions (default: a plain file's, after the umask)."""
+def write_whole(path: str | Path, data: bytes | str) -> None:
+    """Writes `data` to `path` whole or not at all: into a file created beside it exclusively (O_EXCL, an
+    unpredictable name), flushed to disk, then renamed over it; never through a link at `path` (LinkRefused;
+    other OSErrors as the system raises them)."""
     path = Path(path)
     refuse_link(path)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
     try:
-        os.fchmod(fd, 0o666 & ~umask() if mode is None else mode)
-        os.close(fd)
-        yield tmp
-        with open(tmp, "rb+") as f:  # the name is ours (O_EXCL) and in a folder we write: not a link
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~umask())  # a plain file's permissions, not mkstemp's 0600
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
             os.fsync(f.fileno())
         refuse_link(path)  # planted while we wrote
-        os.replace(tmp, path)
+        os.replace(name, path)
     finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_whole(path: str | Path, data: bytes | str, mode: int | None = None) -> None:
-    """Writes `data` to `path` whole or not at all, never through a link at `path` (LinkRefused; other
-    OSErrors as the system raises them)."""
-    with replacing(path, mode) as tmp:
-        fd = os.open(tmp, os.O_WRONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        Path(name).unlink(missing_ok=True)
 
 
 def open_own(path: str | Path, flags: int, mode: int = 0o666):

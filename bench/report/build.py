@@ -228,7 +228,9 @@ def build_report(run_dirs: list[Path | Run], out_dir: Path) -> Report:
     RunFolder(out_dir).write_csv([r for run in runs for r in run.results])
     datasets = ", ".join(sorted(df["dataset"].dropna().unique()))
     title = "Does a GPU help the CIFAR-10 tutorial CNN?"
-    sections = _sections(analysed, _ceilings(runs))
+    # a section with nothing in it is left out, and a column that never changes down its table
+    sections = [(heading, informative(table)) for heading, table in _sections(analysed, _ceilings(runs))
+                if not table.empty]
     md = _markdown(title, verdict, runs, datasets, figures, sections, left_out)
     write_whole(out_dir / "report.md", md)
     write_whole(out_dir / "report.html", _html(title, verdict, runs, datasets, figures, images, sections, left_out))
@@ -259,8 +261,7 @@ def _markdown(title, verdict, runs, datasets, figures, sections, left_out) -> st
             lines += [f"![{caption}]({name})", ""]
     lines += [f"- Left out: {why}" for why in left_out] + ([""] if left_out else [])
     for heading, table in sections:
-        if not table.empty:  # a section with nothing in it is left out
-            lines += [f"## {heading}", "", _md_table(informative(table)), ""]
+        lines += [f"## {heading}", "", _md_table(table), ""]
     return "\n".join(lines)
 
 
@@ -299,7 +300,6 @@ def _html(title, verdict, runs, datasets, figures, images, sections, left_out) -
     if left_out:
         parts.append("<ul>" + "".join(f"<li>Left out: {e(why)}</li>" for why in left_out) + "</ul>")
     for heading, table in sections:
-        if not table.empty:
-            parts += [f"<h2>{e(heading)}</h2>", _html_table(informative(table))]
+        parts += [f"<h2>{e(heading)}</h2>", _html_table(table)]
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -268,11 +268,10 @@ def summary(best: pd.DataFrame, input_bound: pd.DataFrame) -> Figure:
     fig, ax = _figure(size=(7.0, 3.6))
     batches = sorted(set(int(b) for b in data["batch_size"]) | set(int(b) for b in input_bound["batch_size"]))
     at = {b: i for i, b in enumerate(batches)}
-    series = list(data.groupby(["machine", "device", "pipeline"], dropna=False))
-    for i, (key, g) in enumerate(series):
+    for key, g in data.groupby(["machine", "device", "pipeline"], dropna=False):  # colours from _figure's cycle
         g = g.sort_values("batch_size")
-        ax.plot([at[int(b)] for b in g["batch_size"]], g["images_per_s"], marker="o", color=COLOURS[i % 10],
-                linestyle=STYLES[i // 10 % 4], label=_series_label(key, ["machine", "device", "pipeline"]))
+        ax.plot([at[int(b)] for b in g["batch_size"]], g["images_per_s"], marker="o",
+                label=_series_label(key, ["machine", "device", "pipeline"]))
     for i, (machine, g) in enumerate(input_bound.drop_duplicates(["machine", "batch_size"]).groupby("machine")):
         g = g.sort_values("batch_size")
         label = "the tutorial's DataLoader alone: no GPU trains its pipeline faster" + (f" ({machine})" if machine
@@ -286,7 +285,7 @@ def summary(best: pd.DataFrame, input_bound: pd.DataFrame) -> Figure:
     ax.set_xticks(range(len(batches)), [str(b) for b in batches])
     ax.set_xlabel("batch size (images)")
     ax.set_ylabel("training throughput (images/s)")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.yaxis.set_major_formatter(FuncFormatter(_plain))
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
