@@ -32,8 +32,16 @@ the real one fails, and records the call in order:
   GPU's tensors live in the CPU's memory), so it grows with what a Case puts on the device; with benchmarking on, a
   capture refuses a convolution shape cuDNN has not seen before it in that process, as a real capture fails
   when cuDNN tries its algorithms.
-- What it still does not model: a CUDA Case's tensors are CPU tensors (no device-mismatch error); the CUDA branch
-  of the data path (the decoded data loaded onto the device, not the CPU's mapped copy) runs.
+- Where tensors live: `placement` of cuda:N answers `torch.device("cpu", N)`, a CPU device that names its GPU, and
+  from a process's first CUDA placement every aten operation is watched (`_Places`). A tensor allocated or copied
+  onto that device, and whatever is computed from it, lives on cuda:N; a tensor made from host data (numpy, a list,
+  a pinned DataLoader batch, a `.cpu()` or `.to("cpu")` copy) lives on the host. An operation that mixes the two (a
+  host scalar aside, as CUDA takes CPU scalars; copies and indexing aside) raises CUDA's "Expected all tensors to be
+  on the same device", and `.numpy()` of a GPU tensor raises as torch does: a batch, a label or a result not moved
+  to its device fails here as on a GPU. A GPU tensor's `.device` reads cpu:N, so `device=t.device` makes on its GPU.
+  The CUDA branch of the data path (the decoded data loaded onto the device, not the CPU's mapped copy) runs. Still
+  unmodelled: a tensor made on torch's default device by torch itself has no known place and mixes with anything,
+  and CUDA generators are CPU generators.
 - torch.compile of a CUDA Case is `skipped` (FAKE_COMPILE): inductor's Triton kernels cannot run on a CPU and
   dynamo reads CUDA state (random-number generators) that no stand-in here answers; the CPU compile path runs.
 - With `watch_readbacks`, reading a tensor back to the host (`item`, `cpu`, `tolist`, `float`, ...)
@@ -60,7 +68,7 @@ import torch
 import torch.distributed as dist
 from torch.cuda._utils import _get_device_index
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
 
 FAKE_COMPILE = ("torch.compile on CUDA: not run under the fake CUDA layer (inductor's GPU kernels and dynamo's "
                 "CUDA state need a real GPU)")
@@ -339,6 +347,102 @@ class FakeGraph:
                     old.copy_(new)
 
 
+PLACE = "_fake_place"  # where a tensor lives under the fake: "cuda:N" or "cpu" (host data); absent: not known
+# operations CUDA runs on tensors of two devices: copies between them, CPU indices into a GPU tensor, reading a value
+MIXING = {torch.ops.aten.copy_.default, torch.ops.aten._to_copy.default, torch.ops.aten.index.Tensor,
+          torch.ops.aten.index_put_.default, torch.ops.aten.index_put.default,
+          torch.ops.aten._index_put_impl_.default, torch.ops.aten._local_scalar_dense.default,
+          torch.ops.aten.lift_fresh.default, torch.ops.aten.detach.default, torch.ops.aten.alias.default}
+
+
+def place_of(t) -> str | None:
+    """Where the fake says tensor `t` lives: "cuda:N", "cpu", or None (not known)."""
+    return getattr(t, PLACE, None) if isinstance(t, torch.Tensor) else None
+
+
+def _place_named(device) -> str | None:
+    """The place a `device=` argument asks for: a GPU as placement names it (cpu:N), the host (cpu), or None."""
+    if isinstance(device, str):
+        device = torch.device(device)
+    if not isinstance(device, torch.device) or device.type != "cpu":
+        return None
+    return "cpu" if device.index is None else f"cuda:{device.index}"
+
+
+def _mark(value, place: str | None) -> None:
+    for t in _tensors(value):
+        setattr(t, PLACE, place)
+
+
+class _Places(TorchDispatchMode):
+    """Every aten operation of a process that placed tensors on a fake GPU: mixing a GPU's tensors with another
+    device's fails as CUDA fails; each output lives where the operation ran."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        places = set()
+        for t in _tensors(list(args)) + _tensors(list(kwargs.values())):
+            place = place_of(t)
+            if place is not None and not (place == "cpu" and t.dim() == 0):  # CUDA takes CPU scalars
+                places.add(place)
+        gpus = sorted(p for p in places if p != "cpu")
+        if len(places) > 1 and func not in MIXING and func.namespace == "aten":
+            first, second = (gpus + ["cpu"])[:2]
+            raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, "
+                               f"{first} and {second}! (fake CUDA: in {func})")
+        out = func(*args, **kwargs)
+        asked = _place_named(kwargs.get("device"))
+        if func is torch.ops.aten.lift_fresh.default:
+            place = "cpu"  # a tensor of host data (numpy, a list)
+        elif args and out is args[0]:  # written in place: it stays where it is
+            return out
+        elif asked is not None and asked != "cpu":
+            place = asked  # made on or copied onto a GPU
+        elif "device" in kwargs and func is not torch.ops.aten._to_copy.default:
+            place = None  # made on torch's own cpu: not known
+        else:  # a copy to the host is `.cpu()` or `.to("cpu")` (_HostCopies); inside torch (a cast's backward
+            # copies to the options of its input, which name the plain cpu here) the data stays where it was
+            place = gpus[0] if gpus else ("cpu" if places else None)
+        _mark(out, place)
+        return out
+
+
+# `t.data = other` and `t.device` (method-wrappers: compared with ==, as each access makes a new one)
+DATA_SET, DEVICE_GET = torch.Tensor.data.__set__, torch.Tensor.device.__get__
+
+
+class _HostCopies(TorchFunctionMode):
+    """A GPU tensor's `.device` is its GPU as placement names it (cpu:N), so what is made with `device=t.device`
+    is made there; its `.cpu()` and `.to("cpu")` are a new tensor on the host (on the CPU, torch would hand back
+    the same one); its `.numpy()` is torch's TypeError."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self_ = args[0] if args else None
+        if func == DATA_SET:  # a module moved by `.to`: its parameters take their copies' place
+            out = func(*args, **kwargs)
+            _mark(self_, place_of(args[1]))
+            return out
+        place = place_of(self_)
+        gpu = place is not None and place != "cpu"
+        if gpu and func == DEVICE_GET:  # a GPU tensor's device, as placement names it: `device=t.device` makes it there
+            return torch.device("cpu", int(place.split(":")[1]))
+        if gpu and func is torch.Tensor.numpy:
+            raise TypeError(f"can't convert {place} device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
+                            f"to host memory first.")
+        to_host = gpu and (func is torch.Tensor.cpu or (
+            func is torch.Tensor.to and _place_named(torch._C._nn._parse_to(*args[1:], **kwargs)[0]) == "cpu"))
+        out = func(*args, **kwargs)
+        asked = _place_named(kwargs.get("device"))
+        if asked is not None and asked != "cpu":  # made on a GPU from host data (torch.tensor(..., device=))
+            _mark(out, asked)
+        elif to_host:
+            if out is self_:
+                out = out.clone()
+            _mark(out, "cpu")
+        return out
+
+
 def _status_bytes(field: str) -> int:
     """A memory figure of /proc/self/status (VmRSS, VmHWM), in bytes."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -355,6 +459,13 @@ def _reset_peak_rss() -> int:
     except OSError:
         pass  # the mark then counts from the process's start, an over-estimate
     return _status_bytes("VmRSS")
+
+
+def _batch_tensors(value) -> list[torch.Tensor]:
+    """The tensors of a DataLoader batch (a tensor, or a list, tuple or dict of them, nested)."""
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _batch_tensors(v)]
+    return _tensors(value)
 
 
 def _tensors(value) -> list[torch.Tensor]:
@@ -380,6 +491,7 @@ class FakeCuda:
         self._saved: list[tuple[object, str, object]] = []
         self._installed = False
         self._mode = None
+        self._places: list = []  # the modes that watch where tensors live, once a tensor is placed on a GPU
         self._finder = None
         self._lock = threading.Lock()
         self._new_process(bad_fork=False)
@@ -589,6 +701,7 @@ class FakeCuda:
             self._capturing.fail("pin_memory")
         self._init("pin_memory")
         self._record("pin_memory", current=self._current, device_set=self.device_was_set())
+        _mark(_batch_tensors(data), "cpu")  # a pinned batch is host memory
         return data
 
     def placement(self, device: torch.device) -> torch.device:
@@ -598,7 +711,11 @@ class FakeCuda:
         if not self.device_was_set() or self._current != index:
             raise FakeCudaError(f"{device} allocated on before torch.cuda.set_device({device}) in this process")
         self._record("placement", device=index)
-        return torch.device("cpu")
+        if not any(isinstance(m, _Places) for m in _get_current_dispatch_mode_stack()):
+            self._places = [_HostCopies(), _Places()]  # this thread's operations watched from now on
+            for mode in self._places:
+                mode.__enter__()
+        return torch.device("cpu", index)
 
     def init_process_group(self, backend=None, *args, **kwargs):
         self._record("init_process_group", backend=backend, current=self._current)
@@ -689,6 +806,10 @@ class FakeCuda:
         self._patch(module, "DistributedDataParallel", self.distributed_data_parallel)
 
     def uninstall(self) -> None:
+        if any(isinstance(m, _Places) for m in _get_current_dispatch_mode_stack()):
+            for mode in reversed(self._places):
+                mode.__exit__(None, None, None)
+        self._places = []
         if self._mode is not None:
             self._mode.__exit__(None, None, None)
             self._mode = None

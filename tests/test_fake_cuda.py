@@ -162,6 +162,84 @@ def test_the_fake_peak_memory_grows_with_what_a_case_puts_on_the_device(fake):
     assert float(data[-1]) == 1.0
 
 
+def test_a_tensor_left_on_the_host_cannot_meet_a_gpu_tensor_as_on_a_gpu(fake):
+    import numpy as np
+
+    from bench.measuring.devices import placement
+
+    torch.cuda.set_device(torch.device("cuda:0"))
+    gpu = placement(torch.device("cuda:0"))
+    net = torch.nn.Linear(4, 3).to(gpu)
+    inputs, labels = torch.from_numpy(np.ones((2, 4), dtype=np.float32)), torch.tensor([0, 2])  # host data
+    with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device, but found at least two "
+                                           "devices, cuda:0 and cpu"):
+        net(inputs)  # the batch not moved
+    logits = net(inputs.to(gpu))
+    with pytest.raises(RuntimeError, match="same device.*cuda:0 and cpu"):
+        torch.nn.functional.cross_entropy(logits, labels)  # the labels not moved
+    loss = torch.nn.functional.cross_entropy(logits, labels.to(gpu))
+    loss.backward()
+    torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9).step()
+    assert loss.item() > 0 and float(logits.sum() * torch.tensor(2.0)) != 0  # a host scalar mixes, as CUDA takes it
+    with pytest.raises(TypeError, match="can't convert cuda:0 device type tensor to numpy"):
+        logits.detach().numpy()
+    assert logits.detach().cpu().numpy().shape == (2, 3) and logits.detach().to("cpu").numpy().shape == (2, 3)
+    with pytest.raises(RuntimeError, match="same device"):
+        logits.detach().cpu() + logits.detach()  # a host copy is the host's
+    made_alike = torch.zeros(3, device=logits.device) + torch.tensor([1.0, 2.0, 3.0], device=logits.device)
+    assert (made_alike + logits[0]).shape == (3,)  # `device=t.device` makes on t's GPU
+
+
+def test_a_second_gpus_tensors_cannot_meet_the_firsts(fake2):
+    from bench.measuring.devices import placement
+
+    torch.cuda.set_device(0)
+    a = torch.ones(3, device=placement(torch.device("cuda:0")))
+    torch.cuda.set_device(1)
+    b = torch.ones(3, device=placement(torch.device("cuda:1")))
+    with pytest.raises(RuntimeError, match="two devices, cuda:0 and cuda:1"):
+        a + b
+
+
+def test_a_pinned_dataloader_batch_is_host_memory_until_copied(fake, small):
+    from bench.measuring.devices import placement
+    from cnn import loops
+
+    arrays = data.load_arrays(small.cache_dir)
+    torch.cuda.set_device(0)
+    compute = placement(torch.device("cuda:0"))
+    net = torch.nn.Conv2d(3, 6, 5).to(compute)
+    loader = loops.tutorial_loader(arrays.train_x, arrays.train_y, arrays.classes, 4, num_workers=1, pin_memory=True)
+    inputs, _ = next(iter(loader))
+    with pytest.raises(RuntimeError, match="same device"):
+        net(inputs)
+    moved, _ = next(loops.tutorial_batches(loader, compute, non_blocking=True))
+    assert net(moved).shape[1] == 6
+
+
+@pytest.mark.parametrize("pipeline", ["resident", "tutorial"])
+def test_a_cuda_case_whose_labels_stay_on_the_host_fails_as_on_a_gpu(fake, small, monkeypatch, pipeline):
+    """Both data paths with their label copy taken out fail, where the fake that kept every tensor on the CPU
+    reported them ok."""
+    from cnn import loops
+
+    real_resident = loops.resident_tensors
+
+    def labels_left(images, labels, device):
+        x, _ = real_resident(images, labels, device)
+        return x, torch.from_numpy(labels.astype("int64"))
+
+    def batches_left(loader, device, non_blocking=False, memory_format=torch.contiguous_format):
+        return ((inputs.to(device, non_blocking=non_blocking), labels) for inputs, labels in loader)
+
+    monkeypatch.setattr(loops, "resident_tensors", labels_left)
+    monkeypatch.setattr(loops, "tutorial_batches", batches_left)
+    result = worker.run_case(_case(small, pipeline=pipeline, max_steps=4))
+    assert result.status == "failed"
+    assert "Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cpu" in \
+        result.error
+
+
 def _graphed_and_eager(example, batches, copy_inputs: bool = True):
     """The same net trained on `batches` by the harness's graphed step and by the eager step; with `copy_inputs`
     False, as a graphed step that never copies a new batch into its static inputs would."""
