@@ -40,8 +40,9 @@ the real one fails, and records the call in order:
   on the same device", and `.numpy()` of a GPU tensor raises as torch does: a batch, a label or a result not moved
   to its device fails here as on a GPU. A GPU tensor's `.device` reads cpu:N, so `device=t.device` makes on its GPU.
   The CUDA branch of the data path (the decoded data loaded onto the device, not the CPU's mapped copy) runs. Still
-  unmodelled: a tensor made on torch's default device by torch itself has no known place and mixes with anything,
-  and CUDA generators are CPU generators.
+  unmodelled: a tensor made on torch's default device by torch itself has no known place and mixes with anything.
+  A generator made on cpu:N is that GPU's (`FakeGenerator`): a draw on the other device type with it fails as torch's
+  check does (a permutation made on the host with the device's generator, or on the device with a host one).
 - torch.compile of a CUDA Case is `skipped` (FAKE_COMPILE): inductor's Triton kernels cannot run on a CPU and
   dynamo reads CUDA state (random-number generators) that no stand-in here answers; the CPU compile path runs.
 - With `watch_readbacks`, reading a tensor back to the host (`item`, `cpu`, `tolist`, `float`, ...)
@@ -423,6 +424,9 @@ class _HostCopies(TorchFunctionMode):
             out = func(*args, **kwargs)
             _mark(self_, place_of(args[1]))
             return out
+        generator = kwargs.get("generator")
+        if getattr(generator, PLACE, None) is not None:
+            self._check_generator(generator, kwargs, args)
         place = place_of(self_)
         gpu = place is not None and place != "cpu"
         if gpu and func == DEVICE_GET:  # a GPU tensor's device, as placement names it: `device=t.device` makes it there
@@ -441,6 +445,28 @@ class _HostCopies(TorchFunctionMode):
                 out = out.clone()
             _mark(out, "cpu")
         return out
+
+
+    @staticmethod
+    def _check_generator(generator, kwargs: dict, args: tuple) -> None:
+        """A random draw on one device type with a generator of another fails, as torch's check_generator does."""
+        asked = _place_named(kwargs.get("device"))
+        if asked is None and "device" not in kwargs:  # drawn where its tensor lives, or on the host
+            asked = next((place_of(t) for t in _tensors(list(args)) if place_of(t) is not None), None)
+            asked = asked or ("cpu" if not _tensors(list(args)) else None)
+        kind = lambda place: "cpu" if place == "cpu" else "cuda"  # noqa: E731
+        if asked is not None and kind(asked) != kind(getattr(generator, PLACE)):
+            raise RuntimeError(f"Expected a '{kind(asked)}' device type for generator but found "
+                               f"'{kind(getattr(generator, PLACE))}'")
+
+
+class FakeGenerator(torch.Generator):
+    """torch.Generator with a place: made on cpu:N (a GPU as placement names it) it is that GPU's generator."""
+
+    def __new__(cls, device="cpu"):
+        self = super().__new__(cls, device="cpu")
+        setattr(self, PLACE, _place_named(device) or "cpu")
+        return self
 
 
 def _status_bytes(field: str) -> int:
@@ -771,6 +797,7 @@ class FakeCuda:
         self._patch(bench.measuring.devices, "placement", self.placement)
         self._real_conv2d = torch.nn.functional.conv2d
         self._patch(torch.nn.functional, "conv2d", self.conv2d)
+        self._patch(torch, "Generator", FakeGenerator)
         import bench.measuring.gpu_monitor
 
         self.nvml = FakeNvml(self)

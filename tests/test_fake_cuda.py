@@ -190,6 +190,24 @@ def test_a_tensor_left_on_the_host_cannot_meet_a_gpu_tensor_as_on_a_gpu(fake):
     assert (made_alike + logits[0]).shape == (3,)  # `device=t.device` makes on t's GPU
 
 
+def test_a_random_draw_needs_a_generator_of_its_own_device_type(fake):
+    from bench.measuring.devices import placement
+
+    torch.cuda.set_device(0)
+    gpu = placement(torch.device("cuda:0"))
+    on_gpu, on_host = torch.Generator(device=gpu).manual_seed(0), torch.Generator().manual_seed(0)
+    assert torch.randperm(8, device=gpu, generator=on_gpu).shape == (8,)
+    assert torch.randperm(8, generator=on_host).shape == (8,)
+    with pytest.raises(RuntimeError, match="Expected a 'cuda' device type for generator but found 'cpu'"):
+        torch.randperm(8, device=gpu, generator=on_host)
+    with pytest.raises(RuntimeError, match="Expected a 'cpu' device type for generator but found 'cuda'"):
+        torch.randperm(8, generator=on_gpu)
+    x = torch.zeros(4, device=gpu)
+    with pytest.raises(RuntimeError, match="Expected a 'cuda' device type for generator"):
+        x.uniform_(generator=on_host)
+    assert torch.randperm(8, device=x.device, generator=on_gpu).shape == (8,)  # the resident shuffle's call
+
+
 def test_a_second_gpus_tensors_cannot_meet_the_firsts(fake2):
     from bench.measuring.devices import placement
 
