@@ -43,8 +43,12 @@ the real one fails, and records the call in order:
   unmodelled: a tensor made on torch's default device by torch itself has no known place and mixes with anything.
   A generator made on cpu:N is that GPU's (`FakeGenerator`): a draw on the other device type with it fails as torch's
   check does (a permutation made on the host with the device's generator, or on the device with a host one).
-- torch.compile of a CUDA Case is `skipped` (FAKE_COMPILE): inductor's Triton kernels cannot run on a CPU and
-  dynamo reads CUDA state (random-number generators) that no stand-in here answers; the CPU compile path runs.
+- torch.compile of a module on a fake GPU is `FakeCompiled`: dynamo's static-shape guards (shapes, strides, dtypes,
+  places, the module's training flag, grad, inference and autocast modes) decide when a new program is compiled,
+  which is recorded (and refused inside a graph capture), up to dynamo's recompile limit; the CUDA-graph modes record
+  a graph on a program's second call. Its programs run the module's own operations: inductor's GPU kernels cannot
+  run on a CPU, and dynamo with the fake's dispatch mode active would only run the frames eagerly. The CPU compile
+  path is the real one.
 - With `watch_readbacks`, reading a tensor back to the host (`item`, `cpu`, `tolist`, `float`, ...)
   is recorded, so a test can assert none happens between two timing events without a synchronise.
 
@@ -71,8 +75,6 @@ from torch.cuda._utils import _get_device_index
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
 
-FAKE_COMPILE = ("torch.compile on CUDA: not run under the fake CUDA layer (inductor's GPU kernels and dynamo's "
-                "CUDA state need a real GPU)")
 BAD_FORK = ("Cannot re-initialize CUDA in forked subprocess. To use CUDA with multiprocessing, you must use the "
             "'spawn' start method")
 READBACKS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.numpy,
@@ -469,6 +471,53 @@ class FakeGenerator(torch.Generator):
         return self
 
 
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # inductor captures its programs in CUDA graphs
+
+
+class FakeCompiled(torch.nn.Module):
+    """torch.compile of a module on a fake GPU, as dynamo serves it with static shapes: each call is checked against
+    the guards of the programs compiled so far (every tensor argument's shape, stride, dtype, place and whether it
+    needs a gradient; the module's training flag; grad, inference and autocast modes), a call none of them passes
+    compiles a new program (recorded as "compile", and refused inside a graph capture as compiling synchronises),
+    past dynamo's recompile limit it runs eagerly; the programs are the module's own operations (inductor's GPU
+    kernels cannot run here). In a CUDA-graph mode a program's first call warms it up and its second records a
+    graph, as cudagraph trees do."""
+
+    def __init__(self, fake: FakeCuda, module: torch.nn.Module, mode: str | None, dynamic):
+        super().__init__()
+        if mode is not None:
+            torch._inductor.list_mode_options(mode)  # torch's own check of the mode's name
+        self._orig_mod, self.fake, self.mode, self.dynamic = module, fake, mode, dynamic
+        self.programs: list[tuple] = []
+        self.calls_per_program: dict[int, int] = {}
+        fake._record("compile.wrap", mode=mode, dynamic=dynamic)
+
+    def _guards(self, args: tuple, kwargs: dict) -> tuple:
+        tensors = _tensors(list(args)) + _tensors(list(kwargs.values()))
+        shapes = tuple((tuple(t.shape), t.stride(), t.dtype, place_of(t), t.requires_grad) for t in tensors)
+        modes = (self._orig_mod.training, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
+                 torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+        return shapes, modes
+
+    def forward(self, *args, **kwargs):
+        key = self._guards(args, kwargs)
+        if key not in self.programs:
+            limit = torch._dynamo.config.recompile_limit
+            if len(self.programs) >= limit:
+                self.fake._record("compile.limit", limit=limit)
+                return self._orig_mod(*args, **kwargs)
+            if self.fake._capturing is not None:
+                self.fake._capturing.fail("torch.compile compiling a new program")
+            self.programs.append(key)
+            self.fake._record("compile", program=len(self.programs) - 1, shapes=[list(k[0]) for k in key[0]],
+                              mode=self.mode)
+        program = self.programs.index(key)
+        calls = self.calls_per_program[program] = self.calls_per_program.get(program, 0) + 1
+        if self.mode in CUDA_GRAPH_MODES and calls == 2:
+            self.fake._record("compile.cudagraph_record", program=program)
+        return self._orig_mod(*args, **kwargs)
+
+
 def _status_bytes(field: str) -> int:
     """A memory figure of /proc/self/status (VmRSS, VmHWM), in bytes."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -770,8 +819,18 @@ class FakeCuda:
     def compile_unavailable(self, device_type: str) -> str | None:
         self._record("compile_unavailable", device_type=device_type)
         if device_type == "cuda":
-            return FAKE_COMPILE
+            return None  # torch.compile of a module on a fake GPU is FakeCompiled
         return self._real_compile_unavailable(device_type)
+
+    def compile(self, model=None, *, mode=None, dynamic=None, **kwargs):
+        """torch.compile: a module whose parameters are on a fake GPU is served by FakeCompiled, anything else by
+        the real torch.compile."""
+        if isinstance(model, torch.nn.Module) and any(
+                (place_of(p) or "cpu") != "cpu" for p in model.parameters()):
+            if kwargs.get("backend") not in (None, "inductor"):
+                raise FakeCudaError(f"torch.compile backend {kwargs['backend']!r} on a fake GPU")
+            return FakeCompiled(self, model, mode, dynamic)
+        return self._real_compile(model, mode=mode, dynamic=dynamic, **kwargs)
 
     # ------------------------------------------------------------------ install
     def _patch(self, owner, name: str, value) -> None:
@@ -798,6 +857,8 @@ class FakeCuda:
         self._real_conv2d = torch.nn.functional.conv2d
         self._patch(torch.nn.functional, "conv2d", self.conv2d)
         self._patch(torch, "Generator", FakeGenerator)
+        self._real_compile = torch.compile
+        self._patch(torch, "compile", self.compile)
         import bench.measuring.gpu_monitor
 
         self.nvml = FakeNvml(self)
