@@ -109,6 +109,11 @@ def test_a_pass_of_too_few_steps_is_projected_without_an_interval_and_never_from
     assert result.job_projected is True and (result.job_s_low, result.job_s_high) == (None, None)
 
 
+def test_a_time_budget_is_shared_over_the_passes_by_their_steps():
+    passes = [Pass(name, steps) for name, steps in zip(job.PASSES, (12500, 12500, 2500, 2500))]  # the tutorial's
+    assert [job.time_share(6.0, passes, p) for p in passes] == pytest.approx([2.5, 2.5, 0.5, 0.5])
+
+
 def test_a_step_cap_is_split_exactly_over_the_four_passes():
     assert [job.step_share(30, i) for i in range(4)] == [8, 8, 7, 7]
     assert [job.step_share(2, i) for i in range(4)] == [1, 1, 1, 1]  # each pass is sampled, its start included

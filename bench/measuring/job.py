@@ -4,8 +4,10 @@ peek at a training batch, 2 epochs at batch 4 through its train DataLoader (rest
 accuracy, then accuracy per class counted image by image.
 
 Each of the four passes is timed from the moment its DataLoader starts to the moment its workers are gone. When
-the Case's budget (`--max-seconds`, `--max-steps`) is smaller than the job, every pass gets a quarter of it and runs
-its first stretch, so the measured part samples the whole job, each pass's start included; the rest of a pass is
+the Case's budget (`--max-seconds`, `--max-steps`) is smaller than the job, every pass gets a share of it and runs
+its first stretch, so the measured part samples the whole job, each pass's start included (a time budget is shared
+in proportion to the passes' steps: a training pass, five times a test pass's steps, is five times as much of the
+job and of the projection's error; a step cap is split evenly); the rest of a pass is
 projected at its mean step time after the stretch's first steps (total time over total steps, stalls included),
 with a 95% interval from a block bootstrap of those step times (`job_s_low`, `job_s_high`). With no budget the job
 runs whole and is measured. The accuracy is then the one its test passes measured; after a sampled job, the one
@@ -154,13 +156,13 @@ def run_job(case: Case, arrays: CifarArrays, device: torch.device, started: floa
     clock.sync()
     startup_s = time.time() - started - import_s  # the process's own start-up; the imports are counted apart
     whole = case.max_seconds is None and case.max_steps is None
-    share_s = None if case.max_seconds is None else case.max_seconds / len(PASSES)
     passes = [Pass(name, len(train) if name.startswith("train") else len(test)) for name in PASSES]
     tick = _ticker(passes, progress, time.perf_counter())
 
     def timed(p: Pass, body: Callable[[Stretch], object]):
         share_steps = None if whole or case.max_steps is None else step_share(case.max_steps, PASSES.index(p.name))
-        stretch = Stretch(p, None if whole else share_s, share_steps, tick)
+        share_s = None if whole or case.max_seconds is None else time_share(case.max_seconds, passes, p)
+        stretch = Stretch(p, share_s, share_steps, tick)
         faults = minor_faults()
         clock.sync()
         out = body(stretch)
@@ -196,6 +198,12 @@ def _sampled_accuracy(case: Case, net: torch.nn.Module, arrays: CifarArrays, com
     x, y = loops.resident_tensors(arrays.test_x[:n_eval], arrays.test_y[:n_eval], compute)
     overall, classes = loops.evaluate(net, x, y, len(arrays.classes))
     return {"test_accuracy_pct": overall, "class_accuracy_pct": dict(zip(arrays.classes, classes))}
+
+
+def time_share(max_seconds: float, passes: list[Pass], p: Pass) -> float:
+    """Pass p's part of a --max-seconds budget: in proportion to its steps, where most of the job's time is and
+    where a mean step time's error is multiplied most by the steps projected from it."""
+    return max_seconds * p.total_steps / max(sum(q.total_steps for q in passes), 1)
 
 
 def step_share(max_steps: int, index: int) -> int:
