@@ -198,6 +198,20 @@ def test_a_new_batch_size_after_the_warm_up_is_kept_out_of_the_windows():
     assert meter.images == 18  # still trained on, and counted in the epoch
 
 
+def test_every_later_partial_batch_is_kept_out_of_the_windows_but_counted_as_a_new_shape_once():
+    clock = FakeClock(0.01)
+    meter = timing.StepMeter(clock, warmup_steps=2, window_s=10.0)
+    for _ in range(3):  # 3 epochs of 4 full batches and a partial one
+        meter.start_epoch()
+        for n in [4, 4, 4, 4, 2]:
+            clock.advance()
+            meter.on_step(n)
+        meter.end_epoch()
+    assert meter.new_shape_steps == 1 and meter.new_shape_s == pytest.approx(0.01)  # its compiling, once
+    assert all(n % 4 == 0 for n in meter.windows_images) and sum(meter.windows_images) == 8 + 16 + 16
+    assert meter.images == 3 * 18
+
+
 def test_window_length_for_ranks_comes_from_steady_warm_up_steps_not_autotuning():
     class SlowStart(FakeClock):
         def advance(self):

@@ -24,7 +24,9 @@ class StepMeter:
 
     A step on a batch size not seen before (an epoch's partial last batch, 50000 % 32 = 16 images) is a new input
     shape: cuDNN autotunes for it (and oneDNN builds new primitives), so that step is kept out of every window
-    and counted in `new_shape_steps`.
+    and counted in `new_shape_steps`. The partial batches of later epochs are kept out of the windows too (not
+    counted there): each is a program of its own, and under torch.compile's CUDA-graph modes the second call of a
+    program records its graph, which would land inside a window; the windows time full batches only.
 
     With `agree` (data-parallel ranks), windows last a number of steps the ranks agree on, and the ranks stop
     together (stop.Agreement).
@@ -51,6 +53,7 @@ class StepMeter:
         self.stopped_by: str | None = None
         self.window_steps: int | None = None  # set from the warm-up when the ranks agree
         self._batch_sizes: set[int] = set()
+        self._full: int | None = None  # the Case's batch, the first the warm-up saw
         self._epoch_mark = None  # the open epoch's first mark: None until start_epoch
         self._host_epoch_start = 0.0
         self._host_last_progress = 0.0
@@ -97,12 +100,15 @@ class StepMeter:
         elapsed = self._train_s_before + now - self._host_epoch_start
         vote = False
         if self.warmup_s is None:
+            self._full = self._full or n_images
             self._batch_sizes.add(n_images)
             if self.steps >= self.warmup.steps:
                 self._warming_up(elapsed)
         elif n_images not in self._batch_sizes:
             self._batch_sizes.add(n_images)
             self.windows.drop_last_step(n_images)
+        elif n_images != self._full:  # a partial batch seen before: its own program, out of the windows too
+            self.windows.drop_last_step(n_images, new_shape=False)
         elif self._window_due(now):
             self.windows.close(keep=True)
             if self.agreement is not None:

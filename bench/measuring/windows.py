@@ -70,12 +70,14 @@ class Windows:
         self._marks = self._marks[-1:]
         return total
 
-    def drop_last_step(self, n_images: int) -> None:
-        """Closes the window before the last step and reopens it after, leaving that step out."""
+    def drop_last_step(self, n_images: int, new_shape: bool = True) -> None:
+        """Closes the window before the last step and reopens it after, leaving that step out (counted as a new
+        shape's step when `new_shape`)."""
         last = self._marks.pop()
         before = self._marks[-1]
         self._images -= n_images
         self.close(keep=True)  # synchronises: the left-out step's end is known
-        self.new_shape_s += self.clock.seconds(before, last)
+        if new_shape:
+            self.new_shape_s += self.clock.seconds(before, last)
+            self.new_shape_steps += 1
         self._marks, self._images, self._host_start = [last], 0, time.perf_counter()
-        self.new_shape_steps += 1
