@@ -33,22 +33,26 @@ the real one fails, and records the call in order:
   capture refuses a convolution shape cuDNN has not seen before it in that process, as a real capture fails
   when cuDNN tries its algorithms.
 - Where tensors live: `placement` of cuda:N answers `torch.device("cpu", N)`, a CPU device that names its GPU, and
-  from a process's first CUDA placement every aten operation is watched (`_Places`). A tensor allocated or copied
-  onto that device, and whatever is computed from it, lives on cuda:N; a tensor made from host data (numpy, a list,
-  a pinned DataLoader batch, a `.cpu()` or `.to("cpu")` copy) lives on the host. An operation that mixes the two (a
-  host scalar aside, as CUDA takes CPU scalars; copies and indexing aside) raises CUDA's "Expected all tensors to be
-  on the same device", and `.numpy()` of a GPU tensor raises as torch does: a batch, a label or a result not moved
-  to its device fails here as on a GPU. A GPU tensor's `.device` reads cpu:N, so `device=t.device` makes on its GPU.
-  The CUDA branch of the data path (the decoded data loaded onto the device, not the CPU's mapped copy) runs. Still
-  unmodelled: a tensor made on torch's default device by torch itself has no known place and mixes with anything.
-  A generator made on cpu:N is that GPU's (`FakeGenerator`): a draw on the other device type with it fails as torch's
-  check does (a permutation made on the host with the device's generator, or on the device with a host one).
-- torch.compile of a module on a fake GPU is `FakeCompiled`: dynamo's static-shape guards (shapes, strides, dtypes,
-  places, the module's training flag, grad, inference and autocast modes) decide when a new program is compiled,
-  which is recorded (and refused inside a graph capture), up to dynamo's recompile limit; the CUDA-graph modes record
-  a graph on a program's second call. Its programs run the module's own operations: inductor's GPU kernels cannot
-  run on a CPU, and dynamo with the fake's dispatch mode active would only run the frames eagerly. The CPU compile
-  path is the real one.
+  from the first CUDA placement every aten operation of the thread that placed is watched (`_Places`, `_HostCopies`;
+  other threads are not). A tensor allocated or copied onto that device, and whatever is computed from it, lives on
+  cuda:N; a tensor made from host data (numpy, a list, a DataLoader batch, a `.cpu()` or `.to("cpu")` copy) lives
+  on the host. An aten operation that mixes the two raises CUDA's "Expected all tensors to be on the same device";
+  as in CUDA, a host scalar may be an input (not an output), copies cross devices, a GPU tensor takes host indices
+  and a host tensor does not take GPU ones. `.numpy()` (and numpy's `__array__`) of a GPU tensor raises torch's
+  TypeError. A GPU tensor's `.device` reads cpu:N, so `device=t.device` makes on its GPU, `.to` its own place hands
+  back the same tensor, and a Parameter lives where its data does. So a batch, a label or a result not moved to its
+  device fails here as on a GPU. The CUDA branch of the data path (the decoded data loaded onto the device, not the
+  CPU's mapped copy) runs. Still unmodelled: a tensor torch makes on its default device by itself has no known place
+  and mixes with anything; collectives (gloo stands in for NCCL) are not checked. A generator made on cpu:N is that
+  GPU's (`FakeGenerator`): a draw on the other device type with it fails as torch's check does.
+- torch.compile of a module on a fake GPU is `FakeCompiled` (`compile_unavailable("cuda")` then answers None without
+  asking for Triton or a C compiler): dynamo's guards (sizes, layouts, dtypes, places, the module's training flag
+  and the global state dynamo guards) decide when a new program is compiled, which is recorded (and refused inside a
+  graph capture), up to dynamo's recompile limit, with `dynamic=False`, `None` (automatic dynamic: a recompile on
+  sizes makes them dynamic, and that program serves them from then on) or `True`; the CUDA-graph modes record a
+  graph on a program's second call. Its programs run the module's own operations: inductor's GPU kernels cannot
+  run on a CPU, and dynamo with the fake's dispatch mode active would only run the frames eagerly. In a process
+  that never placed on a fake GPU the compile path is the real one.
 - With `watch_readbacks`, reading a tensor back to the host (`item`, `cpu`, `tolist`, `float`, ...)
   is recorded, so a test can assert none happens between two timing events without a synchronise.
 
@@ -72,7 +76,7 @@ from types import SimpleNamespace
 import torch
 import torch.distributed as dist
 from torch.cuda._utils import _get_device_index
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
 
 BAD_FORK = ("Cannot re-initialize CUDA in forked subprocess. To use CUDA with multiprocessing, you must use the "
@@ -352,10 +356,11 @@ class FakeGraph:
 
 PLACE = "_fake_place"  # where a tensor lives under the fake: "cuda:N" or "cpu" (host data); absent: not known
 # operations CUDA runs on tensors of two devices: copies between them, CPU indices into a GPU tensor, reading a value
-MIXING = {torch.ops.aten.copy_.default, torch.ops.aten._to_copy.default, torch.ops.aten.index.Tensor,
-          torch.ops.aten.index_put_.default, torch.ops.aten.index_put.default,
-          torch.ops.aten._index_put_impl_.default, torch.ops.aten._local_scalar_dense.default,
+MIXING = {torch.ops.aten.copy_.default, torch.ops.aten._to_copy.default, torch.ops.aten._local_scalar_dense.default,
           torch.ops.aten.lift_fresh.default, torch.ops.aten.detach.default, torch.ops.aten.alias.default}
+# indexing: a GPU tensor takes host indices (and values), a host tensor takes host indices only
+INDEXING = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put_.default, torch.ops.aten.index_put.default,
+            torch.ops.aten._index_put_impl_.default}
 
 
 def place_of(t) -> str | None:
@@ -383,16 +388,25 @@ class _Places(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        places = set()
+        written = {id(t) for t in _written(func, args, kwargs)} if func.namespace == "aten" else set()
+        places, scalars = set(), set()
         for t in _tensors(list(args)) + _tensors(list(kwargs.values())):
             place = place_of(t)
-            if place is not None and not (place == "cpu" and t.dim() == 0):  # CUDA takes CPU scalars
+            if place == "cpu" and t.dim() == 0 and id(t) not in written:  # CUDA takes CPU scalars as inputs
+                scalars.add(place)
+            elif place is not None:
                 places.add(place)
         gpus = sorted(p for p in places if p != "cpu")
-        if len(places) > 1 and func not in MIXING and func.namespace == "aten":
+        if func in INDEXING:
+            indexed = place_of(args[0])
+            if (indexed or "cpu") == "cpu" and gpus:
+                raise RuntimeError(f"indices should be either on cpu or on the same device as the indexed tensor "
+                                   f"(cpu) (fake CUDA: in {func})")
+        elif len(places) > 1 and func not in MIXING and func.namespace == "aten":
             first, second = (gpus + ["cpu"])[:2]
             raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, "
                                f"{first} and {second}! (fake CUDA: in {func})")
+        places |= scalars if not places else set()  # host scalars alone make a host result
         out = func(*args, **kwargs)
         asked = _place_named(kwargs.get("device"))
         if func is torch.ops.aten.lift_fresh.default:
@@ -433,14 +447,26 @@ class _HostCopies(TorchFunctionMode):
         gpu = place is not None and place != "cpu"
         if gpu and func == DEVICE_GET:  # a GPU tensor's device, as placement names it: `device=t.device` makes it there
             return torch.device("cpu", int(place.split(":")[1]))
-        if gpu and func is torch.Tensor.numpy:
+        if gpu and func in (torch.Tensor.numpy, torch.Tensor.__array__):
             raise TypeError(f"can't convert {place} device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
                             f"to host memory first.")
-        to_host = gpu and (func is torch.Tensor.cpu or (
-            func is torch.Tensor.to and _place_named(torch._C._nn._parse_to(*args[1:], **kwargs)[0]) == "cpu"))
-        out = func(*args, **kwargs)
+        to_host = gpu and func is torch.Tensor.cpu
         asked = _place_named(kwargs.get("device"))
-        if asked is not None and asked != "cpu":  # made on a GPU from host data (torch.tensor(..., device=))
+        if func is torch.Tensor.to:
+            other = next((a for a in list(args[1:]) + [kwargs.get("other")] if isinstance(a, torch.Tensor)), None)
+            device, dtype, _, memory_format = torch._C._nn._parse_to(*args[1:], **kwargs)
+            asked = place_of(other) if other is not None else _place_named(device)
+            if other is not None:
+                dtype = other.dtype
+            unchanged = (dtype in (None, self_.dtype) and memory_format in (None, torch.preserve_format)
+                         and not kwargs.get("copy", False))
+            if asked is not None and asked == (place or "cpu") and unchanged:
+                return self_  # already there: torch hands back the same tensor
+            to_host = gpu and asked == "cpu"
+        out = func(*args, **kwargs)
+        if asked is not None and asked != "cpu":  # made on, or copied onto, a GPU
+            if out is self_ and asked != place:  # `.to(a GPU tensor)`, which reads cpu here: a copy, as on a GPU
+                out = out.clone()
             _mark(out, asked)
         elif to_host:
             if out is self_:
@@ -475,46 +501,78 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # inductor captures its 
 
 
 class FakeCompiled(torch.nn.Module):
-    """torch.compile of a module on a fake GPU, as dynamo serves it with static shapes: each call is checked against
-    the guards of the programs compiled so far (every tensor argument's shape, stride, dtype, place and whether it
-    needs a gradient; the module's training flag; grad, inference and autocast modes), a call none of them passes
-    compiles a new program (recorded as "compile", and refused inside a graph capture as compiling synchronises),
-    past dynamo's recompile limit it runs eagerly; the programs are the module's own operations (inductor's GPU
-    kernels cannot run here). In a CUDA-graph mode a program's first call warms it up and its second records a
-    graph, as cudagraph trees do."""
+    """torch.compile of a module on a fake GPU, as dynamo serves it: each call is checked against the guards of the
+    programs compiled so far, most recently served first (every tensor argument's sizes, layout, dtype, place and
+    whether it needs a gradient; the module's training flag; the global state dynamo guards: grad, inference and
+    autocast modes with autocast's cache, default dtype, TF32 flags, deterministic algorithms, threads). A call no
+    program's guards pass compiles a new one (recorded as "compile"; refused inside a graph capture, as compiling
+    synchronises); past dynamo's recompile limit the call runs eagerly. With `dynamic=False` every size is
+    static; with `dynamic=None` (dynamo's default) a recompile caused by sizes alone makes those dimensions
+    dynamic, and that program then serves every size there (the full batches after an epoch's partial one
+    too); with `dynamic=True` every dimension is dynamic from the first program. A change of the program that
+    serves is recorded as "compile.serve". The programs run the module's own operations (inductor's GPU kernels
+    cannot run here). In a CUDA-graph mode a program's first call warms it up and its second records a graph
+    ("compile.cudagraph_record"), as cudagraph trees do."""
 
     def __init__(self, fake: FakeCuda, module: torch.nn.Module, mode: str | None, dynamic):
         super().__init__()
         if mode is not None:
             torch._inductor.list_mode_options(mode)  # torch's own check of the mode's name
         self._orig_mod, self.fake, self.mode, self.dynamic = module, fake, mode, dynamic
-        self.programs: list[tuple] = []
-        self.calls_per_program: dict[int, int] = {}
+        self.programs: list[dict] = []  # {"sizes": [per tensor: sizes, None where dynamic], "rest": ..., "calls"}
+        self.order: list[int] = []  # programs, most recently served first
+        self.serving: int | None = None
         fake._record("compile.wrap", mode=mode, dynamic=dynamic)
 
-    def _guards(self, args: tuple, kwargs: dict) -> tuple:
+    def _guards(self, args: tuple, kwargs: dict) -> tuple[list, tuple]:
         tensors = _tensors(list(args)) + _tensors(list(kwargs.values()))
-        shapes = tuple((tuple(t.shape), t.stride(), t.dtype, place_of(t), t.requires_grad) for t in tensors)
-        modes = (self._orig_mod.training, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
-                 torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
-        return shapes, modes
+        sizes = [tuple(t.shape) for t in tensors]
+        rest = tuple((t.dim(), t.is_contiguous(), t.is_contiguous(memory_format=torch.channels_last), t.dtype,
+                      place_of(t), t.requires_grad) for t in tensors)
+        state = (self._orig_mod.training, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
+                 torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), torch.is_autocast_cache_enabled(),
+                 torch.get_default_dtype(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                 torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
+        return sizes, (rest, state)
+
+    @staticmethod
+    def _passes(program: dict, sizes: list, rest: tuple) -> bool:
+        if program["rest"] != rest:
+            return False
+        return all(want is None and got > 1 or want == got  # dynamo specialises sizes 0 and 1
+                   for wanted, shape in zip(program["sizes"], sizes) for want, got in zip(wanted, shape))
 
     def forward(self, *args, **kwargs):
-        key = self._guards(args, kwargs)
-        if key not in self.programs:
+        sizes, rest = self._guards(args, kwargs)
+        index = next((i for i in self.order if self._passes(self.programs[i], sizes, rest)), None)
+        if index is None:
             limit = torch._dynamo.config.recompile_limit
             if len(self.programs) >= limit:
                 self.fake._record("compile.limit", limit=limit)
                 return self._orig_mod(*args, **kwargs)
             if self.fake._capturing is not None:
                 self.fake._capturing.fail("torch.compile compiling a new program")
-            self.programs.append(key)
-            self.fake._record("compile", program=len(self.programs) - 1, shapes=[list(k[0]) for k in key[0]],
-                              mode=self.mode)
-        program = self.programs.index(key)
-        calls = self.calls_per_program[program] = self.calls_per_program.get(program, 0) + 1
-        if self.mode in CUDA_GRAPH_MODES and calls == 2:
-            self.fake._record("compile.cudagraph_record", program=program)
+            wanted = [list(s) for s in sizes]
+            if self.dynamic is True:
+                wanted = [[None if n > 1 else n for n in s] for s in sizes]
+            elif self.dynamic is None:  # automatic dynamic: the sizes a recompile differs in become dynamic
+                for old in (p for p in self.programs if p["rest"] == rest):
+                    for w, o, s in zip(wanted, old["sizes"], sizes):
+                        for d, (n_old, n) in enumerate(zip(o, s)):
+                            if n_old is None or n_old != n:
+                                w[d] = None if n > 1 else n
+            self.programs.append({"sizes": wanted, "rest": rest, "calls": 0})
+            index = len(self.programs) - 1
+            self.fake._record("compile", program=index, shapes=[list(s) for s in sizes],
+                              dynamic_dims=[[d for d, n in enumerate(w) if n is None] for w in wanted], mode=self.mode)
+        self.order = [index] + [i for i in self.order if i != index]
+        if index != self.serving:
+            self.serving = index
+            self.fake._record("compile.serve", program=index)
+        program = self.programs[index]
+        program["calls"] += 1
+        if self.mode in CUDA_GRAPH_MODES and program["calls"] == 2:
+            self.fake._record("compile.cudagraph_record", program=index)
         return self._orig_mod(*args, **kwargs)
 
 
@@ -857,6 +915,25 @@ class FakeCuda:
         self._real_conv2d = torch.nn.functional.conv2d
         self._patch(torch.nn.functional, "conv2d", self.conv2d)
         self._patch(torch, "Generator", FakeGenerator)
+        from torch.utils.data import dataloader
+
+        real_next = dataloader._BaseDataLoaderIter.__next__
+
+        def host_batches(iterator):  # a DataLoader's batch is host memory until copied (pinned or not)
+            batch = real_next(iterator)
+            _mark(_batch_tensors(batch), "cpu")
+            return batch
+
+        self._patch(dataloader._BaseDataLoaderIter, "__next__", host_batches)
+        real_parameter = torch.nn.Parameter.__new__
+
+        def parameter(cls, data=None, requires_grad=True):  # a parameter lives where its data does
+            out = real_parameter(cls, data, requires_grad)
+            if place_of(data) is not None:
+                _mark(out, place_of(data))
+            return out
+
+        self._patch(torch.nn.Parameter, "__new__", parameter)
         self._real_compile = torch.compile
         self._patch(torch, "compile", self.compile)
         import bench.measuring.gpu_monitor
@@ -894,7 +971,11 @@ class FakeCuda:
         self._patch(module, "DistributedDataParallel", self.distributed_data_parallel)
 
     def uninstall(self) -> None:
-        if any(isinstance(m, _Places) for m in _get_current_dispatch_mode_stack()):
+        if self._places:
+            dispatch, functions = _get_current_dispatch_mode_stack(), _get_current_function_mode_stack()
+            if not (dispatch and dispatch[-1] is self._places[1] and functions and functions[-1] is self._places[0]):
+                raise FakeCudaError(f"uninstall with other modes above the fake's own (dispatch {dispatch}, "
+                                    f"functions {functions}): a mode entered after a CUDA placement was not exited")
             for mode in reversed(self._places):
                 mode.__exit__(None, None, None)
         self._places = []

@@ -190,6 +190,33 @@ def test_a_tensor_left_on_the_host_cannot_meet_a_gpu_tensor_as_on_a_gpu(fake):
     assert (made_alike + logits[0]).shape == (3,)  # `device=t.device` makes on t's GPU
 
 
+def test_the_places_follow_torch_where_a_gpu_is_strict_and_where_it_is_lenient(fake, small):
+    import numpy as np
+
+    from bench.measuring.devices import placement
+    from cnn import loops
+
+    torch.cuda.set_device(0)
+    gpu = placement(torch.device("cuda:0"))
+    on_gpu, host = torch.arange(6.0, device=gpu), torch.from_numpy(np.arange(6.0, dtype=np.float32))
+    assert on_gpu.to(gpu) is on_gpu and (host.to(on_gpu) + on_gpu).shape == (6,)  # `.to(a GPU tensor)` moves
+    assert (on_gpu[torch.tensor([0, 2])] + on_gpu[:2]).shape == (2,)  # host indices into a GPU tensor: fine
+    with pytest.raises(RuntimeError, match="indices should be either on cpu or on the same device"):
+        host[torch.tensor([0, 2]).to(gpu)]
+    with pytest.raises(RuntimeError, match="same device"):
+        torch.tensor(1.0).add_(on_gpu.sum())  # a host scalar is taken as an input, not written into
+    with pytest.raises(TypeError, match="can't convert cuda:0"):
+        np.asarray(on_gpu)
+    weight = torch.nn.Linear(6, 2, device=gpu).weight  # made on the GPU, then made a Parameter
+    with pytest.raises(RuntimeError, match="same device"):
+        weight @ host
+    arrays = data.load_arrays(small.cache_dir)
+    inputs, labels = next(iter(loops.tutorial_loader(arrays.train_x, arrays.train_y, arrays.classes, 4,
+                                                     num_workers=1)))  # unpinned, from a worker
+    with pytest.raises(RuntimeError, match="same device"):
+        labels + on_gpu[:4].long()
+
+
 def test_a_random_draw_needs_a_generator_of_its_own_device_type(fake):
     from bench.measuring.devices import placement
 
@@ -223,12 +250,21 @@ def test_a_compiled_module_on_a_gpu_compiles_a_program_per_guard_set_as_dynamo_d
         model(torch.randn(batch, 3, 32, 32, device=gpu)).sum().backward()
     compiles = [c for c in fake.calls if c["call"] == "compile"]
     assert [c["shapes"][0] for c in compiles] == [[8, 3, 32, 32], [4, 3, 32, 32]]  # static shapes: one each
+    assert [c["program"] for c in fake.calls if c["call"] == "compile.serve"] == [0, 1, 0, 1]
     assert [c["program"] for c in fake.calls if c["call"] == "compile.cudagraph_record"] == [0, 1]
+    automatic = torch.compile(Net(1.0, 10).to(gpu))  # dynamo's default: a recompile on sizes makes them dynamic
+    start = len(fake.calls)
+    for batch in (8, 8, 4, 8, 16):
+        automatic(torch.randn(batch, 3, 32, 32, device=gpu))
+    later = fake.calls[start:]
+    assert [c["dynamic_dims"][0] for c in later if c["call"] == "compile"] == [[], [0]]
+    assert [c["program"] for c in later if c["call"] == "compile.serve"] == [0, 1]  # full batches: the dynamic one
+    start = len(fake.calls)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # another autocast state: another program
         model(torch.randn(8, 3, 32, 32, device=gpu))
     with torch.no_grad():
         model(torch.randn(8, 3, 32, 32, device=gpu))
-    assert len([c for c in fake.calls if c["call"] == "compile"]) == 4
+    assert len([c for c in fake.calls[start:] if c["call"] == "compile"]) == 2
     with pytest.raises(RuntimeError, match="same device"):
         model(torch.from_numpy(np.zeros((8, 3, 32, 32), dtype=np.float32)))  # host data into a GPU program
     cpu_model = torch.compile(Net(1.0, 10), dynamic=False)  # on the host: the real torch.compile
@@ -240,14 +276,18 @@ def test_a_compiled_module_on_a_gpu_compiles_a_program_per_guard_set_as_dynamo_d
 def test_a_compiled_cuda_case_compiles_before_the_clock_and_once_more_for_the_partial_batch(fake, small, mode,
                                                                                           variant):
     """200 images at batch 16: 12 full batches and one of 8 an epoch, 2 epochs. The program compiled before the
-    clock serves every full batch (its warm-up ran in the loop's own grad, inference and autocast state), a
-    training epoch's partial batch compiles one more, and nothing compiles after it."""
+    clock serves every full batch (its warm-up ran in the loop's own grad, inference and autocast state, and
+    static shapes keep the partial batch's program from serving the full ones), a training epoch's partial batch
+    compiles one more, nothing compiles after it, and no window times a partial batch."""
     case = _case(small, mode=mode, epochs=2, latency_batches=2, **{"compile_mode": "default", **variant})
     result = worker.run_case(case)
     assert result.status == "ok", result.error
     batches = [c["shapes"][0][0] for c in fake.calls if c["call"] == "compile"]
     assert batches == ([16, 8] if mode == "train" else [16]), batches  # inference times full batches only
-    assert result.compile_s > 0
+    served = [c["program"] for c in fake.calls if c["call"] == "compile.serve"]
+    assert served == ([0, 1, 0, 1] if mode == "train" else [0]), served  # every full batch: the first program
+    # no window holds a partial batch: the step that records its graph (its second call, in epoch 2) is left out
+    assert result.windows_images and all(n % 16 == 0 for n in result.windows_images), result.windows_images
 
 
 def test_a_second_gpus_tensors_cannot_meet_the_firsts(fake2):
@@ -279,8 +319,8 @@ def test_a_pinned_dataloader_batch_is_host_memory_until_copied(fake, small):
 
 @pytest.mark.parametrize("pipeline", ["resident", "tutorial"])
 def test_a_cuda_case_whose_labels_stay_on_the_host_fails_as_on_a_gpu(fake, small, monkeypatch, pipeline):
-    """Both data paths with their label copy taken out fail, where the fake that kept every tensor on the CPU
-    reported them ok."""
+    """Both data paths with their label copy taken out fail in their first step, as on a GPU, where the fake that
+    kept every tensor on the CPU reported them ok."""
     from cnn import loops
 
     real_resident = loops.resident_tensors
@@ -296,8 +336,10 @@ def test_a_cuda_case_whose_labels_stay_on_the_host_fails_as_on_a_gpu(fake, small
     monkeypatch.setattr(loops, "tutorial_batches", batches_left)
     result = worker.run_case(_case(small, pipeline=pipeline, max_steps=4))
     assert result.status == "failed"
-    assert "Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cpu" in \
-        result.error
+    expected = {"resident": "indices should be either on cpu or on the same device as the indexed tensor (cpu)",
+                "tutorial": "Expected all tensors to be on the same device, but found at least two devices, cuda:0 "
+                            "and cpu"}[pipeline]  # the resident batch's gather, the tutorial batch's loss
+    assert expected in result.error, result.error
 
 
 def _graphed_and_eager(example, batches, copy_inputs: bool = True):

@@ -11,10 +11,14 @@ weigh in it).
 Before this, the analysis took the best of the repeats: an optimistic figure, the more so the more repeats.
 
 The tutorial's job sampled in sittings (bench/sweep/plan.py `job_sittings`) is combined the same way, on its own terms:
-each sitting projects the whole job, the job's time is their mean, and its interval is where one run of the job
-lands, 95% of the time, on this machine as it was during the sweep: a prediction interval, the mean +- Student's t
-(sittings - 1 degrees of freedom) x the sittings' standard deviation x sqrt(1 + 1/sittings), never narrower than
-the sittings' own sampling intervals say. A sitting samples under a second of each pass, and the machine's pace
+each sitting projects the whole job, the job's time is their median, and its interval is where one run of the job
+lands, 95% of the time, on this machine as it was during the sweep: a prediction interval, the median +- Student's t
+(sittings - 1 degrees of freedom) x the sittings' spread x sqrt(1 + 1/sittings), never narrower than the sittings'
+own sampling intervals say. The spread is robust (1.4826 x the median absolute deviation, the standard deviation
+of a normal sample): a sitting whose stretch of 20 steps caught a stall of seconds projects the job 8-16x too
+long (2 of 25 sittings in one run of tests/perf/job_vs_tutorial.py on 2026-12-07; none of 20 sittings measured
+after it), and with the mean and standard deviation one such sitting made the job 287 s instead of 122 and its
+interval -843 to 1418 s. A sitting samples under a second of each pass, and the machine's pace
 moves more between seconds and minutes than within one second: each sitting's own bootstrap interval is 2-3x
 narrower than how far sittings land apart, and whole runs of the job differ by a tenth or more
 (tests/perf/job_vs_tutorial.py). A short sitting varies at least as much as a whole run, so the interval errs wide.
@@ -135,18 +139,23 @@ def collapse(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([df[~repeatable], pd.DataFrame(rows)], ignore_index=True)
 
 
+MAD_TO_SD = 1.4826  # the median absolute deviation of a normal sample, times this, estimates its standard deviation
+
+
 def _combined_job(g: pd.DataFrame) -> pd.Series:
-    """The row of the tutorial's job sampled in the sittings of g (two or more, all ok): each part of the job and
-    its time the sittings' mean, the share measured their sum, the interval where 95% of runs land (above); the
-    other numbers their median."""
+    """The row of the tutorial's job sampled in the sittings of g (two or more, all ok): its time the sittings'
+    median (its parts the median sitting's), the share measured their sum, the interval where 95% of runs land
+    (above); the other numbers their median."""
     row = _combined(g, None)
     parts = [c for c in ("job_s", "job_startup_s", "job_import_s", "job_data_s", "job_compute_s", "job_eval_s")
              if c in g]
-    for column in parts:
-        row[column] = float(pd.to_numeric(g[column]).mean())
     times = pd.to_numeric(g["job_s"]).to_numpy(dtype=float)
     n = len(times)
-    half = t95(n - 1) * float(np.std(times, ddof=1)) * math.sqrt(1 + 1 / n)
+    middle = g.iloc[np.argsort(times, kind="stable")[(n - 1) // 2:n // 2 + 1]]  # the median sitting(s)
+    for column in parts:  # the median's parts, so that they add up to it
+        row[column] = float(pd.to_numeric(middle[column]).mean())
+    spread = MAD_TO_SD * float(np.median(np.abs(times - np.median(times))))
+    half = t95(n - 1) * spread * math.sqrt(1 + 1 / n)
     if {"job_s_low", "job_s_high"} <= set(g):  # the sittings' own sampling, if it says more
         widths = (pd.to_numeric(g["job_s_high"]) - pd.to_numeric(g["job_s_low"])).dropna()
         half = max(half, float(widths.mean()) / 2 / math.sqrt(n)) if len(widths) else half
