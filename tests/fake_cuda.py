@@ -406,7 +406,8 @@ class _Places(TorchDispatchMode):
             first, second = (gpus + ["cpu"])[:2]
             raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, "
                                f"{first} and {second}! (fake CUDA: in {func})")
-        places |= scalars if not places else set()  # host scalars alone make a host result
+        if not places:  # host scalars alone make a host result
+            places = scalars
         out = func(*args, **kwargs)
         asked = _place_named(kwargs.get("device"))
         if func is torch.ops.aten.lift_fresh.default:

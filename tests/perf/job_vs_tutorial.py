@@ -44,7 +44,6 @@ sys.path.insert(0, str(ROOT))
 HERE = Path(__file__).resolve().parent
 
 # torchvision checks the files' md5 against the official digests, which generated images cannot match: the digest
-# is still computed (its cost is part of the tutorial's start-up), only not compared
 # is still computed (its cost is part of the tutorial's start-up), only not compared. Each line the script prints
 # is written with the monotonic clock's time into sys.argv[2], for the phases: imports and data, training, tests
 RUN_TUTORIAL = """
