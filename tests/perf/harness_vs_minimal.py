@@ -5,10 +5,10 @@ harness, minimal, ...: a drift of the machine hits both sides alike; the minimal
 cannot use is named before the harness's fork server has started), the harness's training images/s for
 the Case (total images over total time of its timed windows) and a minimal hand-written loop doing the same
 work (same data, model, batch size, threads, steps) in a fresh `python -c` process, timed as total images /
-total time after the same warm-up. Each round gives one ratio harness/minimal. After --min-rounds, it
-computes a bootstrap 95% confidence interval of the median ratio and stops once it decides: the interval
-lies inside 1 +- (--target-pct) (agreement, the only way it is claimed) or wholly outside it (disagreement);
-at --rounds it says which it could not tell: an interval within +-target of its centre that crosses the
+total time after the same warm-up. Each round gives one ratio harness/minimal. After --rounds (or, with
+--min-rounds, from that round on, stopping once it decides) it computes a bootstrap 95% confidence interval of
+the median ratio: the interval lies inside 1 +- (--target-pct) (agreement, the only way it is claimed) or wholly
+outside it (disagreement); else it says which it could not tell: an interval within +-target of its centre that crosses the
 band's edge, or one wider than that (the machine was too noisy to decide). Each configuration runs in each
 allocator state of --mallocs (bench/measuring/allocator.py), both sides in the same state: the harness's Case pins it with
 mallopt, the minimal loop gets it from glibc's environment variables from its first allocation. Every measurement
@@ -16,7 +16,7 @@ also prints minor page faults per timed step on both sides, which the state deci
 handed back and faulted in again each step; tuned: kept).
 
     python tests/perf/harness_vs_minimal.py [--batch-sizes 4,32,128] [--pipelines tutorial,resident]
-        [--mallocs default,tuned] [--steps 1000] [--rounds 16] [--min-rounds 6] [--target-pct 3] [--threads 2]
+        [--mallocs default,tuned] [--steps 1000] [--rounds 16] [--min-rounds N] [--target-pct 3] [--threads 2]
         [--device cuda:0]
 
 Exit status 0 when every configuration agrees, 1 when one disagrees or could not be decided.
@@ -146,6 +146,13 @@ def decide(ratios: list[float], target_pct: float) -> tuple[str, float, float, f
     return ("straddles" if (high - low) / 2 <= band * centre else "noisy"), centre, low, high
 
 
+def may_decide(done: int, rounds: int, min_rounds: int | None) -> bool:
+    """Whether a verdict is drawn after `done` rounds: at the last round, or with `min_rounds` from that round on
+    (at least 2 rounds either way)."""
+    first = rounds if min_rounds is None else min(min_rounds, rounds)
+    return done >= max(first, 2)
+
+
 def main() -> int:
     from bench.running import runner
     from bench.sweep.plan import plan_cases
@@ -155,7 +162,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1000, help="timed steps per measurement")
     parser.add_argument("--rounds", type=int, default=16, help="the most rounds per configuration")
-    parser.add_argument("--min-rounds", type=int, default=6, help="rounds before the interval may stop it")
+    parser.add_argument("--min-rounds", type=int, default=None,
+                        help="stop early once the interval decides, from this round on (default: run every --rounds "
+                             "round: stopping at the first interval that agrees lets chance pick the interval)")
     parser.add_argument("--target-pct", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-sizes", default="4,32,128")
@@ -203,7 +212,7 @@ def main() -> int:
             print(f"{case.key:46} round {rnd + 1:2}: harness {row['harness']:8.0f} ({row['harness_faults'] or 0:6.0f} "
                   f"faults/step)  minimal {row['minimal']:8.0f} ({row['minimal_faults']:6.0f} faults/step)  "
                   f"ratio {row['ratio']:.3f}", flush=True)
-            if len(rows) >= max(min(args.min_rounds, args.rounds), 2):
+            if may_decide(len(rows), args.rounds, args.min_rounds):
                 verdict = decide([r["ratio"] for r in rows], args.target_pct)
                 if verdict[0] in ("agrees", "disagrees"):
                     break
