@@ -8,8 +8,8 @@ work (same data, model, batch size, threads, steps) in a fresh `python -c` proce
 total time after the same warm-up. Each round gives one ratio harness/minimal. After --rounds (or, with
 --min-rounds, from that round on, stopping once it decides) it computes a bootstrap 95% confidence interval of
 the median ratio: the interval lies inside 1 +- (--target-pct) (agreement, the only way it is claimed) or wholly
-outside it (disagreement); else it says which it could not tell: an interval within +-target of its centre that crosses the
-band's edge, or one wider than that (the machine was too noisy to decide). Each configuration runs in each
+outside it (disagreement); else it says which it could not tell: an interval within +-target of its centre
+that crosses the band's edge, or one wider than that (the machine was too noisy to decide). Each configuration runs in each
 allocator state of --mallocs (bench/measuring/allocator.py), both sides in the same state: the harness's Case pins it with
 mallopt, the minimal loop gets it from glibc's environment variables from its first allocation. Every measurement
 also prints minor page faults per timed step on both sides, which the state decides (default: every large block
@@ -161,7 +161,7 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1000, help="timed steps per measurement")
-    parser.add_argument("--rounds", type=int, default=16, help="the most rounds per configuration")
+    parser.add_argument("--rounds", type=int, default=16, help="rounds per configuration (fewer only with --min-rounds)")
     parser.add_argument("--min-rounds", type=int, default=None,
                         help="stop early once the interval decides, from this round on (default: run every --rounds "
                              "round: stopping at the first interval that agrees lets chance pick the interval)")
