@@ -99,6 +99,7 @@ class Result:
     job_s_low: float | None = None  # the 95% interval of a projected job_s (bench/measuring/job.py); None when measured whole
     job_s_high: float | None = None
     job_import_s: float | None = None  # a fresh interpreter's imports, part of job_startup_s
+    job_dataset_s: float | None = None  # torchvision's CIFAR10 built twice and the peeks drawn, part of job_startup_s
     job_startup_s: float | None = None
     job_data_s: float | None = None
     job_compute_s: float | None = None

@@ -42,10 +42,10 @@ def _priced(prices: dict) -> pd.DataFrame:
             _row("cuda:0", "resident", 128, 50000.0, train_images=50000, time_to_target_s=20.0,
                  target_accuracy_pct=50.0),
             _row("cpu", "tutorial", 4, 400.0, mode="job", train_images=50000, job_s=300.0, job_projected=False,
-                 threads_used=2, job_startup_s=2.0, job_import_s=1.5, job_data_s=10.0, job_compute_s=287.0, job_eval_s=1.0,
+                 threads_used=2, job_startup_s=2.0, job_import_s=1.5, job_dataset_s=0.4, job_data_s=10.0, job_compute_s=287.0, job_eval_s=1.0,
                  job_fraction=1.0, epochs_completed=2.0, test_accuracy_pct=54.0),
             _row("cuda:0", "tutorial", 4, 900.0, mode="job", train_images=50000, job_s=150.0, job_projected=False,
-                 threads_used=2, job_startup_s=5.0, job_import_s=1.5, job_data_s=40.0, job_compute_s=104.0, job_eval_s=1.0,
+                 threads_used=2, job_startup_s=5.0, job_import_s=1.5, job_dataset_s=0.4, job_data_s=40.0, job_compute_s=104.0, job_eval_s=1.0,
                  job_fraction=1.0, epochs_completed=2.0, test_accuracy_pct=55.0)]
     return cost.with_prices(pd.DataFrame(rows), {"price_usd_per_hour": prices})
 
@@ -76,10 +76,13 @@ def test_without_a_price_there_is_no_cost_and_no_cost_sentence():
 
 def test_the_verdict_opens_with_the_job_on_each_device_then_time_to_accuracy():
     v = sentences.verdict(tables.analyse(_priced({})))
-    assert v.headline == ("The tutorial's job (its script as published: imports, 2 epochs at batch 4 through its "
-                          "DataLoader, then its two test passes) takes 5 min 00 s on cpu, 2 threads, measured whole, and "
-                          "reaches 54.0% test accuracy; takes 2 min 30 s on cuda:0, measured whole, and reaches 55.0% "
-                          "test accuracy.")
+    assert v.headline == ("The tutorial's job (its script as published: imports and datasets, 2 epochs at batch 4 "
+                          "through its DataLoader, then its two test passes) takes 5 min 00 s on cpu, 2 threads, "
+                          "measured whole, and reaches 54.0% test accuracy; takes 2 min 30 s on cuda:0, measured whole, "
+                          "and reaches 55.0% test accuracy.")
+    assert ("Where the job's time goes on cpu (measured): start-up 2.0 s (1.5 s of it importing torch, "
+            "0.4 s building its two datasets), waiting for data 10 s, training compute 4 min 47 s, test passes "
+            "1.0 s.") in v.findings
     assert "On the tutorial's job cuda:0 is 2.00x as fast as cpu." in v.findings
     assert ("Fastest to 50% test accuracy measured (on synthetic data: it shows training works, not what CIFAR-10 "
             "reaches): cpu in 2 min 00 s of training (resident pipeline, batch 128, "
@@ -93,6 +96,10 @@ def test_a_projected_job_says_so_and_claims_no_two_epoch_accuracy():
     headline = sentences.verdict(tables.analyse(frame)).headline
     assert "takes about 5 min 00 s on cpu, 2 threads (projected from the 1.2% of it measured; 54.0% test accuracy " \
            "after that part, the 2-epoch accuracy was not measured)" in headline  # a run without an interval
+    frame.loc[frame["mode"] == "job", "job_dataset_s"] = None  # a run from before it built the datasets
+    assert sentences.verdict(tables.analyse(frame)).headline.startswith(
+        "The tutorial's job (its script as published: imports, 2 epochs at batch 4 through its DataLoader, then its "
+        "two test passes) takes about")
     frame.loc[frame["mode"] == "job", "job_import_s"] = None  # a run from before the job ran as published
     assert sentences.verdict(tables.analyse(frame)).headline.startswith(
         "The tutorial's job (2 epochs at batch 4 through its DataLoader, then the test pass) takes about")

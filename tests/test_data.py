@@ -238,3 +238,26 @@ def test_preparing_data_does_not_import_torchvision():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "False"
+
+
+def test_arrays_written_in_the_python_layout_read_back_through_torchvision_and_ours(mini: Path, tmp_path: Path,
+                                                                                   monkeypatch):
+    """The tutorial's job builds torchvision's CIFAR10 on such a copy (bench/measuring/job.py): the same images,
+    labels and classes as the real files it was made from, in files of the official names and sizes."""
+    import torchvision.datasets.cifar
+    from torchvision.datasets import CIFAR10
+
+    # the mini set's digests are not the official ones, which torchvision compares every time: files only here
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+
+    real = cifar_files.read_python_folder(mini / cifar_files.PY_FOLDER)
+    folder = cifar_files.write_python_folder(real, tmp_path / cifar_files.PY_FOLDER)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(cifar_files.OFFICIAL_MD5)
+    _equal(real, cifar_files.read_python_folder(folder))
+    for train, x, y in ((True, real.train_x, real.train_y), (False, real.test_x, real.test_y)):
+        ours = CIFAR10(str(tmp_path), train=train, download=False)
+        np.testing.assert_array_equal(ours.data, x)
+        assert ours.targets == y.tolist() and tuple(ours.classes) == real.classes
+    sizes = {p.name: p.stat().st_size for p in folder.iterdir()}
+    official = {p.name: p.stat().st_size for p in (mini / cifar_files.PY_FOLDER).iterdir()}
+    assert all(abs(sizes[k] - official[k]) < 0.02 * official[k] + 1024 for k in sizes if k.startswith(("data", "test")))

@@ -19,6 +19,7 @@ from bench.schema import JOB
 from bench.store.run_folder import RunFolder
 from bench.sweep.plan import JOB_SITTINGS, plan_cases
 from bench.sweep.spec import with_defaults
+from cnn.cifar_files import PY_FOLDER, read_python_folder, write_python_folder
 from conftest import run_bench
 
 SPEC = with_defaults(devices=["cpu", "cuda:0"], batch_sizes=[32, 128], threads=[1, 2], pipelines=["resident"],
@@ -119,24 +120,26 @@ def test_a_step_cap_is_split_exactly_over_the_four_passes():
     assert [job.step_share(2, i) for i in range(4)] == [1, 1, 1, 1]  # each pass is sampled, its start included
 
 
-def _job_result(passes: list, import_s: float, peek_s: float, accuracy_pct: float | None = None) -> Result:
+def _job_result(passes: list, import_s: float, peek_s: float, accuracy_pct: float | None = None,
+                dataset_s: float = 0.0) -> Result:
     """The job's Result from these passes, after a start-up of 1 s."""
     case = next(c for c in plan_cases(SPEC, "/c", "synthetic") if c.mode == JOB)
-    return assemble(case, job_fields(case, passes, import_s, peek_s, startup_s=1.0, accuracy_pct=accuracy_pct))
+    return assemble(case, job_fields(case, passes, import_s, peek_s, startup_s=1.0, accuracy_pct=accuracy_pct,
+                                     dataset_s=dataset_s))
 
 
 def test_the_job_is_start_up_and_its_four_passes_projected_with_an_interval_over_them_all():
     train = [_pass(12500, [0.5] + [0.002, 0.003, 0.002] * 33, [0.4] + [0.0005] * 99) for _ in range(2)]
     test = [_pass(2500, [0.3] + [0.001] * 99) for _ in range(2)]
-    result = _job_result(train + test, import_s=4.0, peek_s=0.1)
+    result = _job_result(train + test, import_s=4.0, peek_s=0.1, dataset_s=1.5)
     projected = [project(p, np.random.default_rng(0))[0] for p in train + test]
     assert result.job_projected is True and result.stopped_by == "max_seconds"
-    assert result.job_startup_s == 5.0 and result.job_import_s == 4.0
+    assert result.job_startup_s == 6.5 and (result.job_import_s, result.job_dataset_s) == (4.0, 1.5)
     assert result.job_eval_s == pytest.approx(sum(projected[2:]) + 0.1)
     assert result.job_data_s + result.job_compute_s == pytest.approx(sum(projected[:2]))
-    assert result.job_s == pytest.approx(5.0 + sum(projected) + 0.1)
+    assert result.job_s == pytest.approx(6.5 + sum(projected) + 0.1)
     assert result.job_s_low < result.job_s < result.job_s_high
-    measured = 5.0 + sum(p.seconds for p in train + test) + 0.1
+    measured = 6.5 + sum(p.seconds for p in train + test) + 0.1
     assert result.job_fraction == pytest.approx(measured / result.job_s)
     assert result.images == 2 * 100 * 4 and result.images_per_s == pytest.approx(4 / 0.00233, rel=0.1)
 
@@ -185,6 +188,21 @@ def test_a_stopped_pass_shuts_its_dataloader_workers_down_inside_its_time():
     assert events == ["workers gone"]
 
 
+def test_the_start_up_probe_builds_the_datasets_on_a_copy_and_never_downloads_a_missing_file(mini: Path, monkeypatch):
+    arrays = read_python_folder(mini / PY_FOLDER)
+    import_s, dataset_s = job.startup_seconds("default", arrays)
+    assert import_s > dataset_s > 0  # the mini set's 984 images: its md5s and unpickling take milliseconds
+
+    def without_test_batch(arrays, folder: Path) -> Path:
+        write_python_folder(arrays, folder)
+        (folder / "test_batch").unlink()
+        return folder
+
+    monkeypatch.setattr(job, "write_python_folder", without_test_batch)
+    with pytest.raises(RuntimeError, match=r"before training: FileNotFoundError: .*No such file.*test_batch"):
+        job.startup_seconds("default", arrays)  # not torchvision's download, which would name the URL
+
+
 def test_the_report_opens_with_the_job_measured_whole_on_real_cifar10_with_its_cost(mini: Path, tmp_path: Path):
     out = tmp_path / "run"
     proc = run_bench("run", "--dataset", "cifar10", "--data-dir", str(mini), "--no-verify", "--devices", "cpu", "--modes", "train",
@@ -196,10 +214,12 @@ def test_the_report_opens_with_the_job_measured_whole_on_real_cifar10_with_its_c
     assert job.job_s == pytest.approx(job.job_startup_s + job.job_data_s + job.job_compute_s + job.job_eval_s)
     md = (out / "report.md").read_text()
     first = md.split("\n")[2]
-    assert re.fullmatch(r"\*\*The tutorial's job \(its script as published: imports, 2 epochs at batch 4 through its "
+    assert re.fullmatch(r"\*\*The tutorial's job \(its script as published: imports and datasets, 2 epochs at batch 4 through its "
                         r"DataLoader, then its two test passes\) takes [\d.]+ s on cpu, \d+ threads, measured whole, "
                         r"and reaches [\d.]+% test accuracy\.\*\*", first), first
-    assert job.job_import_s > 0 and job.job_startup_s > job.job_import_s  # a fresh interpreter's imports count
+    # a fresh interpreter's imports count, and torchvision's CIFAR10 built twice on a copy of the data
+    assert job.job_import_s > 0 and job.job_dataset_s > 0
+    assert job.job_startup_s > job.job_import_s + job.job_dataset_s
     assert len(job.class_accuracy_pct) == 10  # from the tutorial's per-class pass
     assert f"{job.test_accuracy_pct:.1f}% test accuracy" in first
     assert re.search(r"- Cost on cpu: the tutorial's job \$[\d.e-]+, an epoch at its fastest configuration", md)

@@ -41,6 +41,7 @@ def _fake_run(folder: Path, host: str, gpu: bool, scale: float = 1.0, env: dict 
         if case.mode == JOB:
             result.job_s, result.job_projected, result.job_fraction = 7200.0 / rate, True, 0.1
             result.job_startup_s, result.job_data_s, result.job_eval_s, result.job_import_s = 2.0, 1.0, 0.5, 1.0
+            result.job_dataset_s = 0.4
             result.job_compute_s, result.test_accuracy_pct, result.threads_used = result.job_s - 3.5, 30.0, 2
         if case.mode == "train":
             result.test_accuracy_pct = 60.0 - case.batch_size / 10
@@ -238,8 +239,8 @@ def test_two_runs_each_priced_at_its_own_price_open_with_the_job_and_say_which_i
     cpu_vm = _fake_run(tmp_path / "cpu-vm", "cpu-vm", gpu=False, env={"price_usd_per_hour": {"*": 0.10}}, job=True)
     gpu_vm = _fake_run(tmp_path / "gpu-vm", "gpu-vm", gpu=True, env={"price_usd_per_hour": {"*": 0.90}}, job=True)
     rep = build.build_report([cpu_vm, gpu_vm], tmp_path / "both")
-    assert rep.verdict.headline.startswith("The tutorial's job (its script as published: imports, 2 epochs at batch 4 "
-                                           "through its DataLoader, then its two test passes) takes about ")
+    assert rep.verdict.headline.startswith("The tutorial's job (its script as published: imports and datasets, 2 "
+                                           "epochs at batch 4 through its DataLoader, then its two test passes) takes about ")
     assert "cpu (cpu-vm (cpu-vm CPU, 2 cores, no GPU)), 2 threads (projected from the 10% of it measured" \
         in rep.verdict.headline
     md = (tmp_path / "both" / "report.md").read_text()

@@ -147,7 +147,8 @@ def _combined_job(g: pd.DataFrame) -> pd.Series:
     median (its parts the median sitting's), the share measured their sum, the interval where 95% of runs land
     (above); the other numbers their median."""
     row = _combined(g, None)
-    parts = [c for c in ("job_s", "job_startup_s", "job_import_s", "job_data_s", "job_compute_s", "job_eval_s")
+    parts = [c for c in ("job_s", "job_startup_s", "job_import_s", "job_dataset_s", "job_data_s", "job_compute_s",
+                                "job_eval_s")
              if c in g]
     times = pd.to_numeric(g["job_s"]).to_numpy(dtype=float)
     n = len(times)

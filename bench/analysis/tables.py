@@ -38,7 +38,7 @@ def job_table(df: pd.DataFrame) -> pd.DataFrame:
     """The tutorial's job per machine and device: wall time and its parts, measured or projected, and the
     test accuracy reached after the part measured."""
     cols = ["machine", "device", "threads_used", "job_s", "job_s_low", "job_s_high", "job_startup_s", "job_import_s",
-            "job_data_s", "job_compute_s", "job_eval_s", "job_fraction", "job_projected", "job_sittings", "malloc_state",
+            "job_dataset_s", "job_data_s", "job_compute_s", "job_eval_s", "job_fraction", "job_projected", "job_sittings", "malloc_state",
             "epochs_completed", "test_accuracy_pct"]
     ok = ok_rows(df)
     if "job_s" not in ok:

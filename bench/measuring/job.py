@@ -1,4 +1,5 @@
-"""The tutorial's own job, timed as its script runs it: a fresh interpreter's imports, the data and the model, one
+"""The tutorial's own job, timed as its script runs it: a fresh interpreter's imports and torchvision's two CIFAR10
+datasets built as the script builds them (on a copy of the Case's data in CIFAR-10's python layout), the model, one
 peek at a training batch, 2 epochs at batch 4 through its train DataLoader (restarted every epoch, 2 workers,
 `loss.item()` every step), then its two test passes through its test DataLoader (batch 4, 2 workers): overall
 accuracy, then accuracy per class counted image by image.
@@ -19,9 +20,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,7 +34,7 @@ from bench.measuring.clock import DeviceClock, minor_faults
 from bench.measuring.training import window_fields
 from bench.schema import Case
 from cnn import loops
-from cnn.cifar_files import CifarArrays
+from cnn.cifar_files import PY_FOLDER, CifarArrays, write_python_folder
 from cnn.model import Net
 
 # what the tutorial's script imports before its first line of work; a fresh interpreter pays for them every run
@@ -127,24 +130,55 @@ class Stretch:
         return self.p.stopped_by is not None
 
 
-def import_seconds(malloc: str) -> float:
-    """A fresh interpreter importing what the tutorial's script imports, in the Case's allocator state: part of the
-    job's start-up that a Case forked from a server that imported them already does not pay."""
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", TUTORIAL_IMPORTS], capture_output=True, text=True,
-                         env={**os.environ, **allocator.environment(malloc), "PYTHONWARNINGS": "ignore"})
-    seconds = time.perf_counter() - t0
+# what the tutorial's script does in its own process besides its DataLoaders and its steps, in a fresh interpreter:
+# its imports; its two datasets as torchvision builds them from argv[1] (download=True: every file's md5, twice a
+# dataset, then its batches unpickled), the digests computed but not compared (a copy of generated or unverified
+# images cannot match the official ones; the comparison is a string's); its two peeks drawn (Agg, where `plt.show()`
+# returns at once, as in a script run without a screen); then its exit. It prints the seconds after its imports.
+TUTORIAL_STARTUP = f"""
+import time
+{TUTORIAL_IMPORTS}
+imported = time.perf_counter()
+import sys
+import torchvision.datasets.cifar as cifar
+from torchvision.datasets.utils import calculate_md5
+cifar.check_integrity = lambda fpath, md5=None: bool(calculate_md5(fpath))  # a missing file raises: no download
+transform = torchvision.transforms.Compose([torchvision.transforms.ToTensor(),
+                                            torchvision.transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+for train in (True, False):
+    data = torchvision.datasets.CIFAR10(root=sys.argv[1], train=train, download=True, transform=transform)
+    grid = torchvision.utils.make_grid(torch.stack([data[i][0] for i in range(4)])) / 2 + 0.5
+    matplotlib.pyplot.imshow(numpy.transpose(grid.numpy(), (1, 2, 0)))
+    matplotlib.pyplot.show()
+print(time.perf_counter() - imported)
+"""
+
+
+def startup_seconds(malloc: str, arrays: CifarArrays) -> tuple[float, float]:
+    """(imports, datasets) seconds of a fresh interpreter doing what the tutorial's script does outside its
+    DataLoaders and steps (TUTORIAL_STARTUP), in the Case's allocator state, on a copy of `arrays` in CIFAR-10's
+    python layout: part of the job's start-up that a Case forked from a server that imported them already does not
+    pay. The imports include the interpreter's start and exit; the copy's writing is not counted."""
+    with tempfile.TemporaryDirectory(prefix="cnn-tutorial-data-") as root:
+        write_python_folder(arrays, Path(root) / PY_FOLDER)
+        env = {**os.environ, **allocator.environment(malloc), "PYTHONWARNINGS": "ignore", "MPLBACKEND": "Agg"}
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", TUTORIAL_STARTUP, root], capture_output=True, text=True, env=env)
+        seconds = time.perf_counter() - t0
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["no message"])[-1]
-        raise RuntimeError(f"a fresh interpreter could not import what the tutorial imports: {last}")
-    return seconds
+        raise RuntimeError(f"a fresh interpreter could not do what the tutorial's script does before training: {last}")
+    datasets_s = float(out.stdout.split()[-1])
+    return seconds - datasets_s, datasets_s
 
 
 def run_job(case: Case, arrays: CifarArrays, device: torch.device, started: float, progress: Progress | None) -> dict:
     """Runs (or samples) the tutorial's job on the Case's device; returns what was measured, the job's parts."""
     compute = devices.placement(device)
     clock = DeviceClock(device)
-    import_s = import_seconds(case.malloc)
+    t0 = time.time()
+    import_s, dataset_s = startup_seconds(case.malloc, arrays)
+    probe_s = time.time() - t0  # the probe's own time and its copy's writing: not the Case's start-up
     net = Net(case.width, len(arrays.classes)).to(compute)
     optimizer = torch.optim.SGD(net.parameters(), lr=case.lr, momentum=0.9)
     step = loops.eager_step(net, optimizer)
@@ -154,7 +188,7 @@ def run_job(case: Case, arrays: CifarArrays, device: torch.device, started: floa
                                  num_workers=case.num_workers)
     next(iter(train))  # the tutorial shows a batch of training images before it trains
     clock.sync()
-    startup_s = time.time() - started - import_s  # the process's own start-up; the imports are counted apart
+    startup_s = time.time() - started - probe_s  # the process's own start-up; the probe's parts are counted apart
     whole = case.max_seconds is None and case.max_steps is None
     passes = [Pass(name, len(train) if name.startswith("train") else len(test)) for name in PASSES]
     tick = _ticker(passes, progress, time.perf_counter())
@@ -188,7 +222,7 @@ def run_job(case: Case, arrays: CifarArrays, device: torch.device, started: floa
     else:
         scores = _sampled_accuracy(case, net, arrays, compute)
     return {"loss": loss, **scores, **job_fields(case, passes, import_s, peek_s, startup_s,
-                                                 scores["test_accuracy_pct"])}
+                                                 scores["test_accuracy_pct"], dataset_s=dataset_s)}
 
 
 def _sampled_accuracy(case: Case, net: torch.nn.Module, arrays: CifarArrays, compute: torch.device) -> dict:
@@ -237,7 +271,7 @@ def _ticker(passes: list[Pass], progress: Progress | None, t0: float, every_s: f
 
 
 def job_fields(case: Case, passes: list[Pass], import_s: float, peek_s: float, startup_s: float,
-               accuracy_pct: float | None, seed: int = 0) -> dict:
+               accuracy_pct: float | None, seed: int = 0, dataset_s: float = 0.0) -> dict:
     """The job's figures from its measured passes: each pass projected whole where it was sampled, the job's time
     as start-up + passes, with a 95% interval from the passes' bootstrap samples drawn together."""
     rng = np.random.default_rng(seed)
@@ -259,8 +293,8 @@ def job_fields(case: Case, passes: list[Pass], import_s: float, peek_s: float, s
            # the training's time to the accuracy it reached
            "time_to_target_s": train_s if whole and accuracy_pct is not None and accuracy_pct >= case.target_accuracy_pct
            else None}
-    return {**out, **_job_times(projected, import_s + startup_s, peek_s, train_s + eval_s, whole),
-            "job_import_s": import_s}
+    return {**out, **_job_times(projected, import_s + dataset_s + startup_s, peek_s, train_s + eval_s, whole),
+            "job_import_s": import_s, "job_dataset_s": dataset_s}
 
 
 def _job_times(projected: list, job_startup_s: float, peek_s: float, measured_s: float, whole: bool) -> dict:

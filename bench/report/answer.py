@@ -43,8 +43,11 @@ def _threads(row) -> str:
     return "" if pd.isna(t) or not str(row["device"]).startswith("cpu") else f", {threads_phrase(t)}"
 
 
-JOB_WHAT = ("The tutorial's job (its script as published: imports, 2 epochs at batch 4 through its DataLoader, then "
-            "its two test passes)")
+JOB_WHAT = ("The tutorial's job (its script as published: imports and datasets, 2 epochs at batch 4 through its "
+            "DataLoader, then its two test passes)")
+# how runs from before the job counted its datasets' check (then its imports) said what they had measured
+IMPORTS_JOB_WHAT = ("The tutorial's job (its script as published: imports, 2 epochs at batch 4 through its DataLoader, "
+                    "then its two test passes)")
 OLD_JOB_WHAT = "The tutorial's job (2 epochs at batch 4 through its DataLoader, then the test pass)"  # runs before 23
 
 
@@ -68,8 +71,11 @@ def job_headline(jobs: pd.DataFrame) -> str:
         else:
             parts.append(f"takes {duration(j['job_s'])} {where}, measured whole, and reaches "
                          f"{j['test_accuracy_pct']:.1f}% test accuracy")
-    as_published = "job_import_s" in jobs and jobs["job_import_s"].notna().all()
-    return f"{JOB_WHAT if as_published else OLD_JOB_WHAT} " + "; ".join(parts) + "."
+    def counted(column: str) -> bool:
+        return column in jobs and jobs[column].notna().all()
+
+    what = JOB_WHAT if counted("job_dataset_s") else IMPORTS_JOB_WHAT if counted("job_import_s") else OLD_JOB_WHAT
+    return f"{what} " + "; ".join(parts) + "."
 
 
 def job_findings(jobs: pd.DataFrame) -> list[str]:
@@ -77,7 +83,10 @@ def job_findings(jobs: pd.DataFrame) -> list[str]:
     out = []
     for _, j in jobs.iterrows():
         word = "projected" if j["job_projected"] else "measured"
-        imports = f" ({duration(j['job_import_s'])} of it importing torch)" if pd.notna(j.get("job_import_s")) else ""
+        imports = f" ({duration(j['job_import_s'])} of it importing torch" if pd.notna(j.get("job_import_s")) else ""
+        if imports and pd.notna(j.get("job_dataset_s")):
+            imports += f", {duration(j['job_dataset_s'])} building its two datasets"
+        imports += ")" if imports else ""
         out.append(f"Where the job's time goes on {_where(j)} ({word}): start-up {duration(j['job_startup_s'])}"
                    f"{imports}, waiting for data {duration(j['job_data_s'])}, training compute "
                    f"{duration(j['job_compute_s'])}, test passes {duration(j['job_eval_s'])}.")

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import statistics
 import subprocess
 import sys
@@ -71,26 +70,10 @@ runpy.run_path(sys.argv[1], run_name="__main__")
 def write_cifar_folder(root: Path, n_train: int = 50000, n_test: int = 10000) -> Path:
     """A CIFAR-10 python-format folder of generated images (the synthetic class patterns), as the official
     archive unpacks: data_batch_1..5, test_batch, batches.meta."""
+    from cnn.cifar_files import PY_FOLDER, write_python_folder
     from cnn.data import synthetic_arrays
 
-    arrays = synthetic_arrays(n_train, n_test)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def dump(name: str, images: np.ndarray, labels: np.ndarray) -> None:
-        rows = np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), 3072))
-        with open(folder / name, "wb") as f:
-            pickle.dump({"batch_label": name, "labels": [int(v) for v in labels], "data": rows,
-                         "filenames": [f"{i}.png" for i in range(len(labels))]}, f, protocol=4)
-
-    per = n_train // 5
-    for i in range(5):
-        dump(f"data_batch_{i + 1}", arrays.train_x[i * per:(i + 1) * per], arrays.train_y[i * per:(i + 1) * per])
-    dump("test_batch", arrays.test_x, arrays.test_y)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": list(arrays.classes), "num_cases_per_batch": per, "num_vis": 3072}, f,
-                    protocol=4)
-    return folder
+    return write_python_folder(synthetic_arrays(n_train, n_test), root / PY_FOLDER)
 
 
 def tutorial_run(data_root: Path, env: dict) -> dict[str, float]:
@@ -173,7 +156,7 @@ def main() -> int:
         def fields(results: list) -> dict:
             [combined] = repeats.collapse(results_frame(results)).to_dict("records")
             out = {k: combined.get(k) for k in ("job_s", "job_s_low", "job_s_high", "job_startup_s", "job_import_s",
-                                                "job_data_s", "job_compute_s", "job_eval_s", "job_fraction",
+                                                "job_dataset_s", "job_data_s", "job_compute_s", "job_eval_s", "job_fraction",
                                                 "job_sittings", "minor_faults_per_step", "malloc_state")}
             return {**out, "sittings_s": [r.job_s for r in results]}
 
@@ -203,7 +186,7 @@ def main() -> int:
             rows.append(row)
             print(f"round {rnd + 1}: tutorial {real:6.1f} s (start-up {t['startup_s']:.1f}, training {t['train_s']:.1f}, "
                   f"test {t['test_s']:.1f}, exit {t['exit_s']:.1f}) | harness whole {w['job_s']:6.1f} s (ratio "
-                  f"{row['ratio']:.3f}; start-up {w['job_startup_s']:.1f}, training "
+                  f"{row['ratio']:.3f}; start-up {w['job_startup_s']:.1f} (datasets {w['job_dataset_s']:.1f}), training "
                   f"{w['job_data_s'] + w['job_compute_s']:.1f}, test {w['job_eval_s']:.1f}) | projected {p['job_s']:6.1f} s, 95% "
                   f"{p['job_s_low']:.1f}-{p['job_s_high']:.1f} from {100 * p['job_fraction']:.1f}% measured (sittings "
                   f"{', '.join(f'{v:.1f}' for v in p['sittings_s'])}): "
