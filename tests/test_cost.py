@@ -42,10 +42,12 @@ def _priced(prices: dict) -> pd.DataFrame:
             _row("cuda:0", "resident", 128, 50000.0, train_images=50000, time_to_target_s=20.0,
                  target_accuracy_pct=50.0),
             _row("cpu", "tutorial", 4, 400.0, mode="job", train_images=50000, job_s=300.0, job_projected=False,
-                 threads_used=2, job_startup_s=2.0, job_import_s=1.5, job_dataset_s=0.4, job_data_s=10.0, job_compute_s=287.0, job_eval_s=1.0,
+                 threads_used=2, job_startup_s=2.0, job_import_s=1.5, job_dataset_s=0.4, job_data_s=10.0,
+                 job_compute_s=287.0, job_eval_s=1.0,
                  job_fraction=1.0, epochs_completed=2.0, test_accuracy_pct=54.0),
             _row("cuda:0", "tutorial", 4, 900.0, mode="job", train_images=50000, job_s=150.0, job_projected=False,
-                 threads_used=2, job_startup_s=5.0, job_import_s=1.5, job_dataset_s=0.4, job_data_s=40.0, job_compute_s=104.0, job_eval_s=1.0,
+                 threads_used=2, job_startup_s=5.0, job_import_s=1.5, job_dataset_s=0.4, job_data_s=40.0,
+                 job_compute_s=104.0, job_eval_s=1.0,
                  job_fraction=1.0, epochs_completed=2.0, test_accuracy_pct=55.0)]
     return cost.with_prices(pd.DataFrame(rows), {"price_usd_per_hour": prices})
 
@@ -78,8 +80,8 @@ def test_the_verdict_opens_with_the_job_on_each_device_then_time_to_accuracy():
     v = sentences.verdict(tables.analyse(_priced({})))
     assert v.headline == ("The tutorial's job (its script as published: imports and datasets, 2 epochs at batch 4 "
                           "through its DataLoader, then its two test passes) takes 5 min 00 s on cpu, 2 threads, "
-                          "measured whole, and reaches 54.0% test accuracy; takes 2 min 30 s on cuda:0, measured whole, "
-                          "and reaches 55.0% test accuracy.")
+                          "measured whole, and reaches 54.0% test accuracy; takes 2 min 30 s on cuda:0, measured "
+                          "whole, and reaches 55.0% test accuracy.")
     assert ("Where the job's time goes on cpu (measured): start-up 2.0 s (1.5 s of it importing torch, "
             "0.4 s building its two datasets), waiting for data 10 s, training compute 4 min 47 s, test passes "
             "1.0 s.") in v.findings
