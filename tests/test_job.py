@@ -19,7 +19,7 @@ from bench.schema import JOB
 from bench.store.run_folder import RunFolder
 from bench.sweep.plan import JOB_SITTINGS, plan_cases
 from bench.sweep.spec import with_defaults
-from cnn.cifar_files import PY_FOLDER, read_python_folder, write_python_folder
+from cnn.data import prepare_cifar10
 from conftest import run_bench
 
 SPEC = with_defaults(devices=["cpu", "cuda:0"], batch_sizes=[32, 128], threads=[1, 2], pipelines=["resident"],
@@ -121,7 +121,7 @@ def test_a_step_cap_is_split_exactly_over_the_four_passes():
 
 
 def _job_result(passes: list, import_s: float, peek_s: float, accuracy_pct: float | None = None,
-                dataset_s: float = 0.0) -> Result:
+                dataset_s: float | None = None) -> Result:
     """The job's Result from these passes, after a start-up of 1 s."""
     case = next(c for c in plan_cases(SPEC, "/c", "synthetic") if c.mode == JOB)
     return assemble(case, job_fields(case, passes, import_s, peek_s, startup_s=1.0, accuracy_pct=accuracy_pct,
@@ -189,18 +189,26 @@ def test_a_stopped_pass_shuts_its_dataloader_workers_down_inside_its_time():
 
 
 def test_the_start_up_probe_builds_the_datasets_on_a_copy_and_never_downloads_a_missing_file(mini: Path, monkeypatch):
-    arrays = read_python_folder(mini / PY_FOLDER)
-    import_s, dataset_s = job.startup_seconds("default", arrays)
-    assert import_s > dataset_s > 0  # the mini set's 984 images: its md5s and unpickling take milliseconds
-
-    def without_test_batch(arrays, folder: Path) -> Path:
-        write_python_folder(arrays, folder)
-        (folder / "test_batch").unlink()
-        return folder
-
-    monkeypatch.setattr(job, "write_python_folder", without_test_batch)
+    cache_dir = str(prepare_cifar10(mini, verify=False, download=False).cache_dir)
+    startup = job.startup_seconds("default", cache_dir)
+    assert startup["job_import_s"] > startup["job_dataset_s"] > 0 and startup["warnings"] == []  # 984 images: ms
+    assert [p.name for p in Path(cache_dir).parent.iterdir() if p.name.startswith("tutorial-data-")] == []  # removed
+    monkeypatch.setattr(job, "PYTHON_COPY", job.PYTHON_COPY + "; (Path(sys.argv[2]) / 'test_batch').unlink()")
     with pytest.raises(RuntimeError, match=r"before training: FileNotFoundError: .*No such file.*test_batch"):
-        job.startup_seconds("default", arrays)  # not torchvision's download, which would name the URL
+        job.startup_seconds("default", cache_dir)  # not torchvision's download, which would name the URL
+
+
+def test_where_the_copy_cannot_be_written_the_start_up_counts_the_imports_and_says_what_it_left_out(mini: Path,
+                                                                                                    monkeypatch):
+    cache_dir = str(prepare_cifar10(mini, verify=False, download=False).cache_dir)
+    monkeypatch.setattr(job, "PYTHON_COPY", "raise OSError(28, 'No space left on device')")
+    startup = job.startup_seconds("default", cache_dir)
+    assert startup["job_import_s"] > 0 and startup["job_dataset_s"] is None
+    [warning] = startup["warnings"]
+    assert "not built in the job's start-up (OSError: [Errno 28] No space left on device)" in warning
+    passes = [_pass(3, [0.2, 0.1, 0.1]), _pass(3, [0.2, 0.1, 0.1]), _pass(1, [0.1]), _pass(1, [0.1])]
+    result = _job_result(passes, import_s=startup["job_import_s"], peek_s=0.0)  # no datasets: the imports alone
+    assert result.job_dataset_s is None and result.job_startup_s == pytest.approx(startup["job_import_s"] + 1.0)
 
 
 def test_the_report_opens_with_the_job_measured_whole_on_real_cifar10_with_its_cost(mini: Path, tmp_path: Path):

@@ -17,6 +17,7 @@ reached after the measured training, never a projected one. Its tables for the r
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from bench.measuring.clock import DeviceClock, minor_faults
 from bench.measuring.training import window_fields
 from bench.schema import Case
 from cnn import loops
-from cnn.cifar_files import PY_FOLDER, CifarArrays, write_python_folder
+from cnn.cifar_files import PY_FOLDER, CifarArrays
 from cnn.model import Net
 
 # what the tutorial's script imports before its first line of work; a fresh interpreter pays for them every run
@@ -134,7 +135,8 @@ class Stretch:
 # its imports; its two datasets as torchvision builds them from argv[1] (download=True: every file's md5, twice a
 # dataset, then its batches unpickled), the digests computed but not compared (a copy of generated or unverified
 # images cannot match the official ones; the comparison is a string's); its two peeks drawn (Agg, where `plt.show()`
-# returns at once, as in a script run without a screen); then its exit. It prints the seconds after its imports.
+# returns at once, as in a script run without a screen); then its exit. It prints the seconds after its imports
+# (0 with no argv[1]: the imports alone).
 TUTORIAL_STARTUP = f"""
 import time
 {TUTORIAL_IMPORTS}
@@ -145,31 +147,62 @@ from torchvision.datasets.utils import calculate_md5
 cifar.check_integrity = lambda fpath, md5=None: bool(calculate_md5(fpath))  # a missing file raises: no download
 transform = torchvision.transforms.Compose([torchvision.transforms.ToTensor(),
                                             torchvision.transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
-for train in (True, False):
+for train in (True, False) if sys.argv[1:] else ():
     data = torchvision.datasets.CIFAR10(root=sys.argv[1], train=train, download=True, transform=transform)
     grid = torchvision.utils.make_grid(torch.stack([data[i][0] for i in range(4)])) / 2 + 0.5
     matplotlib.pyplot.imshow(numpy.transpose(grid.numpy(), (1, 2, 0)))
     matplotlib.pyplot.show()
-print(time.perf_counter() - imported)
+print(time.perf_counter() - imported if sys.argv[1:] else 0.0)
 """
+# the Case's data in CIFAR-10's python layout, written by a process of its own: the Case's memory (and peak RSS)
+# stays its own, and the copy is written before any timing
+PYTHON_COPY = ("import sys; from pathlib import Path; from cnn.cache import load_arrays; "
+               "from cnn.cifar_files import write_python_folder; write_python_folder(load_arrays(sys.argv[1]), "
+               "Path(sys.argv[2]))")
+NOT_BUILT = ("the tutorial's datasets were not built in the job's start-up ({}): its time leaves out the script's "
+             "md5 check and unpickling of its files")
 
 
-def startup_seconds(malloc: str, arrays: CifarArrays) -> tuple[float, float]:
-    """(imports, datasets) seconds of a fresh interpreter doing what the tutorial's script does outside its
-    DataLoaders and steps (TUTORIAL_STARTUP), in the Case's allocator state, on a copy of `arrays` in CIFAR-10's
-    python layout: part of the job's start-up that a Case forked from a server that imported them already does not
-    pay. The imports include the interpreter's start and exit; the copy's writing is not counted."""
-    with tempfile.TemporaryDirectory(prefix="cnn-tutorial-data-") as root:
-        write_python_folder(arrays, Path(root) / PY_FOLDER)
-        env = {**os.environ, **allocator.environment(malloc), "PYTHONWARNINGS": "ignore", "MPLBACKEND": "Agg"}
-        t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", TUTORIAL_STARTUP, root], capture_output=True, text=True, env=env)
-        seconds = time.perf_counter() - t0
+def _run(code: str, args: list[str], env: dict) -> str:
+    """`code` run in a fresh interpreter of this Python, the project importable; its output, else RuntimeError."""
+    project = str(Path(__file__).resolve().parents[2])
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [project, env.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
     if out.returncode != 0:
-        last = (out.stderr.strip().splitlines() or ["no message"])[-1]
-        raise RuntimeError(f"a fresh interpreter could not do what the tutorial's script does before training: {last}")
-    datasets_s = float(out.stdout.split()[-1])
-    return seconds - datasets_s, datasets_s
+        raise RuntimeError((out.stderr.strip().splitlines() or ["no message"])[-1])
+    return out.stdout
+
+
+def startup_seconds(malloc: str, data_cache: str) -> dict:
+    """`job_import_s` and `job_dataset_s`: the seconds of a fresh interpreter doing what the tutorial's script does
+    outside its DataLoaders and steps (TUTORIAL_STARTUP), in the Case's allocator state, on a copy of the cache's
+    data in CIFAR-10's python layout (written beside the cache, removed after): part of the job's start-up that a
+    Case forked from a server that imported them already does not pay. The imports include the interpreter's start
+    and exit; the copy's writing is not counted. Where the copy cannot be written (no room), the imports alone and
+    a warning saying so."""
+    env = {**os.environ, **allocator.environment(malloc), "PYTHONWARNINGS": "ignore", "MPLBACKEND": "Agg"}
+
+    def probe(*args: str) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        try:
+            out = _run(TUTORIAL_STARTUP, list(args), env)
+        except RuntimeError as e:
+            raise RuntimeError(f"a fresh interpreter could not do what the tutorial's script does before training: "
+                               f"{e}") from None
+        seconds, datasets_s = time.perf_counter() - t0, float(out.split()[-1])
+        return seconds - datasets_s, datasets_s
+
+    beside = Path(data_cache).parent if data_cache else None
+    with contextlib.ExitStack() as stack:
+        try:
+            root = stack.enter_context(tempfile.TemporaryDirectory(prefix="tutorial-data-", dir=beside,
+                                                                   ignore_cleanup_errors=True))
+            _run(PYTHON_COPY, [data_cache, str(Path(root) / PY_FOLDER)], dict(os.environ))
+        except (OSError, RuntimeError) as e:
+            import_s, _ = probe()
+            return {"job_import_s": import_s, "job_dataset_s": None, "warnings": [NOT_BUILT.format(e)]}
+        import_s, dataset_s = probe(root)
+    return {"job_import_s": import_s, "job_dataset_s": dataset_s, "warnings": []}
 
 
 def run_job(case: Case, arrays: CifarArrays, device: torch.device, started: float, progress: Progress | None) -> dict:
@@ -177,7 +210,7 @@ def run_job(case: Case, arrays: CifarArrays, device: torch.device, started: floa
     compute = devices.placement(device)
     clock = DeviceClock(device)
     t0 = time.time()
-    import_s, dataset_s = startup_seconds(case.malloc, arrays)
+    startup = startup_seconds(case.malloc, case.data_cache)
     probe_s = time.time() - t0  # the probe's own time and its copy's writing: not the Case's start-up
     net = Net(case.width, len(arrays.classes)).to(compute)
     optimizer = torch.optim.SGD(net.parameters(), lr=case.lr, momentum=0.9)
@@ -221,8 +254,9 @@ def run_job(case: Case, arrays: CifarArrays, device: torch.device, started: floa
         scores = {"test_accuracy_pct": accuracy, "class_accuracy_pct": per_class, "epoch_accuracy_pct": [accuracy]}
     else:
         scores = _sampled_accuracy(case, net, arrays, compute)
-    return {"loss": loss, **scores, **job_fields(case, passes, import_s, peek_s, startup_s,
-                                                 scores["test_accuracy_pct"], dataset_s=dataset_s)}
+    fields = job_fields(case, passes, startup["job_import_s"], peek_s, startup_s, scores["test_accuracy_pct"],
+                        dataset_s=startup["job_dataset_s"])
+    return {"loss": loss, **scores, **fields, "warnings": startup["warnings"]}
 
 
 def _sampled_accuracy(case: Case, net: torch.nn.Module, arrays: CifarArrays, compute: torch.device) -> dict:
@@ -271,7 +305,7 @@ def _ticker(passes: list[Pass], progress: Progress | None, t0: float, every_s: f
 
 
 def job_fields(case: Case, passes: list[Pass], import_s: float, peek_s: float, startup_s: float,
-               accuracy_pct: float | None, seed: int = 0, dataset_s: float = 0.0) -> dict:
+               accuracy_pct: float | None, seed: int = 0, dataset_s: float | None = None) -> dict:
     """The job's figures from its measured passes: each pass projected whole where it was sampled, the job's time
     as start-up + passes, with a 95% interval from the passes' bootstrap samples drawn together."""
     rng = np.random.default_rng(seed)
@@ -293,7 +327,7 @@ def job_fields(case: Case, passes: list[Pass], import_s: float, peek_s: float, s
            # the training's time to the accuracy it reached
            "time_to_target_s": train_s if whole and accuracy_pct is not None and accuracy_pct >= case.target_accuracy_pct
            else None}
-    return {**out, **_job_times(projected, import_s + dataset_s + startup_s, peek_s, train_s + eval_s, whole),
+    return {**out, **_job_times(projected, import_s + (dataset_s or 0.0) + startup_s, peek_s, train_s + eval_s, whole),
             "job_import_s": import_s, "job_dataset_s": dataset_s}
 
 
