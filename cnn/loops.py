@@ -35,10 +35,14 @@ def tutorial_transform() -> transforms.Compose:
 
 
 class CIFAR10Images(VisionDataset):
-    """torchvision's CIFAR10 item semantics (PIL image -> transform) over arrays already decoded."""
+    """torchvision's CIFAR10 item semantics (PIL image -> transform) over arrays already decoded, held in memory
+    as torchvision's are: a memory-mapped cache is copied in (150 MB, about 0.1 s). Read through the map, each
+    epoch's fresh DataLoader workers faulted every page in again and went through memmap's own `__getitem__`:
+    training at batch 4 took 1.047x as long a step (median of 9 alternating rounds, 0.985-1.072)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], transform=None):
         super().__init__(root=None, transform=transform)
+        images = np.array(images) if isinstance(images, np.memmap) else images
         self.data, self.targets, self.classes = images, labels, classes
 
     def __len__(self) -> int:

@@ -215,10 +215,12 @@ def run_job(case: Case, arrays: CifarArrays, device: torch.device, started: floa
     net = Net(case.width, len(arrays.classes)).to(compute)
     optimizer = torch.optim.SGD(net.parameters(), lr=case.lr, momentum=0.9)
     step = loops.eager_step(net, optimizer)
+    t0 = time.time()  # the data copied into memory, as the script's datasets hold it: counted in the probe's
     train = loops.tutorial_loader(arrays.train_x, arrays.train_y, arrays.classes, case.batch_size,
                                   num_workers=case.num_workers, seed=case.seed)
     test = loops.tutorial_loader(arrays.test_x, arrays.test_y, arrays.classes, case.batch_size, shuffle=False,
                                  num_workers=case.num_workers)
+    probe_s += time.time() - t0
     next(iter(train))  # the tutorial shows a batch of training images before it trains
     clock.sync()
     startup_s = time.time() - started - probe_s  # the process's own start-up; the probe's parts are counted apart
