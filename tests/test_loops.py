@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from cnn import cache, data, loops
@@ -108,3 +109,21 @@ def test_the_tutorials_dataset_holds_its_images_in_memory_as_torchvisions_does(s
     np.testing.assert_array_equal(dataset.data, arrays.test_x)
     x, y = dataset[7]
     assert x.shape == (3, 32, 32) and y == int(arrays.test_y[7])
+
+
+def _rss_file_kb() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("RssFile:")))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux's /proc tells the mapped pages apart")
+def test_a_memory_mapped_set_copied_in_leaves_its_pages_out_of_the_resident_set(tmp_path: Path):
+    images = np.random.default_rng(0).integers(0, 256, (10000, 32, 32, 3), dtype=np.uint8)  # 30 MB
+    np.save(tmp_path / "x.npy", images)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    before = _rss_file_kb()
+    copy = loops.in_memory(mapped)
+    assert type(copy) is np.ndarray and not np.shares_memory(copy, mapped)
+    np.testing.assert_array_equal(copy, images)
+    assert _rss_file_kb() - before < 8 * 1024  # read whole, the map alone would hold 30 MB more
+    assert loops.in_memory(images) is images  # already in memory: as it is
