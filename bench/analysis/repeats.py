@@ -148,8 +148,7 @@ def _combined_job(g: pd.DataFrame) -> pd.Series:
     (above); the other numbers their median."""
     row = _combined(g, None)
     parts = [c for c in ("job_s", "job_startup_s", "job_import_s", "job_dataset_s", "job_data_s", "job_compute_s",
-                                "job_eval_s")
-             if c in g]
+                         "job_eval_s") if c in g]
     times = pd.to_numeric(g["job_s"]).to_numpy(dtype=float)
     n = len(times)
     middle = g.iloc[np.argsort(times, kind="stable")[(n - 1) // 2:n // 2 + 1]]  # the median sitting(s)

@@ -34,12 +34,17 @@ def best_throughput(df: pd.DataFrame) -> pd.DataFrame:
     return ok.loc[idx, cols].sort_values(CONFIG).reset_index(drop=True)
 
 
+def counted_in_every_job(jobs: pd.DataFrame, column: str) -> bool:
+    """Whether every job row has this part of its start-up (runs from before a part was counted lack it)."""
+    return column in jobs and bool(jobs[column].notna().all())
+
+
 def job_table(df: pd.DataFrame) -> pd.DataFrame:
     """The tutorial's job per machine and device: wall time and its parts, measured or projected, and the
     test accuracy reached after the part measured."""
     cols = ["machine", "device", "threads_used", "job_s", "job_s_low", "job_s_high", "job_startup_s", "job_import_s",
-            "job_dataset_s", "job_data_s", "job_compute_s", "job_eval_s", "job_fraction", "job_projected", "job_sittings", "malloc_state",
-            "epochs_completed", "test_accuracy_pct"]
+            "job_dataset_s", "job_data_s", "job_compute_s", "job_eval_s", "job_fraction", "job_projected",
+            "job_sittings", "malloc_state", "epochs_completed", "test_accuracy_pct"]
     ok = ok_rows(df)
     if "job_s" not in ok:
         return pd.DataFrame(columns=cols)

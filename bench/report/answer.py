@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.analysis.tables import LEARNT_PCT
+from bench.analysis.tables import LEARNT_PCT, counted_in_every_job
 
 
 def duration(seconds: float) -> str:
@@ -71,10 +71,8 @@ def job_headline(jobs: pd.DataFrame) -> str:
         else:
             parts.append(f"takes {duration(j['job_s'])} {where}, measured whole, and reaches "
                          f"{j['test_accuracy_pct']:.1f}% test accuracy")
-    def counted(column: str) -> bool:
-        return column in jobs and jobs[column].notna().all()
-
-    what = JOB_WHAT if counted("job_dataset_s") else IMPORTS_JOB_WHAT if counted("job_import_s") else OLD_JOB_WHAT
+    what = (JOB_WHAT if counted_in_every_job(jobs, "job_dataset_s") else
+            IMPORTS_JOB_WHAT if counted_in_every_job(jobs, "job_import_s") else OLD_JOB_WHAT)
     return f"{what} " + "; ".join(parts) + "."
 
 
@@ -83,10 +81,10 @@ def job_findings(jobs: pd.DataFrame) -> list[str]:
     out = []
     for _, j in jobs.iterrows():
         word = "projected" if j["job_projected"] else "measured"
-        imports = f" ({duration(j['job_import_s'])} of it importing torch" if pd.notna(j.get("job_import_s")) else ""
-        if imports and pd.notna(j.get("job_dataset_s")):
-            imports += f", {duration(j['job_dataset_s'])} building its two datasets"
-        imports += ")" if imports else ""
+        within = [f"{duration(j[c])} {what}" for c, what in (("job_import_s", "of it importing torch"),
+                                                               ("job_dataset_s", "building its two datasets"))
+                  if pd.notna(j.get(c))]
+        imports = f" ({', '.join(within)})" if within else ""
         out.append(f"Where the job's time goes on {_where(j)} ({word}): start-up {duration(j['job_startup_s'])}"
                    f"{imports}, waiting for data {duration(j['job_data_s'])}, training compute "
                    f"{duration(j['job_compute_s'])}, test passes {duration(j['job_eval_s'])}.")

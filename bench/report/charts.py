@@ -11,6 +11,8 @@ from cycler import cycler
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
+from bench.analysis.tables import counted_in_every_job
+
 SIZE = (7.0, 4.2)
 LABEL_WIDTH = 36  # characters on a line of a legend or tick label
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
@@ -306,7 +308,7 @@ def job_time(jobs: pd.DataFrame) -> Figure:
         ax.barh(labels, jobs[column], left=left, label=name,
                 hatch=["//" if p else "" for p in jobs["job_projected"]])
         left = left + jobs[column]
-    start = "imports and datasets" if "job_dataset_s" in jobs and jobs["job_dataset_s"].notna().all() else "imports"
+    start = "imports and datasets" if counted_in_every_job(jobs, "job_dataset_s") else "imports"
     ax.set_xlabel(f"wall time of the tutorial's job: {start}, 2 epochs at batch 4, then its test passes (s)")
     ax.set_ylabel("device")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35 - 0.1 / len(jobs)), ncols=4)

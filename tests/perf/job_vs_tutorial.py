@@ -156,8 +156,9 @@ def main() -> int:
         def fields(results: list) -> dict:
             [combined] = repeats.collapse(results_frame(results)).to_dict("records")
             out = {k: combined.get(k) for k in ("job_s", "job_s_low", "job_s_high", "job_startup_s", "job_import_s",
-                                                "job_dataset_s", "job_data_s", "job_compute_s", "job_eval_s", "job_fraction",
-                                                "job_sittings", "minor_faults_per_step", "malloc_state")}
+                                                "job_dataset_s", "job_data_s", "job_compute_s", "job_eval_s",
+                                                "job_fraction", "job_sittings", "minor_faults_per_step",
+                                                "malloc_state")}
             return {**out, "sittings_s": [r.job_s for r in results]}
 
         for rnd in range(args.rounds):
