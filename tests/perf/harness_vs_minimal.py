@@ -71,9 +71,10 @@ MINIMAL = textwrap.dedent("""
     optimizer = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
     if pipeline == "tutorial":
         transform = T.Compose([T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+        held = np.array(images)  # in memory, as torchvision's CIFAR10 holds its images (and the harness's dataset)
         class Images(Dataset):
             def __len__(self): return len(labels)
-            def __getitem__(self, i): return transform(Image.fromarray(np.asarray(images[i]))), int(labels[i])
+            def __getitem__(self, i): return transform(Image.fromarray(held[i])), int(labels[i])
         loader = DataLoader(Images(), batch_size=bs, shuffle=True, num_workers=2, pin_memory=cuda, drop_last=True)
         epoch = lambda: ((a.to(dev, non_blocking=cuda), b.to(dev, non_blocking=cuda)) for a, b in loader)
     else:
